@@ -1,0 +1,46 @@
+# winft_lightning: `make install` then `make test`. Everything runs inside .venv.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_WORKERS ?= 2
+
+.PHONY: install data test lint format bench run study study-quick clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -e 's/:.*## /\t/'
+
+install:  ## create .venv, install the package with dev extras, install the offline data
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=23.2"
+	$(PY) -m pip install --quiet --progress-bar off -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import torch, torchvision, timm, lightning, torchmetrics, webdataset, hydra, wandb; print('stack ok: torch', torch.__version__, 'timm', timm.__version__, 'lightning', lightning.__version__)"
+	@bash scripts/install_data.sh
+
+data:  ## install the offline datasets only
+	@bash scripts/install_data.sh
+
+lint:  ## ruff lint + format check
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+format:  ## ruff autofix + format
+	$(VENV)/bin/ruff check --fix src tests bench
+	$(VENV)/bin/ruff format src tests bench
+
+test: lint  ## lint, then the whole test suite
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -q
+
+bench:  ## benchmarks -> outputs/bench/bench_<date>.json
+	$(PY) bench/run.py
+
+run:  ## the main job: python -m winft_lightning
+	$(PY) -m winft_lightning
+
+study:  ## the paper's study (Hydra multirun + report)
+	$(PY) -m winft_lightning.study
+
+study-quick:  ## the <20 min variant of the study
+	$(PY) -m winft_lightning.study study=quick
+
+clean:  ## remove run outputs (not the venv)
+	rm -rf outputs multirun

@@ -263,7 +263,7 @@ def test_responsive_field_matches_naive(grid, beta):
 
 @pytest.mark.parametrize("grid", GRIDS)
 def test_field_size_and_tendency_match_naive(grid):
-    _, w = grid
+    h, w = grid
     n = h * w
     u = I.uncertainty_map(random_attention(3, 2, 2, n, seed=n + 3))
     field = I.responsive_field(I.awd_windows(u, 0.15, grid), I.dip_order(u), 0.2, grid)

@@ -1,0 +1,89 @@
+"""``python -m winft_lightning [experiment=NAME] [overrides]``: the main job.
+
+Resolves the run's prerequisites (shards -> teacher -> masks, cached), fits the model, tests
+its best checkpoint, writes ``results.json`` and prints a results table (with the teacher's
+row beside a masked model's)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from winft_lightning import pipeline
+from winft_lightning.train import fit_and_test, module_class, validate_config
+
+log = logging.getLogger("winft_lightning")
+
+COLUMNS = [
+    ("name", "run", "{}"),
+    ("top1", "top-1 %", "{:.2f}"),
+    ("top5", "top-5 %", "{:.2f}"),
+    ("eo", "E_O", "{:,.0f}"),
+    ("eo_ratio", "E_O / N²", "{:.3f}"),
+    ("images_per_s", "train img/s", "{:.0f}"),
+]
+
+
+def results_table(rows: list[dict[str, Any]]) -> tuple[Table, str]:
+    """A rich table for the terminal and the same as Markdown."""
+    table = Table(title="winft_lightning results (test split)")
+    for _, title, _ in COLUMNS:
+        table.add_column(title, justify="right" if title != "run" else "left")
+    md = ["| " + " | ".join(t for _, t, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        cells = []
+        for key, _, fmt in COLUMNS:
+            value = row.get(key)
+            ok = value is not None and not (isinstance(value, float) and math.isnan(value))
+            cells.append(fmt.format(value) if ok else "-")
+        table.add_row(*cells)
+        md.append("| " + " | ".join(cells) + " |")
+    return table, "\n".join(md) + "\n"
+
+
+def run(cfg: DictConfig) -> list[dict[str, Any]]:
+    validate_config(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    run_dir = Path(cfg.paths.output_dir)
+    cls = module_class(cfg.model)
+    shards = pipeline.ensure_shards(cfg)
+    rows = []
+    data_root = shards
+    if cls.uses_masks:
+        teacher, teacher_row = pipeline.ensure_teacher(cfg, shards)
+        data_root = pipeline.ensure_masks(cfg, teacher, shards)
+        if cfg.get("compare_teacher", True) and teacher_row is not None:
+            rows.append(teacher_row)
+    row = fit_and_test(cfg, cfg.model, data_root, run_dir, cfg.get("task_name", cls.__name__))
+    rows.append(row)
+    table, md = results_table(rows)
+    (run_dir / "results.md").write_text(md)
+    (run_dir / "results_table.json").write_text(json.dumps(rows, indent=2))
+    console = Console()
+    console.print(table)
+    console.print(f"run dir: {run_dir}  (results.json, results.md, checkpoints/, logs)")
+    return rows
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    rows = run(cfg)
+    metric = cfg.get("optimized_metric")
+    if metric and rows:
+        key = metric.split("/")[-1]
+        value = rows[-1].get(key)
+        return float(value) if value is not None else None
+    return None
+
+
+if __name__ == "__main__":
+    main()

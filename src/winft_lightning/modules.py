@@ -1,0 +1,288 @@
+"""The four LightningModules: baseline ViT, AWD-ViT, AWD+DIP and WinfT.
+
+They share one base (optimizer/scheduler as Hydra ``_partial_`` targets, top-1/top-5 and
+E_O metrics, the non-finite-loss guard). Each subclass only says how a batch becomes
+logits, a loss and a per-image E_O; the math lives in ``interactions`` and ``models``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from winft_lightning import interactions as I
+from winft_lightning import models
+
+STAGES = ("train", "val", "test")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a training loss is NaN or infinite (``on_nonfinite='raise'``)."""
+
+
+def _metrics(num_classes: int, prefix: str) -> MetricCollection:
+    return MetricCollection(
+        {
+            "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+            "top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
+        },
+        prefix=prefix,
+    )
+
+
+class ViTModule(L.LightningModule):
+    """Baseline ViT: full attention, E_O = N**2 per image.
+
+    net: keyword arguments of :func:`winft_lightning.models.build_vit`.
+    optimizer / scheduler: partials ``optimizer(params)`` and ``scheduler(optimizer, total_steps)``.
+    """
+
+    attn_kind = "full"
+    uses_masks = False
+
+    def __init__(
+        self,
+        net: dict[str, Any],
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        compile: bool = False,
+        label_smoothing: float = 0.0,
+        on_nonfinite: str = "raise",
+        **attn_options: Any,
+    ) -> None:
+        super().__init__()
+        if on_nonfinite not in ("raise", "skip"):
+            raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
+        self.save_hyperparameters(logger=False)
+        self.net = models.build_vit(**dict(net), attn=self.attn_kind, **attn_options)
+        self.grid = tuple(self.net.patch_embed.grid_size)
+        self.num_patches = self.grid[0] * self.grid[1]
+        self.num_prefix_tokens = int(self.net.num_prefix_tokens)
+        num_classes = int(self.net.num_classes)
+        self.train_metrics = _metrics(num_classes, "train/")
+        self.val_metrics = _metrics(num_classes, "val/")
+        self.test_metrics = _metrics(num_classes, "test/")
+        self.eo = nn.ModuleDict({s: MeanMetric() for s in ("fit", "val", "test")})
+        # kept out of the module tree: registering it would duplicate every weight in the
+        # state dict (and add `_orig_mod.` keys when compiled)
+        object.__setattr__(self, "_forward", torch.compile(self.net) if compile else self.net)
+        self.skipped_batches = 0
+
+    # --- what subclasses change -------------------------------------------------------
+
+    def forward(self, images: Tensor, batch: dict[str, Tensor] | None = None) -> Tensor:
+        """images ``[B, 3, H, W]`` -> logits ``[B, classes]``."""
+        return self._forward(images)
+
+    def interactions(self, batch: dict[str, Tensor]) -> Tensor:
+        """E_O of each image of the last forward, ``[B]`` float."""
+        b = batch["image"].shape[0]
+        return torch.full((b,), float(self.num_patches**2), device=self.device)
+
+    def extra_loss(self, batch: dict[str, Tensor], stage: str) -> dict[str, Tensor]:
+        """Loss terms beyond cross-entropy, already weighted: name -> scalar."""
+        return {}
+
+    # --- shared ---------------------------------------------------------------------
+
+    @property
+    def ce_weight(self) -> float:
+        return 1.0
+
+    def model_step(self, batch: dict[str, Tensor], stage: str) -> tuple[Tensor, Tensor, dict]:
+        """-> (loss, logits, weighted loss terms)."""
+        logits = self(batch["image"], batch)
+        ce = F.cross_entropy(logits, batch["label"], label_smoothing=self.hparams.label_smoothing)
+        terms = {"ce": self.ce_weight * ce, **self.extra_loss(batch, stage)}
+        return sum(terms.values()), logits, terms
+
+    def _step(self, batch: dict[str, Tensor], batch_idx: int, stage: str) -> Tensor | None:
+        loss, logits, terms = self.model_step(batch, stage)
+        if stage == "train" and not torch.isfinite(loss):
+            return self._non_finite(loss, terms, batch, batch_idx)
+        bs = batch["image"].shape[0]
+        metrics = getattr(self, f"{stage}_metrics")
+        metrics.update(logits.detach(), batch["label"])
+        eo = self.eo["fit" if stage == "train" else stage]
+        eo.update(self.interactions(batch).float())
+        on_step = stage == "train"
+        self.log(
+            f"{stage}/loss",
+            loss.detach(),
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=on_step,
+            batch_size=bs,
+        )
+        if len(terms) > 1:
+            for name, value in terms.items():
+                self.log(
+                    f"{stage}/{name}", value.detach(), on_step=False, on_epoch=True, batch_size=bs
+                )
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
+        self.log(f"{stage}/eo", eo, on_step=False, on_epoch=True)
+        return loss
+
+    def _non_finite(self, loss: Tensor, terms: dict, batch: dict, batch_idx: int) -> None:
+        detail = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+        keys = list(batch.get("key", []))[:8]
+        msg = (
+            f"non-finite training loss {loss.item()} at global step {self.global_step} "
+            f"(batch {batch_idx}, keys {keys}); loss terms: {detail}"
+        )
+        if self.hparams.on_nonfinite == "raise":
+            raise NonFiniteLossError(msg + "; the last good checkpoint is kept")
+        self.skipped_batches += 1
+        self.print(f"skipping batch ({self.skipped_batches} so far): {msg}")
+        return None  # Lightning skips the optimizer step
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+        return self._step(batch, batch_idx, "train")
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._step(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._step(batch, batch_idx, "test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.hparams.optimizer(params=self.parameters())
+        if self.hparams.scheduler is None:
+            return {"optimizer": optimizer}
+        total = self.trainer.estimated_stepping_batches
+        total = int(total) if math.isfinite(total) else 10_000
+        scheduler = self.hparams.scheduler(optimizer=optimizer, total_steps=total)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+    def geometry(self) -> dict[str, Any]:
+        """What a mask set must match: image size, patch size, grid, N, prefix tokens."""
+        net = self.hparams.net
+        return {
+            "model_name": net.get("model_name"),
+            "img_size": int(self.net.patch_embed.img_size[0]),
+            "patch_size": int(self.net.patch_embed.patch_size[0]),
+            "grid": list(self.grid),
+            "num_patches": self.num_patches,
+            "num_prefix_tokens": self.num_prefix_tokens,
+        }
+
+
+def _check_alpha_beta(alpha: float, beta: float) -> None:
+    if not 0.0 < float(alpha) <= 1.0:
+        raise ValueError(f"model.alpha must be in (0, 1], got {alpha}")
+    if not 0.0 <= float(beta) < 1.0:
+        raise ValueError(f"model.beta must be in [0, 1), got {beta}")
+
+
+class AWDViTModule(ViTModule):
+    """AWD-ViT: every block's patch attention restricted to the batch's windows (SPEC 2)."""
+
+    attn_kind = "awd"
+    uses_masks = True
+
+    def __init__(self, net: dict[str, Any], *args: Any, alpha: float = 0.1, **kwargs: Any):
+        _check_alpha_beta(alpha, 0.0)
+        super().__init__(net, *args, **kwargs)
+
+    def forward(self, images: Tensor, batch: dict[str, Tensor] | None = None) -> Tensor:
+        if batch is None or "windows" not in batch:
+            raise KeyError(f"{type(self).__name__} needs the batch's 'windows' [B, N, 4]")
+        mask = models.awd_attn_mask(batch["windows"], self.grid, self.num_prefix_tokens)
+        return self._forward(images, attn_mask=mask)
+
+    def interactions(self, batch: dict[str, Tensor]) -> Tensor:
+        return I.window_areas(batch["windows"]).sum(dim=1)
+
+
+class AWDDIPViTModule(AWDViTModule):
+    """AWD + DIP: AWD windows, and the floor(beta*N) least discriminative patch tokens zeroed
+    at the input of every block (SPEC 3). E_O counts the responsive fields (dropped keys out)."""
+
+    def __init__(self, net: dict[str, Any], *args: Any, beta: float = 0.2, **kwargs: Any):
+        _check_alpha_beta(kwargs.get("alpha", 0.1), beta)
+        super().__init__(net, *args, **kwargs)
+        models.enable_dip(self.net)
+
+    def forward(self, images: Tensor, batch: dict[str, Tensor] | None = None) -> Tensor:
+        if batch is None or "dip_order" not in batch:
+            raise KeyError(f"{type(self).__name__} needs the batch's 'dip_order' [B, N]")
+        keep = I.dip_keep(batch["dip_order"], self.hparams.beta)
+        with models.dip_scope(self.net, keep):
+            return super().forward(images, batch)
+
+    def interactions(self, batch: dict[str, Tensor]) -> Tensor:
+        field = I.responsive_field(
+            batch["windows"], batch["dip_order"], self.hparams.beta, self.grid
+        )
+        return I.interaction_count(field).float()
+
+
+class WinfTModule(ViTModule):
+    """WinfT: window-free attention (SPEC 5), loss lambda1 * CE + lambda2 * BCE(w', w_gt).
+
+    The ground truth w_gt is the responsive field of the batch's windows and DIP order; it is
+    needed for training (and logged on val/test when the batch carries masks), never for
+    prediction."""
+
+    attn_kind = "winft"
+    uses_masks = True
+
+    def __init__(
+        self,
+        net: dict[str, Any],
+        *args: Any,
+        alpha: float = 0.1,
+        beta: float = 0.0,
+        lambda1: float = 1.0,
+        lambda2: float = 1.0,
+        **kwargs: Any,
+    ):
+        _check_alpha_beta(alpha, beta)
+        if lambda1 < 0 or lambda2 < 0:
+            raise ValueError(
+                f"model.lambda1 and model.lambda2 must be >= 0, got {lambda1}, {lambda2}"
+            )
+        super().__init__(net, *args, **kwargs)
+
+    def forward(self, images: Tensor, batch: dict[str, Tensor] | None = None) -> Tensor:
+        return self._forward(images)
+
+    def interactions(self, batch: dict[str, Tensor]) -> Tensor:
+        return models.winft_interactions(self.net).float()
+
+    @property
+    def ce_weight(self) -> float:
+        return float(self.hparams.lambda1)
+
+    def extra_loss(self, batch: dict[str, Tensor], stage: str) -> dict[str, Tensor]:
+        if "windows" not in batch or "dip_order" not in batch:
+            if stage == "train":
+                raise KeyError("WinfTModule training needs 'windows' and 'dip_order' in the batch")
+            return {}
+        w_gt = I.responsive_field(
+            batch["windows"], batch["dip_order"], self.hparams.beta, self.grid
+        ).float()
+        logits = models.winft_logits(self.net)
+        bce = torch.stack(
+            [F.binary_cross_entropy_with_logits(lg.float(), w_gt) for lg in logits]
+        ).mean()
+        return {"bce": self.hparams.lambda2 * bce}
+
+
+MODULES = {
+    "vit": ViTModule,
+    "awd_vit": AWDViTModule,
+    "awd_dip_vit": AWDDIPViTModule,
+    "winft": WinfTModule,
+}

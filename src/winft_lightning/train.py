@@ -1,0 +1,218 @@
+"""Fit, test and report one LightningModule from a composed Hydra config."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from winft_lightning.callbacks import TrainThroughput
+
+log = logging.getLogger(__name__)
+
+RESULT_KEYS = ("top1", "top5", "eo", "eo_ratio", "images_per_s")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the option."""
+
+
+def module_class(model_cfg: DictConfig) -> type:
+    target = model_cfg.get("_target_")
+    try:
+        return get_class(target)
+    except Exception as err:
+        raise ConfigError(f"model._target_={target!r} is not an importable class: {err}") from err
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Refuse a config that cannot run, before any work, naming the option."""
+    model = cfg.model
+    cls = module_class(model)
+    net = model.net
+    img, patch = net.get("img_size"), net.get("patch_size")
+    if img is None or patch is None or int(img) % int(patch) != 0:
+        raise ConfigError(
+            f"model.net.img_size={img} is not divisible by model.net.patch_size={patch}"
+        )
+    alpha = model.get("alpha")
+    if alpha is not None and not 0.0 < float(alpha) <= 1.0:
+        raise ConfigError(f"model.alpha={alpha} is outside (0, 1]")
+    beta = model.get("beta")
+    if beta is not None and not 0.0 <= float(beta) < 1.0:
+        raise ConfigError(f"model.beta={beta} is outside [0, 1)")
+    for name in ("lambda1", "lambda2"):
+        value = model.get(name)
+        if value is not None and float(value) < 0:
+            raise ConfigError(f"model.{name}={value} is negative")
+    if getattr(cls, "uses_masks", False) and cfg.analyze.get("mask_root") is None:
+        stored = [float(a) for a in cfg.analyze.alphas]
+        if not any(abs(float(alpha) - a) < 1e-9 for a in stored):
+            raise ConfigError(
+                f"model.alpha={alpha} is not among the analysed alphas analyze.alphas={stored}"
+            )
+    if cfg.get("ckpt_path") not in (None, "last") and not Path(cfg.ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist")
+
+
+def instantiate_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    callbacks = []
+    for name, cb in (cfg.get("callbacks") or {}).items():
+        if isinstance(cb, DictConfig) and "_target_" in cb:
+            log.debug("callback %s: %s", name, cb._target_)
+            callbacks.append(instantiate(cb))
+    return callbacks
+
+
+def _wandb_mode(logger_cfg: DictConfig) -> None:
+    """W&B must never hang or fail a run: offline unless credentials exist."""
+    if logger_cfg.get("offline") is not None:
+        return
+    logged_in = bool(os.environ.get("WANDB_API_KEY")) or (
+        Path.home().joinpath(".netrc").is_file()
+        and "api.wandb.ai" in Path.home().joinpath(".netrc").read_text(errors="ignore")
+    )
+    offline = os.environ.get("WANDB_MODE", "") in ("offline", "disabled") or not logged_in
+    if offline and not os.environ.get("WANDB_MODE"):
+        log.warning("W&B: not logged in (no WANDB_API_KEY / ~/.netrc): logging offline")
+    with open_dict(logger_cfg):
+        logger_cfg.offline = offline
+
+
+def instantiate_loggers(cfg: DictConfig, run_dir: Path) -> list:
+    loggers = []
+    for name, lg in (cfg.get("logger") or {}).items():
+        if not isinstance(lg, DictConfig) or "_target_" not in lg:
+            continue
+        lg = lg.copy()
+        if "WandbLogger" in lg._target_:
+            os.environ.setdefault("WANDB_SILENT", "true")
+            _wandb_mode(lg)
+            id_file = run_dir / "wandb_id.txt"
+            with open_dict(lg):
+                if lg.get("id") is None:
+                    # the same run dir continues the same W&B run after a resume
+                    lg.id = id_file.read_text().strip() if id_file.is_file() else None
+                lg.resume = "allow"
+            logger = instantiate(lg)
+            id_file.parent.mkdir(parents=True, exist_ok=True)
+            id_file.write_text(str(logger.version))
+        else:
+            logger = instantiate(lg)
+        log.debug("logger %s: %s", name, lg._target_)
+        loggers.append(logger)
+    return loggers
+
+
+def make_datamodule(cfg: DictConfig, root: Path, use_masks: bool) -> L.LightningDataModule:
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    for key in ("source", "num_classes", "name"):
+        data_cfg.pop(key, None)
+    alpha = cfg.model.get("alpha") if use_masks else None
+    return instantiate(data_cfg, root=str(root), use_masks=use_masks, alpha=alpha)
+
+
+def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if cfg.get("ckpt_path") == "last" or (cfg.get("ckpt_path") is None and last.is_file()):
+        if last.is_file():
+            log.info("resuming from %s", last)
+            return str(last)
+        if cfg.get("ckpt_path") == "last":
+            raise ConfigError(f"ckpt_path=last but {last} does not exist")
+    return cfg.get("ckpt_path")
+
+
+def _destroy_process_group() -> None:
+    # without it about one DDP run in four aborts at interpreter exit (rc 134)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def fit_and_test(
+    cfg: DictConfig,
+    model_cfg: DictConfig,
+    data_root: Path,
+    run_dir: Path,
+    name: str,
+    trainer_overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train ``model_cfg`` on the shards at ``data_root``, test its best checkpoint, and write
+    ``run_dir/results.json``. Returns the results row."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cls = module_class(model_cfg)
+    datamodule = make_datamodule(cfg, data_root, use_masks=cls.uses_masks)
+    model: L.LightningModule = instantiate(model_cfg, _recursive_=True)
+    check = getattr(datamodule, "check_geometry", None)
+    if cls.uses_masks and check is not None:
+        check(model.geometry())  # before any training: a mask set for another grid is refused
+    callbacks = instantiate_callbacks(cfg)
+    loggers = instantiate_loggers(cfg, run_dir)
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg["default_root_dir"] = str(run_dir)
+    trainer_cfg.update(trainer_overrides or {})
+    for cb in callbacks:
+        if isinstance(cb, L.pytorch.callbacks.ModelCheckpoint):
+            cb.dirpath = str(run_dir / "checkpoints")
+    trainer: L.Trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
+    for lg in loggers:
+        lg.log_hyperparams(
+            {"model": OmegaConf.to_container(model_cfg, resolve=True), "seed": cfg.get("seed")}
+        )
+
+    start = time.perf_counter()
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=_resume_path(cfg, run_dir))
+    fit_seconds = time.perf_counter() - start
+    images_per_s = float(trainer.callback_metrics.get("train/images_per_s", 0.0))
+    for cb in callbacks:
+        if isinstance(cb, TrainThroughput) and cb.seconds > 0:
+            images_per_s = cb.images_per_s(trainer.world_size)
+
+    best = ""
+    if trainer.checkpoint_callback is not None:
+        best = trainer.checkpoint_callback.best_model_path or ""
+    tested: dict[str, float] = {}
+    if cfg.get("test", True):
+        ckpt = best if best and Path(best).is_file() else None
+        if ckpt is None:
+            log.warning("%s: no best checkpoint, testing the current weights", name)
+        out = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+        tested = {k: float(v) for k, v in (out[0] if out else {}).items()}
+    _destroy_process_group()
+
+    n = model.num_patches
+    eo = tested.get("test/eo", float("nan"))
+    row = {
+        "name": name,
+        "module": cls.__name__,
+        "top1": 100.0 * tested.get("test/top1", float("nan")),
+        "top5": 100.0 * tested.get("test/top5", float("nan")),
+        "eo": eo,
+        "eo_ratio": eo / n**2,
+        "num_patches": n,
+        "images_per_s": images_per_s,
+        "alpha": model_cfg.get("alpha"),
+        "beta": model_cfg.get("beta"),
+        "img_size": model_cfg.net.img_size,
+        "patch_size": model_cfg.net.patch_size,
+        "params": sum(p.numel() for p in model.net.parameters()),
+        "seed": cfg.get("seed"),
+        "fit_seconds": round(fit_seconds, 2),
+        "epochs": trainer.current_epoch,
+        "best_ckpt": best,
+        "run_dir": str(run_dir),
+    }
+    (run_dir / "results.json").write_text(json.dumps(row, indent=2))
+    for lg in loggers:
+        lg.log_metrics({f"results/{k}": row[k] for k in RESULT_KEYS if row[k] == row[k]})
+        lg.finalize("success")
+    return row

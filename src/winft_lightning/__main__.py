@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import traceback
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
@@ -52,8 +55,12 @@ def results_table(rows: list[dict[str, Any]]) -> tuple[Table, str]:
 
 def run(cfg: DictConfig) -> list[dict[str, Any]]:
     validate_config(cfg)
-    L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)
+    done = run_dir / "results.json"
+    if cfg.get("skip_if_done") and done.is_file():
+        log.info("already done, skipping: %s", done)
+        return [json.loads(done.read_text())]
+    L.seed_everything(cfg.seed, workers=True)
     cls = module_class(cfg.model)
     shards = pipeline.ensure_shards(cfg)
     rows = []
@@ -63,6 +70,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
         data_root = pipeline.ensure_masks(cfg, teacher, shards)
         if cfg.get("compare_teacher", True) and teacher_row is not None:
             rows.append(teacher_row)
+    L.seed_everything(cfg.seed, workers=True)  # the teacher may have reseeded
     row = fit_and_test(cfg, cfg.model, data_root, run_dir, cfg.get("task_name", cls.__name__))
     rows.append(row)
     table, md = results_table(rows)
@@ -74,15 +82,32 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     return rows
 
 
+def _record_failure(cfg: DictConfig, err: BaseException) -> None:
+    """In a multirun one failing job must not stop the others: keep its error beside it."""
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    failure = {
+        "name": cfg.get("task_name"),
+        "status": "failed",
+        "error": f"{type(err).__name__}: {err}",
+        "traceback": traceback.format_exc(),
+    }
+    (run_dir / "failed.json").write_text(json.dumps(failure, indent=2))
+    log.error("job failed (recorded in %s): %s", run_dir / "failed.json", failure["error"])
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    rows = run(cfg)
-    metric = cfg.get("optimized_metric")
-    if metric and rows:
-        key = metric.split("/")[-1]
-        value = rows[-1].get(key)
-        return float(value) if value is not None else None
-    return None
+    try:
+        rows = run(cfg)
+    except Exception as err:
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise
+        _record_failure(cfg, err)
+        return None
+    metric = cfg.get("optimized_metric")  # e.g. val/top1 -> the row's val_top1
+    value = rows[-1].get(metric.replace("/", "_")) if metric and rows else None
+    return float(value) if value is not None else None
 
 
 if __name__ == "__main__":

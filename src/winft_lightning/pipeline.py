@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def teacher_key(cfg: DictConfig, shards: Path) -> str:
         cfg.teacher.get("limit_train_batches"),
         data_opts,
         manifest.get("splits"),
-        cfg.seed,
+        cfg.teacher.seed,
     )
 
 
@@ -78,8 +79,10 @@ def ensure_teacher(cfg: DictConfig, shards: Path) -> tuple[Path, dict | None]:
         log.info("teacher: reusing cached %s", ckpt)
         return ckpt, json.loads(results.read_text())
     log.info("teacher: training a baseline ViT for %s epochs -> %s", cfg.teacher.max_epochs, out)
+    L.seed_everything(cfg.teacher.seed, workers=True)
     tcfg = cfg.copy()
     with open_dict(tcfg):
+        tcfg.seed = cfg.teacher.seed
         tcfg.ckpt_path = None
         tcfg.train = True
         tcfg.test = True

@@ -177,9 +177,11 @@ def fit_and_test(
         if isinstance(cb, TrainThroughput) and cb.seconds > 0:
             images_per_s = cb.images_per_s(trainer.world_size)
 
-    best = ""
+    best, val_top1 = "", float("nan")
     if trainer.checkpoint_callback is not None:
         best = trainer.checkpoint_callback.best_model_path or ""
+        score = trainer.checkpoint_callback.best_model_score
+        val_top1 = 100.0 * float(score) if score is not None else val_top1
     tested: dict[str, float] = {}
     if cfg.get("test", True):
         ckpt = best if best and Path(best).is_file() else None
@@ -196,6 +198,7 @@ def fit_and_test(
         "module": cls.__name__,
         "top1": 100.0 * tested.get("test/top1", float("nan")),
         "top5": 100.0 * tested.get("test/top5", float("nan")),
+        "val_top1": val_top1,
         "eo": eo,
         "eo_ratio": eo / n**2,
         "num_patches": n,

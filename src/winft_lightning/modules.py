@@ -195,11 +195,15 @@ class AWDViTModule(ViTModule):
         _check_alpha_beta(alpha, 0.0)
         super().__init__(net, *args, **kwargs)
 
+    def keep(self, batch: dict[str, Tensor]) -> Tensor | None:
+        """DIP mask M ``[B, N]`` of this batch (None: nothing dropped)."""
+        return None
+
     def forward(self, images: Tensor, batch: dict[str, Tensor] | None = None) -> Tensor:
         if batch is None or "windows" not in batch:
             raise KeyError(f"{type(self).__name__} needs the batch's 'windows' [B, N, 4]")
-        mask = models.awd_attn_mask(batch["windows"], self.grid, self.num_prefix_tokens)
-        return self._forward(images, attn_mask=mask)
+        with models.batch_context(self.net, windows=batch["windows"], keep=self.keep(batch)):
+            return self._forward(images)
 
     def interactions(self, batch: dict[str, Tensor]) -> Tensor:
         return I.window_areas(batch["windows"]).sum(dim=1)
@@ -207,19 +211,24 @@ class AWDViTModule(ViTModule):
 
 class AWDDIPViTModule(AWDViTModule):
     """AWD + DIP: AWD windows, and the floor(beta*N) least discriminative patch tokens zeroed
-    at the input of every block (SPEC 3). E_O counts the responsive fields (dropped keys out)."""
+    at the input of every block (SPEC 3; ``dip_mode=key_mask`` is the ablation that removes
+    them from every key set instead). E_O counts the responsive fields (dropped keys out)."""
 
-    def __init__(self, net: dict[str, Any], *args: Any, beta: float = 0.2, **kwargs: Any):
+    def __init__(
+        self,
+        net: dict[str, Any],
+        *args: Any,
+        beta: float = 0.2,
+        dip_mode: str = "multiply",
+        **kwargs: Any,
+    ):
         _check_alpha_beta(kwargs.get("alpha", 0.1), beta)
-        super().__init__(net, *args, **kwargs)
-        models.enable_dip(self.net)
+        super().__init__(net, *args, dip=dip_mode, **kwargs)
 
-    def forward(self, images: Tensor, batch: dict[str, Tensor] | None = None) -> Tensor:
-        if batch is None or "dip_order" not in batch:
+    def keep(self, batch: dict[str, Tensor]) -> Tensor:
+        if "dip_order" not in batch:
             raise KeyError(f"{type(self).__name__} needs the batch's 'dip_order' [B, N]")
-        keep = I.dip_keep(batch["dip_order"], self.hparams.beta)
-        with models.dip_scope(self.net, keep):
-            return super().forward(images, batch)
+        return I.dip_keep(batch["dip_order"], self.hparams.beta)
 
     def interactions(self, batch: dict[str, Tensor]) -> Tensor:
         field = I.responsive_field(
@@ -233,7 +242,7 @@ class WinfTModule(ViTModule):
 
     The ground truth w_gt is the responsive field of the batch's windows and DIP order; it is
     needed for training (and logged on val/test when the batch carries masks), never for
-    prediction."""
+    prediction. E_O is the True count of the predicted W, averaged over blocks."""
 
     attn_kind = "winft"
     uses_masks = True
@@ -254,29 +263,33 @@ class WinfTModule(ViTModule):
                 f"model.lambda1 and model.lambda2 must be >= 0, got {lambda1}, {lambda2}"
             )
         super().__init__(net, *args, **kwargs)
+        self._winft_logits: list[Tensor] = []
+        self._winft_eo: Tensor | None = None
 
     def forward(self, images: Tensor, batch: dict[str, Tensor] | None = None) -> Tensor:
-        return self._forward(images)
-
-    def interactions(self, batch: dict[str, Tensor]) -> Tensor:
-        return models.winft_interactions(self.net).float()
+        collect = batch is not None and "windows" in batch and "dip_order" in batch
+        with models.batch_context(self.net, collect_winft=collect):
+            logits = self._forward(images)
+        self._winft_logits, self._winft_eo = models.collect_winft_outputs(self.net)
+        return logits
 
     @property
     def ce_weight(self) -> float:
         return float(self.hparams.lambda1)
 
+    def interactions(self, batch: dict[str, Tensor]) -> Tensor:
+        return self._winft_eo.float()
+
     def extra_loss(self, batch: dict[str, Tensor], stage: str) -> dict[str, Tensor]:
-        if "windows" not in batch or "dip_order" not in batch:
+        if not self._winft_logits:
             if stage == "train":
                 raise KeyError("WinfTModule training needs 'windows' and 'dip_order' in the batch")
             return {}
         w_gt = I.responsive_field(
             batch["windows"], batch["dip_order"], self.hparams.beta, self.grid
-        ).float()
-        logits = models.winft_logits(self.net)
-        bce = torch.stack(
-            [F.binary_cross_entropy_with_logits(lg.float(), w_gt) for lg in logits]
-        ).mean()
+        )
+        bce = models.winft_bce_loss(self._winft_logits, w_gt)
+        self._winft_logits = []
         return {"bce": self.hparams.lambda2 * bce}
 
 

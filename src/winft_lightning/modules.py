@@ -7,13 +7,16 @@ logits, a loss and a per-image E_O; the math lives in ``interactions`` and ``mod
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import Container, OmegaConf
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
@@ -22,6 +25,28 @@ from winft_lightning import interactions as I
 from winft_lightning import models
 
 STAGES = ("train", "val", "test")
+
+
+NET_OPTIONS = ("sparse", "winft_mode", "dip", "tile")  # passed on to models.build_vit
+
+
+def _plain(obj: Any) -> Any:
+    """Hydra/OmegaConf containers -> plain Python (checkpoints load with weights_only=True)."""
+    return OmegaConf.to_container(obj, resolve=True) if isinstance(obj, Container) else obj
+
+
+def as_config(obj: Any) -> dict[str, Any] | None:
+    """An optimizer/scheduler given as a Hydra partial (or its config) -> its plain config."""
+    if obj is None or isinstance(obj, Mapping | Container):
+        return _plain(obj) if obj is None or isinstance(obj, Container) else dict(obj)
+    if isinstance(obj, functools.partial):
+        target = f"{obj.func.__module__}.{obj.func.__qualname__}"
+        return {
+            "_target_": target,
+            "_partial_": True,
+            **{k: _plain(v) for k, v in obj.keywords.items()},
+        }
+    raise TypeError(f"expected a Hydra _partial_ target or its config, got {type(obj).__name__}")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -42,7 +67,10 @@ class ViTModule(L.LightningModule):
     """Baseline ViT: full attention, E_O = N**2 per image.
 
     net: keyword arguments of :func:`winft_lightning.models.build_vit`.
-    optimizer / scheduler: partials ``optimizer(params)`` and ``scheduler(optimizer, total_steps)``.
+    optimizer / scheduler: Hydra ``_partial_`` targets ``optimizer(params)`` and
+    ``scheduler(optimizer, total_steps)``, instantiated or as config; they are kept as plain
+    config in the hyper-parameters, so ``load_from_checkpoint(path)`` needs nothing else.
+    options: ``NET_OPTIONS`` go to ``build_vit``; the rest are the subclass's own (alpha, ...).
     """
 
     attn_kind = "full"
@@ -50,19 +78,29 @@ class ViTModule(L.LightningModule):
 
     def __init__(
         self,
-        net: dict[str, Any],
-        optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: Callable[..., Any] | None = None,
+        net: Mapping[str, Any],
+        optimizer: Any = None,
+        scheduler: Any = None,
         compile: bool = False,
         label_smoothing: float = 0.0,
         on_nonfinite: str = "raise",
-        **attn_options: Any,
+        **options: Any,
     ) -> None:
         super().__init__()
         if on_nonfinite not in ("raise", "skip"):
-            raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
-        self.save_hyperparameters(logger=False)
-        self.net = models.build_vit(**dict(net), attn=self.attn_kind, **attn_options)
+            raise ValueError(f"model.on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
+        hparams = {
+            "net": _plain(net),
+            "optimizer": as_config(optimizer),
+            "scheduler": as_config(scheduler),
+            "compile": compile,
+            "label_smoothing": label_smoothing,
+            "on_nonfinite": on_nonfinite,
+            **{k: _plain(v) for k, v in options.items()},
+        }
+        self.save_hyperparameters(hparams, logger=False)
+        net_options = {k: v for k, v in options.items() if k in NET_OPTIONS}
+        self.net = models.build_vit(**hparams["net"], attn=self.attn_kind, **net_options)
         self.grid = tuple(self.net.patch_embed.grid_size)
         self.num_patches = self.grid[0] * self.grid[1]
         self.num_prefix_tokens = int(self.net.num_prefix_tokens)
@@ -154,12 +192,14 @@ class ViTModule(L.LightningModule):
         self._step(batch, batch_idx, "test")
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = self.hparams.optimizer(params=self.parameters())
+        if self.hparams.optimizer is None:
+            raise ValueError(f"{type(self).__name__} has no optimizer config (model.optimizer)")
+        optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
         if self.hparams.scheduler is None:
             return {"optimizer": optimizer}
         total = self.trainer.estimated_stepping_batches
         total = int(total) if math.isfinite(total) else 10_000
-        scheduler = self.hparams.scheduler(optimizer=optimizer, total_steps=total)
+        scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer, total_steps=total)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
@@ -191,9 +231,9 @@ class AWDViTModule(ViTModule):
     attn_kind = "awd"
     uses_masks = True
 
-    def __init__(self, net: dict[str, Any], *args: Any, alpha: float = 0.1, **kwargs: Any):
+    def __init__(self, net: Mapping[str, Any], *args: Any, alpha: float = 0.1, **kwargs: Any):
         _check_alpha_beta(alpha, 0.0)
-        super().__init__(net, *args, **kwargs)
+        super().__init__(net, *args, alpha=alpha, **kwargs)
 
     def keep(self, batch: dict[str, Tensor]) -> Tensor | None:
         """DIP mask M ``[B, N]`` of this batch (None: nothing dropped)."""
@@ -211,19 +251,19 @@ class AWDViTModule(ViTModule):
 
 class AWDDIPViTModule(AWDViTModule):
     """AWD + DIP: AWD windows, and the floor(beta*N) least discriminative patch tokens zeroed
-    at the input of every block (SPEC 3; ``dip_mode=key_mask`` is the ablation that removes
+    at the input of every block (SPEC 3; ``dip=key_mask`` is the ablation that removes
     them from every key set instead). E_O counts the responsive fields (dropped keys out)."""
 
     def __init__(
         self,
-        net: dict[str, Any],
+        net: Mapping[str, Any],
         *args: Any,
         beta: float = 0.2,
-        dip_mode: str = "multiply",
+        dip: str = "multiply",
         **kwargs: Any,
     ):
         _check_alpha_beta(kwargs.get("alpha", 0.1), beta)
-        super().__init__(net, *args, dip=dip_mode, **kwargs)
+        super().__init__(net, *args, beta=beta, dip=dip, **kwargs)
 
     def keep(self, batch: dict[str, Tensor]) -> Tensor:
         if "dip_order" not in batch:

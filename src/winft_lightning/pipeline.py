@@ -78,8 +78,10 @@ def ensure_teacher(cfg: DictConfig, shards: Path) -> tuple[Path, dict | None]:
     if ckpt.is_file() and results.is_file():
         log.info("teacher: reusing cached %s", ckpt)
         return ckpt, json.loads(results.read_text())
-    log.info("teacher: training a baseline ViT for %s epochs -> %s", cfg.teacher.max_epochs, out)
     L.seed_everything(cfg.teacher.seed, workers=True)
+    if int(cfg.teacher.max_epochs) == 0:
+        return _untrained_teacher(cfg, ckpt), None
+    log.info("teacher: training a baseline ViT for %s epochs -> %s", cfg.teacher.max_epochs, out)
     tcfg = cfg.copy()
     with open_dict(tcfg):
         tcfg.seed = cfg.teacher.seed
@@ -101,6 +103,27 @@ def ensure_teacher(cfg: DictConfig, shards: Path) -> tuple[Path, dict | None]:
     tmp.replace(ckpt)  # complete file or none: never a half-copied teacher
     results.write_text(json.dumps(row, indent=2))
     return ckpt, row
+
+
+def _untrained_teacher(cfg: DictConfig, ckpt: Path) -> Path:
+    """teacher.max_epochs=0: a randomly initialised ViT, saved as a Lightning checkpoint."""
+    from hydra.utils import instantiate
+
+    if ckpt.is_file():
+        log.info("teacher: reusing cached untrained teacher %s", ckpt)
+        return ckpt
+    log.info("teacher: teacher.max_epochs=0, saving a randomly initialised ViT -> %s", ckpt)
+    module = instantiate(cfg.teacher.model)
+    trainer = L.Trainer(
+        max_epochs=0, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.strategy.connect(module)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt.with_suffix(".tmp")
+    trainer.save_checkpoint(tmp)
+    tmp.replace(ckpt)
+    return ckpt
 
 
 def ensure_masks(cfg: DictConfig, teacher: Path, shards: Path) -> Path:

@@ -1,0 +1,276 @@
+"""``python -m winft_lightning.visualize ckpt=PATH images=[a.png,...] out_dir=DIR``.
+
+Loads a teacher ViT, runs the attention capture once per image batch, and writes the paper's
+figures (:mod:`winft_lightning.figures`) as PNGs. With ``images=[]`` a few of scikit-image's
+bundled photos are used; ``results=[...]`` (results.json files or run directories) adds the
+accuracy vs E_O trade-off plot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from winft_lightning import figures as F
+from winft_lightning import interactions as ia
+from winft_lightning.capture import iter_block_attention
+
+log = logging.getLogger(__name__)
+
+Grid = tuple[int, int]
+
+
+# ---------------------------------------------------------------- analysis -> figures
+
+
+def default_patches(grid: Grid) -> list[int]:
+    """Four patches spread over the grid (centre, upper left, upper right, lower centre)."""
+    h, w = grid
+    cells = [(h // 2, w // 2), (h // 4, w // 4), (h // 4, (3 * w) // 4), ((3 * h) // 4, w // 2)]
+    return list(dict.fromkeys(y * w + x for y, x in cells))
+
+
+class Captured:
+    """What the figures need from one capture pass over a batch ``[B, 3, H, W]``.
+
+    u ``[B, N, N]``; rows ``[B, l, n, N]`` head-mean attention rows of the chosen patches per
+    block; rollout ``[B, N]``. Built streaming: per block only the running U statistics, the
+    rollout product ``[B, T, T]`` and n rows are kept, never all l full maps."""
+
+    def __init__(self, model: nn.Module, images: Tensor, patches: Sequence[int]):
+        prefix = int(getattr(model, "num_prefix_tokens", 1))
+        idx = torch.as_tensor(list(patches), dtype=torch.long)
+        rows: list[Tensor] = []
+        joint: Tensor | None = None
+
+        def patch_maps() -> Iterator[Tensor]:
+            nonlocal joint
+            for full in iter_block_attention(model, images, patches_only=False):
+                joint = F.rollout_step(joint, full)
+                a = full[:, :, prefix:, prefix:]
+                rows.append(a[:, :, idx.to(a.device), :].mean(dim=1).float().cpu())
+                yield a
+
+        self.u = ia.uncertainty_map(patch_maps()).cpu()
+        self.rows = torch.stack(rows, dim=1)
+        self.rollout = joint[:, 0, prefix:].float().cpu()
+
+
+def _display(images: Tensor) -> Tensor:
+    """Per-image min-max rescale to [0, 1] (for model inputs that are normalised)."""
+    lo = images.amin(dim=(1, 2, 3), keepdim=True)
+    hi = images.amax(dim=(1, 2, 3), keepdim=True)
+    return (images - lo) / (hi - lo).clamp_min(1e-8)
+
+
+def analysis_figures(
+    model: nn.Module,
+    images: Tensor,
+    grid: Grid,
+    alphas: Sequence[float],
+    betas: Sequence[float],
+    out_dir: str | Path,
+    patches: Sequence[int] | None = None,
+    winft_w: Tensor | Sequence[Any] | None = None,
+    display: Tensor | None = None,
+    field_alpha: float | None = None,
+    field_beta: float | None = None,
+    prefix: str = "img",
+) -> list[Path]:
+    """Capture once, compute U / windows / DIP / fields / rollout and write every figure.
+
+    images: ``[B, 3, H, W]`` as the model takes them; display: the same images in [0, 1]
+    for drawing (default: per-image min-max of ``images``). winft_w: WinfT's ``sum_l W_l``
+    per image, ``[B, N, N]`` (or a length-B list of anything
+    :func:`figures.responsive_field_figure` takes). The responsive field uses ``field_alpha``
+    (default ``alphas[0]``) and ``field_beta`` (default the largest beta). Returns the paths
+    written, per image ``{prefix}{i}_{attention,uncertainty_rows,windows,dip,field,
+    responsive_field}.png`` plus ``rollout.png``."""
+    out = Path(out_dir)
+    n = grid[0] * grid[1]
+    patches = list(patches) if patches is not None else default_patches(grid)
+    if any(not 0 <= p < n for p in patches):
+        raise ValueError(f"patches {patches} outside 0..{n - 1}")
+    model.eval()
+    cap = Captured(model, images, patches)
+    if cap.u.shape[-1] != n:
+        raise ValueError(f"model has N={cap.u.shape[-1]} patches, grid {grid} has {n}")
+    shown = (display if display is not None else _display(images)).detach().cpu()
+    windows = {a: ia.awd_windows(cap.u, a, grid) for a in alphas}
+    order = ia.dip_order(cap.u)
+    fa = alphas[0] if field_alpha is None else field_alpha
+    fb = max(betas, default=0.0) if field_beta is None else field_beta
+    win_f = windows[fa] if fa in windows else ia.awd_windows(cap.u, fa, grid)
+    field = ia.responsive_field(win_f, order, fb, grid)
+
+    paths: list[Path] = []
+    for i in range(images.shape[0]):
+        img = shown[i]
+        figs = {
+            "attention": F.attention_maps_figure(img, cap.rows[i], patches, grid),
+            "uncertainty_rows": F.uncertainty_rows_figure(img, cap.u[i], patches, grid),
+            "windows": F.window_figure(img, {a: w[i] for a, w in windows.items()}, patches, grid),
+            "dip": F.dip_figure(img, cap.u[i], grid, betas),
+            "field": F.field_figure(img, field[i], grid),
+            "responsive_field": F.responsive_field_figure(
+                img,
+                field[i],
+                patches,
+                grid,
+                winft_w=None if winft_w is None else winft_w[i],
+                num_blocks=cap.rows.shape[1] if winft_w is not None else None,
+            ),
+        }
+        paths += [F.save(fig, out / f"{prefix}{i}_{name}.png") for name, fig in figs.items()]
+    paths.append(F.save(F.rollout_figure(shown, cap.rollout, cap.u, grid), out / "rollout.png"))
+    return paths
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def load_image(path: str | Path, size: int) -> Tensor:
+    """PNG/JPEG -> ``[3, size, size]`` in [0, 1]: shorter side resized to ``size``
+    (bicubic), centre crop."""
+    with Image.open(path) as im:
+        return _square(np.asarray(im.convert("RGB")), size)
+
+
+def _square(rgb: np.ndarray, size: int) -> Tensor:
+    im = Image.fromarray(rgb)
+    scale = size / min(im.size)
+    w, h = max(size, round(im.width * scale)), max(size, round(im.height * scale))
+    im = im.resize((w, h), Image.Resampling.BICUBIC)
+    left, top = (w - size) // 2, (h - size) // 2
+    im = im.crop((left, top, left + size, top + size))
+    return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 255.0
+
+
+def sample_images(size: int) -> Tensor:
+    """scikit-image's astronaut, coffee and chelsea photos as ``[3, 3, size, size]``."""
+    from skimage import data
+
+    return torch.stack([_square(f(), size) for f in (data.astronaut, data.coffee, data.chelsea)])
+
+
+def read_results(sources: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """Result rows from ``results.json`` files (a row or a list of rows) or directories
+    (searched recursively for ``results.json``)."""
+    rows: list[dict[str, Any]] = []
+    for src in map(Path, sources):
+        files = sorted(src.rglob("results.json")) if src.is_dir() else [src]
+        for f in files:
+            data = json.loads(f.read_text())
+            rows += data if isinstance(data, list) else [data]
+    return rows
+
+
+_TIMM_KEYS = (
+    "img_size",
+    "patch_size",
+    "num_classes",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "class_token",
+    "reg_tokens",
+    "global_pool",
+    "qkv_bias",
+)
+
+
+def _load_lightning_ckpt(path: str | Path) -> tuple[nn.Module, Any]:
+    """Fallback while ``teacher.load_teacher`` is unavailable: a Lightning checkpoint with
+    ``hyper_parameters["net"]`` (build_vit kwargs) and ``net.``-prefixed state-dict keys."""
+    from types import SimpleNamespace
+
+    import timm
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    net = dict(ckpt["hyper_parameters"]["net"])
+    kw = {k: net[k] for k in _TIMM_KEYS if k in net}
+    model = timm.create_model(net["model_name"], pretrained=False, **kw)
+    state = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    model.load_state_dict(state)
+    img, patch = int(net["img_size"]), int(net["patch_size"])
+    return model, SimpleNamespace(img_size=img, patch_size=patch, grid=(img // patch,) * 2)
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, int, int, Grid, Mapping[str, Any]]:
+    """``winft_lightning.teacher.load_teacher`` -> (model, img_size, patch_size, grid, info)."""
+    try:
+        from winft_lightning.teacher import load_teacher
+    except ImportError:
+        log.warning("winft_lightning.teacher unavailable; reading %s as a Lightning ckpt", path)
+        load_teacher = _load_lightning_ckpt
+
+    model, info = load_teacher(path)
+    img = int(np.atleast_1d(info.img_size)[0])
+    patch = int(np.atleast_1d(info.patch_size)[0])
+    return model.eval(), img, patch, tuple(info.grid), info
+
+
+def _norm_stats(model: nn.Module, info: Any) -> tuple[Tensor, Tensor]:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean = getattr(info, "mean", None) or cfg.get("mean") or (0.5, 0.5, 0.5)
+    std = getattr(info, "std", None) or cfg.get("std") or (0.5, 0.5, 0.5)
+    return torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+
+
+def run(cfg: Mapping[str, Any]) -> list[Path]:
+    """The CLI's job on a plain config mapping; returns the files written."""
+    model, img_size, _, grid, info = load_model(cfg["ckpt"])
+    device = torch.device(cfg.get("device") or "cpu")
+    model.to(device)
+    paths = list(cfg.get("images") or [])
+    shown = (
+        torch.stack([load_image(p, img_size) for p in paths]) if paths else sample_images(img_size)
+    )
+    mean, std = _norm_stats(model, info)
+    x = ((shown - mean) / std).to(device)
+    out = Path(cfg["out_dir"])
+    bs = int(cfg.get("batch_size") or 4)
+    written: list[Path] = []
+    for start in range(0, x.shape[0], bs):
+        written += analysis_figures(
+            model,
+            x[start : start + bs],
+            grid,
+            list(cfg["alphas"]),
+            list(cfg["betas"]),
+            out / f"batch{start // bs}" if x.shape[0] > bs else out,
+            patches=cfg.get("patches"),
+            display=shown[start : start + bs],
+        )
+    if cfg.get("results"):
+        rows = read_results(list(cfg["results"]))
+        for key in ("eo", "eo_ratio"):
+            fig = F.tradeoff_figure(rows, x=key, log_x=bool(cfg.get("log_x", False)))
+            written.append(F.save(fig, out / f"tradeoff_{key}.png"))
+    log.info("wrote %d figures to %s", len(written), out)
+    return written
+
+
+def _hydra_main() -> None:
+    import hydra
+    from omegaconf import DictConfig, OmegaConf
+
+    @hydra.main(version_base="1.3", config_path="conf", config_name="visualize")
+    def main(cfg: DictConfig) -> None:
+        files = run(OmegaConf.to_container(cfg, resolve=True))
+        print(f"{len(files)} figures in {cfg.out_dir}")
+
+    main()
+
+
+if __name__ == "__main__":
+    _hydra_main()

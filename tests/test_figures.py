@@ -1,0 +1,353 @@
+"""Figures (figures.py), attention rollout, analysis_figures and the visualize CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from matplotlib.colorbar import Colorbar
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from matplotlib.quiver import Quiver
+from PIL import Image
+
+from winft_lightning import figures as F
+from winft_lightning import interactions as ia
+from winft_lightning import visualize as V
+from winft_lightning.capture import iter_block_attention
+
+NET = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10)
+GRID = (4, 4)
+N = 16
+
+
+def tiny_vit():
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, **NET).eval()
+
+
+def image(h=32, w=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(3, h, w, generator=g)
+
+
+def random_u(n=N, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, n, generator=g) ** 4
+
+
+def colorbars(fig: Figure) -> list:
+    return [ax for ax in fig.axes if isinstance(getattr(ax, "_colorbar", None), Colorbar)]
+
+
+def panels(fig: Figure) -> list:
+    bars = colorbars(fig)
+    return [ax for ax in fig.axes if ax not in bars]
+
+
+def assert_labelled(fig: Figure) -> None:
+    """Every panel has a title; every panel row has a y label and every column an x label
+    (outer labels); every colourbar has a label."""
+    ps = panels(fig)
+    assert ps and all(ax.get_title() for ax in ps)
+    assert any(ax.get_xlabel() for ax in ps) and any(ax.get_ylabel() for ax in ps)
+    for ax in ps:
+        box = ax.get_position()
+        row_mates = [o for o in ps if o.get_position().y0 < box.y1 and box.y0 < o.get_position().y1]
+        col_mates = [o for o in ps if o.get_position().x0 < box.x1 and box.x0 < o.get_position().x1]
+        assert any(o.get_ylabel() for o in row_mates), ax.get_title()
+        assert any(o.get_xlabel() for o in col_mates), ax.get_title()
+    for cb in colorbars(fig):
+        assert cb.get_ylabel() or cb.get_xlabel()
+
+
+def assert_png(fig: Figure, path: Path) -> None:
+    fig.canvas.draw()  # lays out so positions are final
+    assert_labelled(fig)
+    out = F.save(fig, path)
+    assert out == path and path.is_file()
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temp left
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        im.verify()
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("RGB"), dtype=np.float32)
+    assert min(arr.shape[:2]) > 200
+    assert arr.std() > 20  # not blank
+    assert len(np.unique(arr.reshape(-1, 3), axis=0)) > 100  # real content, not a flat fill
+
+
+# ---------------------------------------------------------------- rollout
+
+
+def naive_rollout(maps, prefix):
+    b, _, t, _ = maps[0].shape
+    out = []
+    for i in range(b):
+        r = torch.eye(t, dtype=torch.float64)
+        for a in maps:
+            m = a[i].double().mean(0)
+            m = 0.5 * m + 0.5 * torch.eye(t, dtype=torch.float64)
+            for row in range(t):
+                m[row] = m[row] / m[row].sum()
+            r = m @ r
+        out.append(r[0, prefix:])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("prefix", [1, 3])
+def test_rollout_matches_naive_loop(prefix):
+    g = torch.Generator().manual_seed(1)
+    maps = [torch.randn(2, 3, prefix + N, prefix + N, generator=g).softmax(-1) for _ in range(4)]
+    got = F.attention_rollout(iter(maps), num_prefix=prefix)
+    assert got.shape == (2, N)
+    torch.testing.assert_close(got.double(), naive_rollout(maps, prefix), rtol=1e-5, atol=1e-7)
+    # the full CLS row of the product is a distribution; the patch part is less than all of it
+    assert (got.sum(-1) < 1).all() and (got > 0).all()
+    with pytest.raises(ValueError):
+        F.attention_rollout(iter([]))
+
+
+def test_rollout_streams_from_capture():
+    model, x = tiny_vit(), torch.randn(2, 3, 32, 32)
+    got = F.attention_rollout(iter_block_attention(model, x, patches_only=False))
+    full = list(iter_block_attention(model, x, patches_only=False))
+    torch.testing.assert_close(got.double(), naive_rollout(full, 1), rtol=1e-5, atol=1e-7)
+
+
+def test_captured_equals_separate_passes():
+    model, x, patches = tiny_vit(), torch.randn(2, 3, 32, 32), [0, 5, 15]
+    cap = V.Captured(model, x, patches)
+    torch.testing.assert_close(cap.u, ia.uncertainty_map(iter_block_attention(model, x)))
+    blocks = list(iter_block_attention(model, x))
+    want = torch.stack([a[:, :, patches, :].mean(1) for a in blocks], dim=1)
+    assert cap.rows.shape == (2, 2, 3, N)
+    torch.testing.assert_close(cap.rows, want)
+    torch.testing.assert_close(
+        cap.rollout, F.attention_rollout(iter_block_attention(model, x, patches_only=False))
+    )
+
+
+# ---------------------------------------------------------------- figures
+
+
+def test_to_hwc_accepts_chw_and_uint8():
+    chw = image()
+    hwc8 = (chw.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    np.testing.assert_allclose(F.to_hwc(chw), chw.permute(1, 2, 0).numpy())
+    np.testing.assert_allclose(F.to_hwc(hwc8), F.to_hwc(chw), atol=1 / 255)
+
+
+def test_attention_maps_figure(tmp_path):
+    rows = torch.rand(2, 3, N)  # 2 blocks, 3 patches
+    fig = F.attention_maps_figure(image(), rows, [0, 6, 15], GRID)
+    assert len(panels(fig)) == 6 and len(colorbars(fig)) == 2
+    assert {ax.get_title().split(",")[0] for ax in panels(fig)} == {"$A_{1}$", "$A_{2}$"}
+    assert_png(fig, tmp_path / "attn.png")
+
+
+def test_uncertainty_rows_figure(tmp_path):
+    fig = F.uncertainty_rows_figure(image(), random_u(), [0, 9], GRID)
+    assert len(panels(fig)) == 2 and len(colorbars(fig)) == 2
+    # the overlay is row p of U on the patch grid
+    overlay = panels(fig)[1].get_images()[-1].get_array()
+    np.testing.assert_allclose(overlay, random_u()[9].view(GRID).numpy(), rtol=1e-6)
+    assert_png(fig, tmp_path / "urows.png")
+
+
+def test_window_rectangles_match_windows_in_pixels(tmp_path):
+    grid, p_px = (4, 6), 8  # non-square grid: catches an x/y swap
+    n = 24
+    wins = torch.zeros(n, 4, dtype=torch.long)
+    wins[7] = torch.tensor([0, 1, 3, 2])  # x 0..3, y 1..2
+    wins[22] = torch.tensor([2, 0, 5, 3])
+    other = wins.clone()
+    other[7] = torch.tensor([1, 1, 1, 1])
+    fig = F.window_figure(image(32, 48), {0.1: wins, 0.5: other}, [7, 22], grid)
+    assert len(panels(fig)) == 4
+    rects = {}
+    for ax in panels(fig):
+        for r in ax.patches:
+            if isinstance(r, Rectangle) and r.get_gid():
+                rects.setdefault(r.get_gid(), []).append(
+                    (r.get_x(), r.get_y(), r.get_width(), r.get_height())
+                )
+    assert rects["window:7"] == [(0, 8, 32, 16), (8, 8, 8, 8)]
+    assert rects["window:22"] == [(16, 0, 32, 32)] * 2
+    assert rects["patch:7"] == [(1 * p_px, 1 * p_px, 8, 8)] * 2  # p=7: x=1, y=1 on a 6-wide grid
+    assert rects["patch:22"] == [(4 * p_px, 3 * p_px, 8, 8)] * 2
+    assert_png(fig, tmp_path / "win.png")
+
+
+def gt_field(u=None, alpha=0.1, beta=0.2):
+    u = random_u() if u is None else u
+    win = ia.awd_windows(u[None], alpha, GRID)
+    return ia.responsive_field(win, ia.dip_order(u[None]), beta, GRID)[0]
+
+
+@pytest.mark.parametrize("with_w", [False, True])
+def test_responsive_field_figure(tmp_path, with_w):
+    field = gt_field()
+    w = torch.randint(0, 3, (N, N)) if with_w else None
+    fig = F.responsive_field_figure(image(), field, [3, 10], GRID, winft_w=w, num_blocks=2)
+    assert len(panels(fig)) == (6 if with_w else 4)
+    assert len(colorbars(fig)) == (2 if with_w else 0)
+    gt = panels(fig)[(3 if with_w else 2) + 1].get_images()[-1].get_array()  # row 2, S_p
+    np.testing.assert_array_equal(~np.ma.getmaskarray(gt), field[10].view(GRID).numpy())
+    assert_png(fig, tmp_path / "rf.png")
+    if with_w:  # a per-patch mapping gives the same panel
+        fig2 = F.responsive_field_figure(
+            image(), field, [3, 10], GRID, winft_w={3: w[3], 10: w[10].view(GRID)}, num_blocks=2
+        )
+        np.testing.assert_array_equal(
+            panels(fig2)[5].get_images()[-1].get_array(), w[10].view(GRID).numpy()
+        )
+
+
+def test_dip_figure(tmp_path):
+    u = random_u()
+    betas = [0.0, 0.25, 0.5]
+    fig = F.dip_figure(image(), u, GRID, betas)
+    assert len(panels(fig)) == 2 + len(betas) and len(colorbars(fig)) == 1
+    # the beta=0.5 panel blacks out exactly the 8 lowest-variance patches
+    overlay = panels(fig)[-1].get_images()[-1].get_array()
+    dropped = np.flatnonzero(~np.ma.getmaskarray(overlay).reshape(-1))
+    assert sorted(dropped) == sorted(ia.dip_order(u[None])[0, :8].tolist())
+    assert_png(fig, tmp_path / "dip.png")
+
+
+def test_field_figure(tmp_path):
+    field = gt_field()
+    fig = F.field_figure(image(), field, GRID)
+    assert len(panels(fig)) == 2 and len(colorbars(fig)) == 1
+    quivers = [c for c in panels(fig)[0].collections if isinstance(c, Quiver)]
+    assert len(quivers) == 1
+    size = panels(fig)[1].get_images()[-1].get_array()
+    np.testing.assert_array_equal(size, field.sum(-1).view(GRID).numpy())
+    assert_png(fig, tmp_path / "field.png")
+
+
+def test_rollout_figure(tmp_path):
+    imgs = torch.stack([image(seed=0), image(seed=1)])
+    fig = F.rollout_figure(
+        imgs, torch.rand(2, N), torch.stack([random_u(), random_u(seed=1)]), GRID
+    )
+    assert len(panels(fig)) == 6 and len(colorbars(fig)) == 4
+    assert_png(fig, tmp_path / "rollout.png")
+
+
+def test_tradeoff_figure(tmp_path):
+    rows = [
+        dict(module="ViTModule", alpha=None, beta=None, top1=81.2, eo=38416.0),
+        dict(module="AWDModule", alpha=0.2, beta=0.0, top1=81.5, eo=15000.0),
+        dict(module="AWDModule", alpha=0.1, beta=0.0, top1=81.9, eo=8866.0),
+        dict(module="AWDModule", alpha=0.1, beta=0.0, top1=80.9, eo=8866.0),  # 2nd seed
+        dict(module="AWDDIPModule", alpha=0.1, beta=0.2, top1=82.4, eo=7080.0),
+        dict(module="AWDModule", alpha=0.3, beta=0.0, top1=float("nan"), eo=2e4),  # skipped
+        dict(family="winft", alpha=1.0, beta=0.0, top1="", eo=2e4),  # failed run: skipped
+    ]
+    fig = F.tradeoff_figure(rows, log_x=True)
+    (ax,) = fig.axes
+    assert ax.get_xscale() == "log" and ax.get_xlabel() and ax.get_ylabel() and ax.get_title()
+    lines = {c.get_label(): c.lines[0] for c in ax.containers}
+    assert set(lines) == {"ViTModule", "AWDModule", "AWDDIPModule"}
+    np.testing.assert_array_equal(lines["AWDModule"].get_xdata(), [8866.0, 15000.0])  # sorted
+    np.testing.assert_allclose(
+        np.asarray(lines["AWDModule"].get_ydata(), float), [81.4, 81.5]
+    )  # seed mean
+    assert sorted(t.get_text() for t in ax.texts) == ["α=0.1, β=0", "α=0.1, β=0.2", "α=0.2, β=0"]
+    fig.canvas.draw()
+    path = F.save(fig, tmp_path / "sub" / "tradeoff.png")
+    with Image.open(path) as im:
+        im.verify()
+
+
+# ---------------------------------------------------------------- analysis + CLI
+
+FIGS = ("attention", "uncertainty_rows", "windows", "dip", "field", "responsive_field")
+
+
+def test_analysis_figures_writes_all(tmp_path):
+    model = tiny_vit()
+    shown = image(seed=1)[None]
+    w = torch.randint(0, 3, (1, N, N))
+    paths = V.analysis_figures(
+        model, (shown - 0.5) / 0.5, GRID, [0.1, 0.3], [0.0, 0.25], tmp_path,
+        patches=[1, 10], winft_w=w, display=shown,
+    )  # fmt: skip
+    want = [tmp_path / f"img0_{k}.png" for k in FIGS] + [tmp_path / "rollout.png"]
+    assert paths == want and all(p.stat().st_size > 5000 for p in paths)
+    with pytest.raises(ValueError, match="outside"):
+        V.analysis_figures(model, shown, GRID, [0.1], [0.1], tmp_path, patches=[16])
+
+
+def tiny_ckpt(path: Path) -> Path:
+    model = tiny_vit()
+    state = {"net." + k: v for k, v in model.state_dict().items()}
+    hp = {"net": dict(model_name="vit_tiny_patch16_224", **NET)}
+    torch.save({"state_dict": state, "hyper_parameters": hp}, path)
+    return path
+
+
+def test_load_image_resizes_and_centre_crops(tmp_path):
+    arr = np.zeros((40, 80, 3), np.uint8)
+    arr[:, 20:60] = 255  # the central square is white, the sides black
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    x = V.load_image(tmp_path / "a.png", 32)
+    assert x.shape == (3, 32, 32) and x.min() >= 0 and x.max() <= 1
+    assert x.mean() > 0.95  # only the white centre is kept
+
+
+def test_cli_end_to_end(tmp_path):
+    ckpt = tiny_ckpt(tmp_path / "tiny.ckpt")
+    Image.fromarray((np.random.default_rng(0).random((50, 70, 3)) * 255).astype(np.uint8)).save(
+        tmp_path / "photo.jpg"
+    )
+    res = tmp_path / "runs" / "awd"
+    res.mkdir(parents=True)
+    (res / "results.json").write_text(
+        json.dumps(dict(module="AWDModule", alpha=0.1, beta=0.0, top1=80.0, eo=100.0, eo_ratio=0.4))
+    )
+    out = tmp_path / "figs"
+    cmd = [
+        sys.executable, "-m", "winft_lightning.visualize", f"ckpt={ckpt}",
+        f"images=[{tmp_path / 'photo.jpg'}]", f"out_dir={out}", "alphas=[0.1]",
+        "betas=[0.25]", f"results=[{tmp_path / 'runs'}]", f"hydra.run.dir={tmp_path / 'hydra'}",
+    ]  # fmt: skip
+    env = {**os.environ, "WINFT_ROOT": str(tmp_path)}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = sorted(p.name for p in out.iterdir())
+    want = [f"img0_{k}.png" for k in FIGS] + ["rollout.png", "tradeoff_eo.png"]
+    assert names == sorted([*want, "tradeoff_eo_ratio.png"])
+    for name in names:
+        with Image.open(out / name) as im:
+            im.verify()
+
+
+def test_run_batches_bundled_photos(tmp_path, monkeypatch):
+    """images=[]: scikit-image's three photos, at the model's size, in batches of batch_size
+    (rendering is stubbed here; it is covered above)."""
+    calls = []
+
+    def fake(model, x, grid, alphas, betas, out_dir, patches=None, display=None, **_):
+        calls.append((tuple(x.shape), grid, alphas, betas, Path(out_dir), patches, display))
+        return [Path(out_dir) / "x.png"]
+
+    monkeypatch.setattr(V, "analysis_figures", fake)
+    ckpt = tiny_ckpt(tmp_path / "tiny.ckpt")
+    cfg = dict(ckpt=str(ckpt), images=[], out_dir=str(tmp_path / "o"), alphas=[0.2],
+               betas=[0.25], batch_size=2, patches=[5])  # fmt: skip
+    assert len(V.run(cfg)) == 2
+    assert [c[0] for c in calls] == [(2, 3, 32, 32), (1, 3, 32, 32)]
+    assert [c[4].name for c in calls] == ["batch0", "batch1"]
+    assert calls[0][1:4] == ((4, 4), [0.2], [0.25]) and calls[0][5] == [5]
+    shown = calls[0][6]
+    assert shown.min() >= 0 and shown.max() <= 1 and shown.std() > 0.1  # real photos, [0, 1]

@@ -1,0 +1,257 @@
+"""Attention layers: AWD (SPEC 2, dense mask or flex block-sparse) and WinfT (SPEC 5).
+
+Both subclass ``timm.layers.Attention`` (same ``__init__`` and parameters, so timm weights load
+unchanged) and are passed to timm as ``attn_layer``. They read the batch's inputs from the
+network's :class:`~winft_lightning.models.context.NetContext` (``ctx``, attached by
+``build_vit``). Shapes: B images, H heads, T = prefix + N tokens, d head dim.
+
+Sparse (flex) path and token order: ``flex_attention`` skips whole (query block, key block)
+tiles of its ``BlockMask`` (128 x 128 tokens) that are fully masked. In timm's row-major order a
+window r patches tall covers r separate runs of the key sequence, so almost every key block of a
+query block holds some allowed key and nothing is skipped. The sparse path therefore runs
+attention in a tiled order (:func:`tiled_order`): patches grouped by ``tile x tile`` squares of
+the grid, prefix tokens moved to the end so block boundaries fall between tiles; a query block is
+then a compact image region and a local window touches few key blocks. Per-token projections
+commute with the permutation, so only the attention core runs permuted, and it is undone before
+the output projection. Without ``torch.compile`` flex materialises the scores (correct, slow);
+FlexAttention has no backward on CPU, so the sparse path trains on GPU only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import Attention
+from torch import Tensor
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+from ..interactions import windows_to_mask
+from .context import NetContext
+
+__all__ = [
+    "AwdAttention",
+    "WinftAttention",
+    "awd_attn_mask",
+    "awd_block_mask",
+    "expand_prefix",
+    "tiled_order",
+    "winft_logits",
+    "winft_window",
+]
+
+
+def _token_mask(
+    windows: Tensor | None, keep: Tensor | None, grid: tuple[int, int], num_prefix_tokens: int
+) -> Tensor:
+    """``[B, T, T]`` bool: patch rows restricted to their windows (all patches when windows is
+    None), prefix rows/columns free, key columns of dropped patches (``keep`` False) removed,
+    diagonal always True."""
+    ref = windows if windows is not None else keep
+    b, n = ref.shape[:2]
+    p = num_prefix_tokens
+    t = p + n
+    mask = torch.ones(b, t, t, dtype=torch.bool, device=ref.device)
+    if windows is not None:
+        mask[:, p:, p:] = windows_to_mask(windows, grid)
+    if keep is not None:
+        mask[:, :, p:] &= keep.to(device=ref.device, dtype=torch.bool).unsqueeze(1)
+    return mask | torch.eye(t, dtype=torch.bool, device=ref.device)
+
+
+def awd_attn_mask(
+    windows: Tensor, grid: tuple[int, int], num_prefix_tokens: int, keep: Tensor | None = None
+) -> Tensor:
+    """Dense AWD mask for timm's ``model(x, attn_mask=mask)``: ``[B, 1, T, T]`` bool, True =
+    may attend. windows ``[B, N, 4]``; patch p attends to its window (SPEC 2), prefix tokens
+    unrestricted both ways. keep ``[B, N]`` (optional, DIP key-mask ablation) removes dropped
+    patches from every key set. The diagonal is always True, so no row is empty."""
+    return _token_mask(windows, keep, grid, num_prefix_tokens).unsqueeze(1)
+
+
+def tiled_order(grid: tuple[int, int], num_prefix_tokens: int, tile: int = 8) -> Tensor:
+    """Token permutation ``[T]`` long: patches by (tile row, tile column, row, column in tile),
+    then the prefix tokens. ``x[:, perm]`` is the tiled sequence; see the module docstring."""
+    h, w = grid
+    p = num_prefix_tokens
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    key = (
+        ((ys // tile) * ((w + tile - 1) // tile) + xs // tile) * tile + ys % tile
+    ) * tile + xs % tile
+    patches = torch.argsort(key.flatten(), stable=True) + p
+    return torch.cat((patches, torch.arange(p)))
+
+
+def _ensure_perm(ctx: NetContext, device: torch.device) -> tuple[Tensor, Tensor]:
+    if ctx.perm is None or ctx.perm.device != device:
+        ctx.perm = tiled_order(ctx.grid, ctx.num_prefix_tokens, ctx.tile).to(device)
+        ctx.inv_perm = torch.argsort(ctx.perm)
+    return ctx.perm, ctx.inv_perm
+
+
+def awd_block_mask(windows: Tensor | None, keep: Tensor | None, ctx: NetContext):
+    """Flex ``BlockMask`` of :func:`awd_attn_mask` in tiled token order (B per-image masks).
+
+    The ``mask_mod`` reads per-token tables (query window, key coordinates) instead of a dense
+    ``[B, T, T]`` tensor, so the kernel evaluates 4 comparisons on partial blocks."""
+    ref = windows if windows is not None else keep
+    b, device = ref.shape[0], ref.device
+    h, w = ctx.grid
+    p, t = ctx.num_prefix_tokens, ctx.num_tokens
+    perm, _ = _ensure_perm(ctx, device)
+    full = torch.tensor([0, 0, w - 1, h - 1], device=device)
+    win = full.expand(b, t, 4).clone()
+    if windows is not None:
+        win[:, p:] = windows.to(device=device, dtype=torch.long)
+    win = win[:, perm].contiguous()  # [B, T, 4] window of the query at each tiled position
+    patch = (perm - p).clamp_min(0)
+    kx, ky = patch % w, patch // w
+    free = perm < p  # prefix keys: everyone attends to them
+    kkeep = torch.ones(b, t, dtype=torch.bool, device=device)
+    if keep is not None:
+        kkeep[:, p:] = keep.to(device=device, dtype=torch.bool)
+        kkeep = kkeep[:, perm].contiguous()
+
+    def mask_mod(bi, hi, qi, ki):
+        x, y = kx[ki], ky[ki]
+        inside = (x >= win[bi, qi, 0]) & (x <= win[bi, qi, 2])
+        inside = inside & (y >= win[bi, qi, 1]) & (y <= win[bi, qi, 3])
+        return ((inside | free[ki]) & kkeep[bi, ki]) | (qi == ki)
+
+    return create_block_mask(mask_mod, b, None, t, t, device=device)
+
+
+def _dense_block_mask(mask: Tensor):
+    """Flex ``BlockMask`` from a dense ``[B, T, T]`` bool mask (already in kernel order)."""
+    b, t, _ = mask.shape
+
+    def mask_mod(bi, hi, qi, ki):
+        return mask[bi, qi, ki]
+
+    return create_block_mask(mask_mod, b, None, t, t, device=mask.device)
+
+
+class _CtxAttention(Attention):
+    """timm ``Attention`` with a :class:`NetContext` slot and split-out projection steps."""
+
+    ctx: NetContext | None = None
+
+    def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        b, t, _ = x.shape
+        qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        return self.q_norm(q), self.k_norm(k), v
+
+    def _out(self, o: Tensor, x: Tensor) -> Tensor:
+        """o ``[B, H, T, d]`` attention output, x the layer input -> ``[B, T, C]``."""
+        b, _, t, _ = o.shape
+        o = self.norm(o.transpose(1, 2).reshape(b, t, self.attn_dim))
+        if self.gate is not None:
+            o = o * self.gate(x).sigmoid()
+        return self.proj_drop(self.proj(o))
+
+    def _flex(self, q: Tensor, k: Tensor, v: Tensor, block_mask_fn) -> Tensor:
+        """Attention core in tiled token order. q, k, v ``[B, H, T, d]`` in timm order;
+        ``block_mask_fn(perm)`` gives the ``BlockMask`` in tiled order. Returns ``[B, H, T, d]``
+        in timm order."""
+        if self.training and self.attn_drop.p > 0:
+            raise ValueError("the sparse (flex) path has no attention dropout; set attn_drop=0")
+        perm, inv = _ensure_perm(self.ctx, q.device)
+        q, k, v = q[:, :, perm], k[:, :, perm], v[:, :, perm]
+        o = flex_attention(q, k, v, block_mask=block_mask_fn(perm), scale=self.scale)
+        return o[:, :, inv]
+
+
+class AwdAttention(_CtxAttention):
+    """AWD attention: each patch attends only inside its window; CLS/registers unrestricted.
+
+    An explicit ``attn_mask`` (timm's ``model(x, attn_mask=awd_attn_mask(...))``) wins; otherwise
+    the context's flex ``BlockMask`` (sparse) or dense mask is used."""
+
+    def forward(
+        self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False
+    ) -> Tensor:
+        ctx = self.ctx
+        if attn_mask is None and ctx is not None:
+            if ctx.block_mask is not None:
+                q, k, v = self._qkv(x)
+                o = self._flex(q, k, v, lambda perm: ctx.block_mask)
+                return self._out(o, x)
+            attn_mask = ctx.attn_mask
+            if attn_mask is None and ctx.attn == "awd":
+                raise RuntimeError(
+                    "AWD attention without windows: run the forward inside "
+                    "batch_context(net, windows=...)"
+                )
+        return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+
+
+def winft_logits(q: Tensor, k: Tensor, num_prefix_tokens: int) -> Tensor:
+    """``mean_h Q_h K_h^T`` on patch tokens (eq. 8 before the sigmoid), unscaled: ``[B, N, N]``
+    float32. q, k ``[B, H, T, d]``. One matmul over the concatenated head dims, since
+    ``sum_h Q_h K_h^T = Q K^T``; it runs in the input dtype (autocast) and is returned in float32
+    so the sigmoid threshold and the BCE see full precision."""
+    b, h, t, d = q.shape
+    p = num_prefix_tokens
+    qc = q[:, :, p:].transpose(1, 2).reshape(b, t - p, h * d)
+    kc = k[:, :, p:].transpose(1, 2).reshape(b, t - p, h * d)
+    return (qc @ kc.transpose(1, 2)).float() / h
+
+
+def winft_window(logits: Tensor) -> Tensor:
+    """W (eq. 9): ``w' = sigmoid(logits)``, ``W[i, j] = w'[i, j] > mean_j w'[i, :]`` (strict).
+    logits ``[B, N, N]`` -> bool ``[B, N, N]``."""
+    w = logits.sigmoid()
+    return w > w.mean(dim=-1, keepdim=True)
+
+
+def expand_prefix(w: Tensor, num_prefix_tokens: int) -> Tensor:
+    """Patch block ``[B, N, N]`` -> ``[B, T, T]`` with prefix rows and columns True."""
+    if num_prefix_tokens == 0:
+        return w
+    return F.pad(w, (num_prefix_tokens, 0, num_prefix_tokens, 0), value=True)
+
+
+class WinftAttention(_CtxAttention):
+    """Window-free multi-head attention (SPEC 5, eq. 8-10).
+
+    ``L_h = Q_h K_h^T``; ``W`` from :func:`winft_logits` / :func:`winft_window`; ``mode``:
+    "multiply" ``A' = softmax((L_h / sqrt(d)) * W)`` (eq. 10: masked logits become 0) or
+    "neg_inf" (masked logits -inf, true restriction; dense SDPA or flex when ``ctx.sparse``).
+    After each forward: ``last_count`` ``[B]`` = True entries of W's patch block (E_O), and,
+    when the context asks to collect, ``last_logits`` ``[B, N, N]`` (with grad) for the BCE.
+    """
+
+    mode: str = "multiply"
+    last_logits: Tensor | None = None
+    last_count: Tensor | None = None
+
+    def forward(
+        self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False
+    ) -> Tensor:
+        if attn_mask is not None or is_causal:
+            raise ValueError("WinfT attention predicts its own mask; attn_mask is not supported")
+        ctx = self.ctx
+        p = ctx.num_prefix_tokens if ctx is not None else 0
+        sparse = ctx is not None and ctx.sparse
+        q, k, v = self._qkv(x)
+        logits = winft_logits(q, k, p)
+        w = winft_window(logits)
+        self.last_count = w.flatten(1).sum(dim=1)
+        self.last_logits = logits if ctx is not None and ctx.collect else None
+        w = expand_prefix(w, p)  # [B, T, T]
+        if self.mode == "multiply":
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            attn = (attn * w.unsqueeze(1)).softmax(dim=-1)
+            o = self.attn_drop(attn) @ v
+        elif sparse:
+            o = self._flex(q, k, v, lambda perm: _dense_block_mask(w[:, perm][:, :, perm]))
+        elif self.fused_attn:
+            o = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=w.unsqueeze(1),
+                dropout_p=self.attn_drop.p if self.training else 0.0,
+            )  # fmt: skip
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            attn = attn.masked_fill(~w.unsqueeze(1), float("-inf")).softmax(dim=-1)
+            o = self.attn_drop(attn) @ v
+        return self._out(o, x)

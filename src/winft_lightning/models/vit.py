@@ -1,0 +1,165 @@
+"""``build_vit``: timm VisionTransformer with full, AWD or WinfT attention, optional DIP."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.layers import Attention
+from timm.models._helpers import load_state_dict
+from torch import Tensor, nn
+
+from .attention import AwdAttention, WinftAttention
+from .context import CONTEXT_ATTR, NetContext
+from .dip import DipBlock
+
+__all__ = [
+    "ATTN_KINDS",
+    "DIP_MODES",
+    "WINFT_MODES",
+    "build_vit",
+    "collect_winft_outputs",
+    "winft_bce_loss",
+]
+
+ATTN_KINDS = ("full", "awd", "winft")
+WINFT_MODES = ("multiply", "neg_inf")
+DIP_MODES = ("none", "multiply", "key_mask")
+_HEAD_KEYS = ("head.weight", "head.bias")
+
+
+def _read_checkpoint(path: str) -> dict[str, Tensor]:
+    """timm state dict from a file: a timm/torch state dict, or a Lightning checkpoint whose
+    network is the attribute ``net`` (keys ``net.<timm key>``)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    sd = load_state_dict(path, use_ema=False)
+    if any(k.startswith("net.") for k in sd):
+        sd = {k[4:]: v for k, v in sd.items() if k.startswith("net.")}
+    return sd
+
+
+def build_vit(
+    model_name: str = "vit_base_patch16_224",
+    img_size: int = 224,
+    patch_size: int = 16,
+    num_classes: int = 1000,
+    embed_dim: int | None = None,
+    depth: int | None = None,
+    num_heads: int | None = None,
+    attn: str = "full",
+    winft_mode: str = "multiply",
+    sparse: bool = False,
+    dip: str | None = None,
+    checkpoint: str | None = None,
+    drop_path_rate: float = 0.0,
+    tile: int = 8,
+    **timm_kwargs: Any,
+) -> nn.Module:
+    """A timm ``VisionTransformer`` with ``attn`` in {"full", "awd", "winft"}.
+
+    "full" keeps timm's own ``Attention`` (fused SDPA). "awd" restricts patch rows to the batch's
+    windows (dense SDPA mask, or flex block-sparse with ``sparse=True``); "winft" predicts its own
+    mask (``winft_mode`` "multiply" = eq. 10, "neg_inf" = true restriction, flex with
+    ``sparse=True``). ``dip`` in {None/"none", "multiply" (SPEC 3), "key_mask" (ablation)}.
+    Per-batch inputs go in with ``batch_context(net, windows=..., keep=...)``.
+
+    ``checkpoint``: a weight file (timm state dict, or Lightning checkpoint with keys ``net.*``)
+    loaded through timm's pretrained path, so the pos-embed is resampled to ``img_size`` and
+    patch embedding to ``patch_size``. The classifier head is kept when its size matches
+    ``num_classes`` and dropped (fresh head) otherwise. embed_dim/depth/num_heads override the
+    named architecture only when given. ``tile``: tile side of the sparse token order.
+    """
+    if attn not in ATTN_KINDS:
+        raise ValueError(f"attn must be one of {ATTN_KINDS}, got {attn!r}")
+    if winft_mode not in WINFT_MODES:
+        raise ValueError(f"winft_mode must be one of {WINFT_MODES}, got {winft_mode!r}")
+    dip = dip or "none"
+    if dip not in DIP_MODES:
+        raise ValueError(f"dip must be one of {DIP_MODES} or None, got {dip!r}")
+    if attn == "winft" and dip == "key_mask":
+        raise ValueError("dip='key_mask' is defined for attn 'full'/'awd', not 'winft'")
+    if sparse and attn == "winft" and winft_mode != "neg_inf":
+        raise ValueError("sparse WinfT needs winft_mode='neg_inf' (multiply mode is dense)")
+    if sparse and attn == "full" and dip != "key_mask":
+        raise ValueError("sparse=True needs a mask: attn 'awd' or 'winft', or dip='key_mask'")
+
+    masked = attn == "awd" or dip == "key_mask"
+    attn_layer = WinftAttention if attn == "winft" else AwdAttention if masked else Attention
+    kwargs = dict(timm_kwargs)
+    for name, value in (("embed_dim", embed_dim), ("depth", depth), ("num_heads", num_heads)):
+        if value is not None:
+            kwargs[name] = value
+    overlay = None
+    if checkpoint is not None:
+        sd = _read_checkpoint(os.fspath(checkpoint))
+        head = sd.get("head.weight")
+        # timm drops the head whenever num_classes differs from the *registry* cfg's count, which
+        # would discard a fine-tuned head of the right size; declare the file's own count instead.
+        overlay = dict(state_dict=sd, num_classes=head.shape[0] if head is not None else 0)
+    model = timm.create_model(
+        model_name,
+        pretrained=checkpoint is not None,
+        pretrained_cfg_overlay=overlay,
+        img_size=img_size,
+        patch_size=patch_size,
+        num_classes=num_classes,
+        drop_path_rate=drop_path_rate,
+        attn_layer=attn_layer,
+        **({"block_fn": DipBlock} if dip == "multiply" else {}),
+        **kwargs,
+    )
+    if overlay is not None:  # do not keep a second copy of the weights on the model
+        for cfg in (getattr(model, "pretrained_cfg", None), getattr(model, "default_cfg", None)):
+            if isinstance(cfg, dict):
+                cfg.pop("state_dict", None)
+
+    ctx = NetContext(
+        grid=tuple(model.patch_embed.grid_size),
+        num_prefix_tokens=int(model.num_prefix_tokens),
+        attn=attn,
+        sparse=sparse,
+        dip=dip,
+        tile=tile,
+    )
+    setattr(model, CONTEXT_ATTR, ctx)
+    for block in model.blocks:
+        block.attn.ctx = ctx
+        if isinstance(block, DipBlock):
+            block.ctx = ctx
+        if attn == "winft":
+            block.attn.mode = winft_mode
+    return model
+
+
+def collect_winft_outputs(model: nn.Module) -> tuple[list[Tensor], Tensor]:
+    """Pop what the WinfT blocks kept during the last forward.
+
+    Returns (per-block ``[B, N, N]`` float32 logits ``mean_h Q_h K_h^T`` with grad, empty unless
+    the forward ran with ``collect_winft=True``; ``E_O`` ``[B]`` float = True entries of W's patch
+    block per image, averaged over blocks). The BCE of SPEC 5 is
+    ``mean_i binary_cross_entropy_with_logits(logits[i], w_gt.float())``.
+    """
+    layers = [m for m in model.modules() if isinstance(m, WinftAttention)]
+    if not layers:
+        raise TypeError(f"{type(model).__name__} has no WinfT attention layers")
+    if any(m.last_count is None for m in layers):
+        raise RuntimeError("no WinfT outputs: run a forward first (each forward is collected once)")
+    logits = [m.last_logits for m in layers if m.last_logits is not None]
+    eo = sum(m.last_count.float() for m in layers) / len(layers)
+    for m in layers:
+        m.last_logits = m.last_count = None
+    return logits, eo
+
+
+def winft_bce_loss(logits: list[Tensor], w_gt: Tensor) -> Tensor:
+    """SPEC 5 / eq. 12: BCE between ``w' = sigmoid(logits)`` and the responsive field ``w_gt``
+    ``[B, N, N]`` bool (``interactions.responsive_field``), mean over images and the N*N entries,
+    then over blocks. logits: the list from :func:`collect_winft_outputs`."""
+    if not logits:
+        raise ValueError("no WinfT logits: run the forward with collect_winft=True")
+    target = w_gt.to(device=logits[0].device, dtype=torch.float32)
+    return sum(F.binary_cross_entropy_with_logits(lg, target) for lg in logits) / len(logits)

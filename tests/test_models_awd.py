@@ -1,0 +1,169 @@
+"""AWD attention (SPEC 2): dense mask, flex sparse path, against naive references."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from winft_lightning.capture import iter_block_attention
+from winft_lightning.interactions import awd_windows
+from winft_lightning.models import awd_attn_mask, batch_context, build_vit, set_batch, tiled_order
+
+GRID = (4, 4)
+KW = dict(img_size=16, patch_size=4, num_classes=5, embed_dim=32, depth=2, num_heads=2)
+
+
+def _windows(b: int, alpha: float = 0.1, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return awd_windows(torch.rand(b, 16, 16, generator=g), alpha, GRID)
+
+
+def _pair(**kw):
+    torch.manual_seed(0)
+    base = build_vit(attn="full", **KW).eval()
+    awd = build_vit(attn="awd", **KW, **kw).eval()
+    awd.load_state_dict(base.state_dict())
+    return base, awd
+
+
+def _naive_window(win: torch.Tensor) -> torch.Tensor:
+    """[N, 4] windows -> [N, N] bool by explicit loops over patches."""
+    h, w = GRID
+    n = h * w
+    m = torch.zeros(n, n, dtype=torch.bool)
+    for p in range(n):
+        x_l, y_t, x_r, y_b = win[p].tolist()
+        for j in range(n):
+            m[p, j] = x_l <= j % w <= x_r and y_t <= j // w <= y_b
+    return m
+
+
+def test_mask_layout():
+    win = _windows(2)
+    mask = awd_attn_mask(win, GRID, 1)
+    assert mask.shape == (2, 1, 17, 17) and mask.dtype == torch.bool
+    assert mask[:, 0, 0].all() and mask[:, 0, :, 0].all()  # CLS row and column free
+    for b in range(2):
+        assert torch.equal(mask[b, 0, 1:, 1:], _naive_window(win[b]))
+    assert mask[:, 0].diagonal(dim1=-2, dim2=-1).all()
+    assert not mask.all()  # alpha 0.1 restricts something
+
+
+def test_probabilities_zero_outside_window():
+    _, awd = _pair()
+    x = torch.randn(2, 3, 16, 16)
+    win = _windows(2)
+    allowed = awd_attn_mask(win, GRID, 1)  # [B, 1, T, T]
+    with batch_context(awd, windows=win):
+        maps = list(iter_block_attention(awd, x, patches_only=False))
+    assert len(maps) == 2
+    for attn in maps:
+        assert (attn.masked_select(~allowed.expand_as(attn)) == 0).all()
+        assert (
+            attn[:, :, 1:, 1:].masked_select(allowed[:, :, 1:, 1:].expand(-1, 2, -1, -1)) > 0
+        ).all()
+        assert (attn[:, :, 0, :] > 0).all()  # CLS attends to all
+        assert (attn[:, :, :, 0] > 0).all()  # all attend to CLS
+        torch.testing.assert_close(attn.sum(-1), torch.ones(2, 2, 17))
+
+
+def test_block_matches_naive_loop():
+    _, awd = _pair()
+    attn = awd.blocks[0].attn
+    win = _windows(3, alpha=0.05, seed=1)
+    x = torch.randn(3, 17, 32)
+    with batch_context(awd, windows=win), torch.no_grad():
+        out = attn(x)
+    heads, d = 2, 16
+    ref = torch.empty_like(x)
+    with torch.no_grad():
+        for b in range(3):
+            allowed = torch.ones(17, 17, dtype=torch.bool)
+            allowed[1:, 1:] = _naive_window(win[b])
+            q, k, v = attn.qkv(x[b]).view(17, 3, heads, d).unbind(1)  # [T, H, d] each
+            heads_out = []
+            for hh in range(heads):
+                s = q[:, hh] @ k[:, hh].T / math.sqrt(d)
+                s = s.masked_fill(~allowed, float("-inf")).softmax(-1)
+                heads_out.append(s @ v[:, hh])
+            ref[b] = attn.proj(torch.cat(heads_out, dim=-1))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_alpha_one_equals_baseline_exactly():
+    base, awd = _pair()
+    x = torch.randn(2, 3, 16, 16)
+    win = _windows(2, alpha=1.0)
+    assert (win[..., 0] == 0).all() and (win[..., 2] == 3).all()  # full boxes
+    with torch.no_grad():
+        ref = base(x)
+        with batch_context(awd, windows=win):
+            out = awd(x)
+        restricted = awd(x, attn_mask=awd_attn_mask(_windows(2), GRID, 1))
+    assert torch.equal(out, ref)
+    assert not torch.allclose(restricted, ref)
+
+
+def test_explicit_timm_mask_equals_context():
+    _, awd = _pair()
+    x = torch.randn(2, 3, 16, 16)
+    win = _windows(2)
+    with torch.no_grad():
+        a = awd(x, attn_mask=awd_attn_mask(win, GRID, 1))
+        with batch_context(awd, windows=win):
+            b = awd(x)
+    assert torch.equal(a, b)
+
+
+def test_awd_requires_windows():
+    _, awd = _pair()
+    with pytest.raises(RuntimeError, match="windows"):
+        awd(torch.randn(1, 3, 16, 16))
+    with pytest.raises(ValueError, match=r"\[B, 16, 4\]"):
+        set_batch(awd, windows=torch.zeros(1, 9, 4, dtype=torch.long))
+
+
+def test_tiled_order_groups_tiles():
+    perm = tiled_order((4, 6), num_prefix_tokens=1, tile=2)
+    assert sorted(perm.tolist()) == list(range(25)) and perm[-1] == 0  # prefix last
+    patches = perm[:4] - 1  # first 2x2 tile
+    assert sorted(patches.tolist()) == [0, 1, 6, 7]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_sparse_matches_dense_forward():
+    torch.manual_seed(0)
+    kw = dict(KW, img_size=32)  # 8x8 grid, 2x2 tiles of 4x4
+    dense = build_vit(attn="awd", **kw).eval()
+    sparse = build_vit(attn="awd", sparse=True, tile=4, **kw).eval()
+    full = build_vit(attn="full", **kw).eval()
+    sparse.load_state_dict(dense.state_dict())
+    full.load_state_dict(dense.state_dict())
+    win = awd_windows(torch.rand(3, 64, 64), 0.02, (8, 8))
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():  # FlexAttention has no CPU backward
+        with batch_context(dense, windows=win):
+            a = dense.forward_features(x)
+        with batch_context(sparse, windows=win):
+            b = sparse.forward_features(x)
+        ref = full.forward_features(x)
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(a, ref, atol=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention backward needs a GPU")
+def test_sparse_matches_dense_gradients_cuda():
+    torch.manual_seed(0)
+    kw = dict(KW, img_size=32)
+    dense = build_vit(attn="awd", **kw).cuda()
+    sparse = build_vit(attn="awd", sparse=True, tile=4, **kw).cuda()
+    sparse.load_state_dict(dense.state_dict())
+    win = awd_windows(torch.rand(3, 64, 64), 0.02, (8, 8)).cuda()
+    x = torch.randn(3, 3, 32, 32, device="cuda")
+    for m in (dense, sparse):
+        with batch_context(m, windows=win):
+            m(x).square().sum().backward()
+    for (name, p), q in zip(dense.named_parameters(), sparse.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, atol=1e-4, rtol=1e-3, msg=name)

@@ -1,0 +1,73 @@
+"""torch.compile: one SGD training step per attention kind, fullgraph (no graph breaks).
+
+The default test uses the aot_eager backend (dynamo + AOT autograd, the parts our layers must
+survive) and checks the step against eager; the inductor variant generates C++ kernels and takes
+~1 min on 2 CPU cores, so it is marked slow.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from winft_lightning.interactions import awd_windows, dip_keep, dip_order, responsive_field
+from winft_lightning.models import batch_context, build_vit, collect_winft_outputs, winft_bce_loss
+
+KW = dict(img_size=16, patch_size=4, num_classes=5, embed_dim=32, depth=2, num_heads=2)
+CASES = [("full", None), ("awd", None), ("awd", "multiply"), ("winft", None), ("winft", "multiply")]
+
+
+def _batch():
+    g = torch.Generator().manual_seed(0)
+    u = torch.rand(2, 16, 16, generator=g)
+    win = awd_windows(u, 0.1, (4, 4))
+    order = dip_order(u)
+    return torch.randn(2, 3, 16, 16, generator=g), torch.tensor([1, 3]), win, order
+
+
+def _step(net, model, attn, dip):
+    """One forward/backward/SGD step; ``net`` is the (compiled) module, ``model`` the eager one.
+    Returns (loss, E_O or None)."""
+    x, y, win, order = _batch()
+    keep = dip_keep(order, 0.25) if dip else None
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with batch_context(
+        net, windows=win if attn == "awd" else None, keep=keep, collect_winft=attn == "winft"
+    ):
+        loss = F.cross_entropy(net(x), y)
+    eo = None
+    if attn == "winft":
+        logits, eo = collect_winft_outputs(net)
+        loss = loss + winft_bce_loss(logits, responsive_field(win, order, 0.25, (4, 4)))
+    loss.backward()
+    opt.step()
+    return loss.detach(), eo
+
+
+def _run(attn, dip, backend):
+    torch.manual_seed(0)
+    eager = build_vit(attn=attn, dip=dip, **KW)
+    model = build_vit(attn=attn, dip=dip, **KW)
+    model.load_state_dict(eager.state_dict())
+    before = model.blocks[0].attn.qkv.weight.detach().clone()
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    ref_loss, ref_eo = _step(eager, eager, attn, dip)
+    loss, eo = _step(compiled, model, attn, dip)
+    torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5)
+    if eo is not None:
+        assert torch.equal(eo, ref_eo)
+    for (name, p), q in zip(eager.named_parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(q, p, atol=1e-5, rtol=1e-4, msg=name)
+    assert not torch.equal(model.blocks[0].attn.qkv.weight, before)  # the step did update
+
+
+@pytest.mark.parametrize(("attn", "dip"), CASES)
+def test_compiled_training_step(attn, dip):
+    _run(attn, dip, "aot_eager")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("attn", "dip"), [("full", None), ("awd", "multiply"), ("winft", None)])
+def test_compiled_training_step_inductor(attn, dip):
+    _run(attn, dip, "inductor")

@@ -1,0 +1,92 @@
+"""DIP (SPEC 3): token multiply at every block input, and the key-mask ablation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from winft_lightning.capture import iter_block_attention
+from winft_lightning.interactions import awd_windows, dip_keep, dip_order
+from winft_lightning.models import DipBlock, batch_context, build_vit
+
+KW = dict(img_size=16, patch_size=4, num_classes=5, embed_dim=32, depth=2, num_heads=2)
+
+
+def _keep(b: int, beta: float) -> torch.Tensor:
+    return dip_keep(
+        dip_order(torch.rand(b, 16, 16, generator=torch.Generator().manual_seed(3))), beta
+    )
+
+
+def _models(attn: str = "awd", **kw):
+    torch.manual_seed(0)
+    base = build_vit(attn=attn, **KW).eval()
+    dip = build_vit(attn=attn, dip="multiply", **KW, **kw).eval()
+    dip.load_state_dict(base.state_dict())
+    return base, dip
+
+
+def test_dropped_tokens_zero_at_every_block():
+    _, model = _models("full")
+    assert all(isinstance(b, DipBlock) for b in model.blocks)
+    keep = _keep(2, 0.25)
+    assert (~keep).sum(1).tolist() == [4, 4]
+    seen = []
+
+    def grab(block, args):
+        seen.append(args[0])
+
+    def grab_inner(block, args):  # timm's Block.forward sees the multiplied tokens at norm1
+        seen.append(args[0])
+
+    for b in model.blocks:
+        b.register_forward_pre_hook(grab)
+        b.norm1.register_forward_pre_hook(grab_inner)
+    with batch_context(model, keep=keep), torch.no_grad():
+        model(torch.randn(2, 3, 16, 16))
+    assert len(seen) == 4
+    for before, inside in zip(seen[0::2], seen[1::2], strict=True):
+        assert (inside[:, 1:][~keep] == 0).all()  # dropped patch tokens
+        assert torch.equal(inside[:, 1:][keep], before[:, 1:][keep])
+        assert torch.equal(inside[:, 0], before[:, 0])  # prefix untouched
+        assert (before[:, 1:][~keep] != 0).all()  # block 1 input was refilled by attention
+
+
+def test_beta_zero_equals_baseline():
+    base, model = _models("awd")
+    win = awd_windows(torch.rand(2, 16, 16), 0.1, (4, 4))
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        with batch_context(base, windows=win):
+            ref = base(x)
+        with batch_context(model, windows=win, keep=_keep(2, 0.0)):
+            out = model(x)
+        with batch_context(model, windows=win, keep=_keep(2, 0.5)):
+            dropped = model.forward_features(x)
+        with batch_context(model, windows=win):
+            none = model.forward_features(x)
+    assert torch.equal(out, ref)
+    assert not torch.allclose(dropped, none, atol=1e-3)
+
+
+def test_keep_needs_dip_model():
+    base, _ = _models("full")
+    with pytest.raises(ValueError, match="DIP"), batch_context(base, keep=_keep(1, 0.25)):
+        pass
+
+
+def test_key_mask_ablation_removes_dropped_keys():
+    torch.manual_seed(0)
+    model = build_vit(attn="full", dip="key_mask", **KW).eval()
+    keep = _keep(2, 0.25)
+    with batch_context(model, keep=keep):
+        maps = list(iter_block_attention(model, torch.randn(2, 3, 16, 16), patches_only=False))
+    for attn in maps:  # [B, H, T, T]
+        assert (attn[:, :, :, 0] > 0).all()  # CLS stays a key of everyone
+        for b in range(2):
+            dropped = (~keep[b]).nonzero().flatten() + 1  # token indices of D
+            cols = attn[b][:, :, dropped]  # [H, T, |D|]
+            own = torch.zeros(17, len(dropped), dtype=torch.bool)
+            own[dropped, torch.arange(len(dropped))] = True  # a token may still read itself
+            assert (cols[:, ~own] == 0).all() and (cols[:, own] > 0).all()
+            assert (attn[b][:, :, 1:][:, :, keep[b]] > 0).all()

@@ -59,8 +59,60 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"model.alpha={alpha} is not among the analysed alphas analyze.alphas={stored}"
             )
-    if cfg.get("ckpt_path") not in (None, "last") and not Path(cfg.ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist")
+    if cfg.get("ckpt_path") not in (None, "last"):
+        if not Path(cfg.ckpt_path).is_file():
+            raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist")
+        check_checkpoint_geometry(cfg.ckpt_path, model.net, "ckpt_path")
+    teacher = cfg.get("teacher") or {}
+    if getattr(cls, "uses_masks", False) and teacher.get("ckpt"):
+        if not Path(teacher.ckpt).is_file():
+            raise ConfigError(f"teacher.ckpt={teacher.ckpt} does not exist")
+        if str(teacher.ckpt).endswith(".ckpt"):
+            # masks live on the patch grid: the teacher may differ in width or depth
+            check_checkpoint_geometry(
+                teacher.ckpt, model.net, "teacher.ckpt", ("img_size", "patch_size")
+            )
+
+
+GEOMETRY_KEYS = (
+    "model_name",
+    "img_size",
+    "patch_size",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "num_classes",
+)
+
+
+def checkpoint_net(path: str | Path) -> dict[str, Any]:
+    """The ``net`` hyper-parameters stored in one of our Lightning checkpoints."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ConfigError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+    net = (ckpt.get("hyper_parameters") or {}).get("net") if isinstance(ckpt, dict) else None
+    if not isinstance(net, dict):
+        raise ConfigError(f"{path} is not a winft_lightning checkpoint (no hyper_parameters.net)")
+    return net
+
+
+def check_checkpoint_geometry(
+    path: str | Path, net_cfg: Any, option: str, keys: tuple[str, ...] = GEOMETRY_KEYS
+) -> None:
+    """Refuse a checkpoint of another model or geometry (``keys`` of ``net``), naming both."""
+    stored = checkpoint_net(path)
+    wanted = (
+        OmegaConf.to_container(net_cfg, resolve=True)
+        if isinstance(net_cfg, DictConfig)
+        else dict(net_cfg)
+    )
+    diff = {k: (stored.get(k), wanted.get(k)) for k in keys
+            if wanted.get(k) is not None and stored.get(k) != wanted.get(k)}  # fmt: skip
+    if diff:
+        theirs = ", ".join(f"{k}={a}" for k, (a, _) in diff.items())
+        ours = ", ".join(f"{k}={b}" for k, (_, b) in diff.items())
+        raise ConfigError(f"{option}={path} was trained with {theirs}; this run's model has {ours}")
 
 
 def instantiate_callbacks(cfg: DictConfig) -> list[L.Callback]:
@@ -117,7 +169,7 @@ def make_datamodule(cfg: DictConfig, root: Path, use_masks: bool) -> L.Lightning
     for key in ("source", "num_classes", "name"):
         data_cfg.pop(key, None)
     alpha = cfg.model.get("alpha") if use_masks else None
-    return instantiate(data_cfg, root=str(root), use_masks=use_masks, alpha=alpha)
+    return instantiate(data_cfg, root=str(root), use_masks=use_masks, alpha=alpha, _convert_="all")
 
 
 def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
@@ -150,7 +202,7 @@ def fit_and_test(
     run_dir.mkdir(parents=True, exist_ok=True)
     cls = module_class(model_cfg)
     datamodule = make_datamodule(cfg, data_root, use_masks=cls.uses_masks)
-    model: L.LightningModule = instantiate(model_cfg, _recursive_=True)
+    model: L.LightningModule = instantiate(model_cfg, _convert_="all")
     check = getattr(datamodule, "check_geometry", None)
     if cls.uses_masks and check is not None:
         check(model.geometry())  # before any training: a mask set for another grid is refused

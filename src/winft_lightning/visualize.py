@@ -188,13 +188,15 @@ _TIMM_KEYS = (
 )
 
 
-def _load_lightning_ckpt(path: str | Path) -> tuple[nn.Module, Any]:
+def _load_lightning_ckpt(path: str | Path, **kw: Any) -> tuple[nn.Module, Any]:
     """Fallback while ``teacher.load_teacher`` is unavailable: a Lightning checkpoint with
     ``hyper_parameters["net"]`` (build_vit kwargs) and ``net.``-prefixed state-dict keys."""
     from types import SimpleNamespace
 
     import timm
 
+    if kw:
+        raise ValueError(f"the fallback loader reads Lightning checkpoints only, got {kw}")
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     net = dict(ckpt["hyper_parameters"]["net"])
     kw = {k: net[k] for k in _TIMM_KEYS if k in net}
@@ -205,15 +207,16 @@ def _load_lightning_ckpt(path: str | Path) -> tuple[nn.Module, Any]:
     return model, SimpleNamespace(img_size=img, patch_size=patch, grid=(img // patch,) * 2)
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, int, int, Grid, Mapping[str, Any]]:
-    """``winft_lightning.teacher.load_teacher`` -> (model, img_size, patch_size, grid, info)."""
+def load_model(path: str | Path, **kw: Any) -> tuple[nn.Module, int, int, Grid, Any]:
+    """``winft_lightning.teacher.load_teacher(path, **kw)`` -> (model, img_size, patch_size,
+    grid, info); kw (model_name, img_size, ...) is for plain timm weights files."""
     try:
         from winft_lightning.teacher import load_teacher
     except ImportError:
         log.warning("winft_lightning.teacher unavailable; reading %s as a Lightning ckpt", path)
         load_teacher = _load_lightning_ckpt
 
-    model, info = load_teacher(path)
+    model, info = load_teacher(path, **kw)
     img = int(np.atleast_1d(info.img_size)[0])
     patch = int(np.atleast_1d(info.patch_size)[0])
     return model.eval(), img, patch, tuple(info.grid), info
@@ -228,7 +231,7 @@ def _norm_stats(model: nn.Module, info: Any) -> tuple[Tensor, Tensor]:
 
 def run(cfg: Mapping[str, Any]) -> list[Path]:
     """The CLI's job on a plain config mapping; returns the files written."""
-    model, img_size, _, grid, info = load_model(cfg["ckpt"])
+    model, img_size, _, grid, info = load_model(cfg["ckpt"], **dict(cfg.get("load") or {}))
     device = torch.device(cfg.get("device") or "cpu")
     model.to(device)
     paths = list(cfg.get("images") or [])

@@ -71,9 +71,13 @@ def teacher_ckpt(tmp_path_factory) -> Path:
     model = tiny_vit()
     path = tmp_path_factory.mktemp("teacher") / "teacher.ckpt"
     net = dict(model_name="vit_tiny_patch16_224", img_size=16, patch_size=4, num_classes=10)
-    net.update(embed_dim=32, depth=2, num_heads=2, attn="dense", checkpoint=None)
+    # keys timm does not take, as our modules' hparams carry them
+    net.update(embed_dim=32, depth=2, num_heads=2, attn="dense", checkpoint=None, alpha=0.1)
+    net.update(beta=0.0, winft_mode="multiply", drop_path_rate=0.0)
     state = {f"net.{k}": v for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, "hyper_parameters": {"net": net}}, path)
+    dm = {"root": "/somewhere", "mean": [0.3053] * 3, "std": [0.3759] * 3, "img_size": 16}
+    ckpt = {"state_dict": state, "hyper_parameters": {"net": net}}
+    torch.save(ckpt | {"datamodule_hyper_parameters": dm}, path)
     return path
 
 
@@ -89,8 +93,6 @@ def analyzed_shards(tmp_path_factory, digits_shards, teacher_ckpt) -> Path:
         out_dir=out,
         alphas=[0.1, 0.5],
         batch_size=32,
-        mean=(0.3053,) * 3,
-        std=(0.3759,) * 3,
         progress=False,
     )
     return out

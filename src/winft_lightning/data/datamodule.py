@@ -19,7 +19,7 @@ import torch
 from winft_lightning.data.errors import DataError, MaskError
 from winft_lightning.data.geometry import check_augmentations, check_mask_geometry
 from winft_lightning.data.loading import EpochLoader, SampleDecoder, ShardStream, slot_counts
-from winft_lightning.data.masks import awd_member, find_alpha
+from winft_lightning.data.masks import awd_name, find_alpha
 from winft_lightning.data.shards import SPLITS, read_manifest
 
 
@@ -51,6 +51,8 @@ class ShardDataModule(L.LightningDataModule):
         source: Mapping[str, Any] | None = None,
     ):
         super().__init__()
+        # stored in checkpoints (datamodule_hyper_parameters): analyze reads mean/std from there
+        self.save_hyperparameters(ignore=["source"])
         if on_corrupt not in ("raise", "skip"):
             raise ValueError(f"data.on_corrupt must be 'raise' or 'skip', got {on_corrupt!r}")
         if use_masks and alpha is None:
@@ -161,7 +163,7 @@ class ShardDataModule(L.LightningDataModule):
             hflip=self.hflip,
             random_resized_crop=self.random_resized_crop,
             rrc_scale=self.rrc_scale,
-            awd_member=awd_member(self.alpha) if self.use_masks else None,
+            awd_name=awd_name(self.alpha) if self.use_masks else None,
             grid=self.grid if self.use_masks else None,
         )
 

@@ -29,13 +29,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from winft_lightning.data.errors import DataError, ShardError
 from winft_lightning.data.geometry import hflip_dip_order, hflip_windows
-from winft_lightning.data.masks import (
-    DIP_MEMBER,
-    check_order,
-    check_windows,
-    decode_npy,
-    get_member,
-)
+from winft_lightning.data.masks import DIP, check_order, check_windows, decode_mask, find_member
 from winft_lightning.data.shards import IMAGE_EXTS, check_crc, iter_tar
 
 log = logging.getLogger(__name__)
@@ -91,7 +85,7 @@ class SampleDecoder:
     hflip: bool = False
     random_resized_crop: bool = False
     rrc_scale: tuple[float, float] = (0.08, 1.0)
-    awd_member: str | None = None
+    awd_name: str | None = None
     grid: tuple[int, int] | None = None
 
     def _image(self, shard: str, key: str, members: dict, rng: random.Random) -> torch.Tensor:
@@ -131,22 +125,20 @@ class SampleDecoder:
         n = h * w
         out = []
         for name, shape, check in (
-            (self.awd_member, (n, 4), lambda a: check_windows(a, self.grid)),
-            (DIP_MEMBER, (n,), lambda a: check_order(a, n)),
+            (self.awd_name, (n, 4), lambda a: check_windows(a, self.grid)),
+            (DIP, (n,), lambda a: check_order(a, n)),
         ):
-            try:
-                got = get_member(members, name)
-            except Exception as e:  # gzip/zlib errors on damaged bytes
-                raise ShardError(shard, f"{name}.gz does not decompress ({e})", key) from e
-            if got is None:
+            found = find_member(members, name)
+            if found is None:
                 raise ShardError(
-                    shard, f"mask member {name}(.gz) missing (has {sorted(members)})", key
+                    shard, f"mask member {name}.* missing (has {sorted(members)})", key
                 )
+            member, enc = found
             try:
-                arr = decode_npy(got[1], shape)
+                arr = decode_mask(members[member], enc, shape)
                 check(arr)
-            except Exception as e:
-                raise ShardError(shard, f"{got[0]}: {e}", key) from e
+            except Exception as e:  # zlib/numpy errors on damaged bytes, failed checks
+                raise ShardError(shard, f"{member}: {e}", key) from e
             out.append(torch.from_numpy(arr.astype(np.int64)))
         return out[0], out[1]
 
@@ -159,7 +151,7 @@ class SampleDecoder:
         flip = self.train and self.hflip and rng.random() < 0.5
         if flip:
             img = TF.horizontal_flip(img)
-        if self.awd_member is not None:
+        if self.awd_name is not None:
             windows, order = self._masks(shard, key, members)
             if flip:
                 windows, order = (

@@ -1,0 +1,355 @@
+"""Teacher over every split -> AWD windows per alpha + DIP order beside each image:
+``python -m winft_lightning.analyze teacher=CKPT data=NAME``.
+
+Each input shard becomes one output shard of the same name holding the original members plus
+``awd.aXXXX.i16z`` (``[N, 4]`` int16 per alpha) and ``dip_order.i16z`` (``[N]`` int16).
+U is computed streaming, block by block, batched, on the GPU when there is one; no N x N
+matrix is stored. Completed shards are journalled, so a killed run resumes after them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from winft_lightning import __version__
+from winft_lightning.capture import iter_block_attention
+from winft_lightning.data.errors import DataError
+from winft_lightning.data.loading import SampleDecoder, collate
+from winft_lightning.data.masks import (
+    ENCODINGS,
+    awd_member,
+    check_alphas,
+    dip_member,
+    encode_mask,
+)
+from winft_lightning.data.progress import image_progress
+from winft_lightning.data.shards import (
+    MANIFEST,
+    SPLITS,
+    Journal,
+    SplitWriter,
+    base_manifest,
+    check_crc,
+    iter_tar,
+    read_manifest,
+    split_entry,
+    write_json_atomic,
+)
+from winft_lightning.interactions import awd_windows, dip_order, uncertainty_map
+from winft_lightning.teacher import TeacherInfo, file_sha256, load_teacher
+
+log = logging.getLogger(__name__)
+
+__all__ = ["analyze_shards", "analyze_split", "analyzed_dir", "file_sha256"]
+
+Grid = tuple[int, int]
+
+
+def analyze_split(
+    model: nn.Module,
+    loader: Iterable[dict],
+    alphas: Sequence[float],
+    grid: Grid,
+    device: str | torch.device = "cpu",
+) -> Iterator[tuple[str, dict[float, np.ndarray], np.ndarray]]:
+    """For each image of each batch ``{"image" [B,3,H,W], "key"}``: ``(key, {alpha: windows
+    [N, 4] int16}, dip_order [N] int16)``, from U computed block by block on ``device``."""
+    for batch in loader:
+        images = batch["image"].to(device, non_blocking=True)
+        u = uncertainty_map(iter_block_attention(model, images))  # [B, N, N]
+        order = dip_order(u).to(torch.int16).cpu().numpy()
+        wins = {a: awd_windows(u, a, grid).to(torch.int16).cpu().numpy() for a in alphas}
+        del u
+        for i, key in enumerate(batch["key"]):
+            yield key, {a: wins[a][i] for a in alphas}, order[i]
+
+
+def alphas_hash(alphas: Sequence[float]) -> str:
+    return hashlib.sha256(json.dumps([float(a) for a in alphas]).encode()).hexdigest()[:8]
+
+
+def analyzed_dir(shards: str | Path, teacher_sha256: str, alphas: Sequence[float]) -> Path:
+    """Default output: ``<shards>/analyzed/<teacher sha[:12]>-<alphas hash>``."""
+    return Path(shards) / "analyzed" / f"{teacher_sha256[:12]}-{alphas_hash(alphas)}"
+
+
+def _tar_bytes(n: int) -> int:
+    """Bytes a member of n bytes takes in a tar: a 512-byte header plus data padded to 512."""
+    return 512 + 512 * math.ceil(n / 512)
+
+
+class _Stats:
+    """Per-image byte counts of the mask members (payload and in-tar)."""
+
+    def __init__(self, alphas: Sequence[float], encoding: str):
+        self.names = [awd_member(a, encoding) for a in alphas] + [dip_member(encoding)]
+        self.alpha_names = self.names[:-1]
+        self.images = 0
+        self.payload = dict.fromkeys(self.names, 0)
+        self.tar = 0
+
+    def add(self, members: dict[str, bytes]) -> None:
+        self.images += 1
+        for name in self.names:
+            self.payload[name] += len(members[name])
+            self.tar += _tar_bytes(len(members[name]))
+
+    def report(self, n: int, alphas: Sequence[float]) -> dict[str, Any]:
+        k = max(self.images, 1)
+        per = {name: round(b / k, 1) for name, b in self.payload.items()}
+        total = sum(self.payload.values()) / k
+        bitpacked = math.ceil(n * n / 8)
+        per_alpha = [per[a] + per[self.names[-1]] for a in self.alpha_names]
+        return {
+            "num_patches": n,
+            "mask_bytes_per_image": round(total, 1),
+            "mask_tar_bytes_per_image": round(self.tar / k, 1),
+            "bitpacked_mask_bytes_per_image": bitpacked,
+            "bytes_per_member": per,
+            "ratio_one_bitpacked_mask_to_all_mask_keys": round(bitpacked / max(total, 1e-9), 2),
+            "ratio_per_alpha_min": round(min(bitpacked / b for b in per_alpha), 2),
+            "ratio_all_alphas": round(len(alphas) * bitpacked / max(total, 1e-9), 2),
+        }
+
+
+def mask_members(
+    wins: dict[float, np.ndarray], order: np.ndarray, alphas: Sequence[float], encoding: str
+) -> dict[str, bytes]:
+    """Shard members of one image's masks (see :mod:`winft_lightning.data.masks`)."""
+    out = {awd_member(a, encoding): encode_mask(wins[a], encoding) for a in alphas}
+    out[dip_member(encoding)] = encode_mask(order, encoding)
+    return out
+
+
+def _batches(
+    samples: list[tuple[str, dict]], shard: str, decoder: SampleDecoder, bs: int, pool
+) -> Iterator[dict]:
+    def decode(item: tuple[str, dict]) -> dict:
+        key, members = item
+        check_crc(shard, key, members)
+        return decoder({"__key__": key, "__shard__": shard, "__seed__": 0, "members": members})
+
+    for i in range(0, len(samples), bs):
+        yield collate(list(pool.map(decode, samples[i : i + bs])))
+
+
+def analyze_shards(
+    teacher: str | Path,
+    shards: str | Path,
+    out_dir: str | Path | None = None,
+    alphas: Sequence[float] = (0.1,),
+    batch_size: int = 64,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    device: str = "auto",
+    teacher_kwargs: dict[str, Any] | None = None,
+    encoding: str = "i16z",
+    workers: int = 2,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Analyse every split of the shard set ``shards`` with ``teacher``; returns the new
+    manifest. The view is the teacher's: resize to its img_size + centre crop, normalised with
+    ``mean``/``std`` (default: the teacher's pretrained config, else 0.5)."""
+    alphas = check_alphas(list(alphas))
+    if encoding not in ENCODINGS:
+        raise ValueError(f"analyze encoding={encoding!r} is not one of {ENCODINGS}")
+    src = read_manifest(shards)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    model, info = load_teacher(teacher, device=dev, **(teacher_kwargs or {}))
+    mean, std = _norm(model, info, mean, std)
+    out = Path(out_dir) if out_dir else analyzed_dir(src["root"], info.sha256, alphas)
+    out = out.expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    fp = hashlib.sha256(
+        json.dumps(
+            [src["fingerprint"], src["created"], info.sha256, alphas, mean, std, encoding],
+            default=str,
+        ).encode()
+    ).hexdigest()
+    if (out / MANIFEST).is_file():
+        old = json.loads((out / MANIFEST).read_text())
+        if old.get("fingerprint") == fp:
+            log.info("analyze: %s is complete already (same teacher, shards, alphas)", out)
+            return read_manifest(out)
+        raise DataError(
+            f"{out} already holds a mask set of another teacher/shards/alphas; choose another "
+            "out_dir or delete it"
+        )
+    journal = Journal(out, fp)
+    if journal.stale:
+        log.warning("analyze: discarding the unfinished mask set of another config in %s", out)
+
+    decoder = SampleDecoder(
+        img_size=info.img_size,
+        mean=tuple(mean),
+        std=tuple(std),
+        num_classes=int(src["num_classes"]),
+    )
+    n = info.grid[0] * info.grid[1]
+    stats = _Stats(alphas, encoding)
+    start, done = time.perf_counter(), 0
+    splits: dict[str, Any] = {}
+    with (
+        image_progress(disable=not progress) as bar,
+        ThreadPoolExecutor(max(workers, 1)) as pool,
+    ):
+        for split in SPLITS:
+            entry = src["splits"][split]
+            writer = SplitWriter(out, split, journal, maxcount=1 << 40, maxsize=1 << 62)
+            task = bar.add_task(
+                split, total=entry["count"], completed=sum(entry["shard_counts"][: writer.index])
+            )
+            for name, count in list(zip(entry["shards"], entry["shard_counts"], strict=True))[
+                writer.index :
+            ]:
+                shard = str(Path(src["root"]) / name)
+                samples = list(iter_tar(shard, count))
+                results = analyze_split(
+                    model,
+                    _batches(samples, shard, decoder, batch_size, pool),
+                    alphas,
+                    info.grid,
+                    dev,
+                )
+                for (key, members), (rkey, wins, order) in zip(samples, results, strict=True):
+                    if key != rkey:  # pragma: no cover - analyze_split keeps batch order
+                        raise RuntimeError(f"analysis out of order at {shard}: {key} vs {rkey}")
+                    new = {k: v for k, v in members.items() if k != "crc"}
+                    new |= mask_members(wins, order, alphas, encoding)
+                    stats.add(new)
+                    writer.write(key, new)
+                    bar.advance(task)
+                    done += 1
+                writer.finish()
+            splits[split] = split_entry(writer.records)
+    seconds = time.perf_counter() - start
+    storage = stats.report(n, alphas)
+    manifest = base_manifest(
+        kind="masks",
+        source=src.get("source"),
+        fingerprint=fp,
+        classes=src["classes"],
+        num_classes=src["num_classes"],
+        splits=splits,
+        parent={"root": src["root"], "fingerprint": src.get("fingerprint")},
+        teacher={k: v for k, v in info.as_dict().items() if k != "path"} | {"path": info.path},
+        view={
+            "img_size": info.img_size,
+            "resize": "shorter side + centre crop",
+            "mean": list(mean),
+            "std": list(std),
+        },
+        alphas=alphas,
+        mask_members={
+            "awd": {str(a): awd_member(a, encoding) for a in alphas},
+            "dip_order": dip_member(encoding),
+            "encoding": encoding,
+        },
+        code_version=__version__,
+        mask_bytes_per_image=storage["mask_bytes_per_image"],
+        bitpacked_mask_bytes_per_image=storage["bitpacked_mask_bytes_per_image"],
+        mask_storage=storage,
+        analyze_seconds=round(seconds, 2),
+        device=str(dev),
+    )
+    write_json_atomic(out / MANIFEST, manifest)
+    journal.remove()
+    log.info(
+        "analyze: %s -> %s with %s (%s, grid %s): %d images now in %.1f s (%.1f img/s) on %s",
+        src["root"],
+        out,
+        info.model_name,
+        info.sha256[:12],
+        info.grid,
+        done,
+        seconds,
+        done / max(seconds, 1e-9),
+        dev,
+    )
+    log.info(
+        "analyze: mask keys %.0f B/image (%d alphas + DIP order, in tar %.0f B) vs one N x N "
+        "bit-packed mask %d B at N=%d: %.1fx smaller (per alpha incl. DIP: >= %.1fx)",
+        storage["mask_bytes_per_image"],
+        len(alphas),
+        storage["mask_tar_bytes_per_image"],
+        storage["bitpacked_mask_bytes_per_image"],
+        n,
+        storage["ratio_one_bitpacked_mask_to_all_mask_keys"],
+        storage["ratio_per_alpha_min"],
+    )
+    return read_manifest(out)
+
+
+def _norm(
+    model: nn.Module, info: TeacherInfo, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> tuple[list[float], list[float]]:
+    """Normalisation of the analysed view: given, else the one the teacher was trained with
+    (its checkpoint's datamodule hyperparameters), else its timm pretrained config."""
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    if mean is None:
+        mean = info.mean or cfg.get("mean", (0.5, 0.5, 0.5))
+    if std is None:
+        std = info.std or cfg.get("std", (0.5, 0.5, 0.5))
+    return [float(m) for m in mean], [float(s) for s in std]
+
+
+def _main() -> None:
+    import hydra
+    from omegaconf import DictConfig, OmegaConf
+
+    @hydra.main(config_path="conf", config_name="analyze", version_base="1.3")
+    def main(cfg: DictConfig) -> None:
+        from winft_lightning.prepare import default_out_dir, prepare_shards
+
+        shards = Path(cfg.shards) if cfg.get("shards") else default_out_dir(cfg)
+        if not (shards / MANIFEST).is_file():
+            log.info("analyze: no shard set at %s; preparing it from data.source first", shards)
+            prepare_shards(cfg.data.source, shards, progress=bool(cfg.progress))
+        tk = (
+            OmegaConf.to_container(cfg.teacher_model, resolve=True)
+            if cfg.get("teacher_model")
+            else {}
+        )
+        tk = {k: v for k, v in (tk or {}).items() if v is not None}
+        manifest = analyze_shards(
+            teacher=cfg.teacher,
+            shards=shards,
+            out_dir=cfg.get("out_dir"),
+            alphas=list(cfg.alphas),
+            batch_size=int(cfg.batch_size),
+            mean=list(cfg.mean) if cfg.get("mean") is not None else None,
+            std=list(cfg.std) if cfg.get("std") is not None else None,
+            device=str(cfg.device),
+            teacher_kwargs=tk,
+            encoding=str(cfg.encoding),
+            workers=int(cfg.workers),
+            progress=bool(cfg.progress),
+        )
+        s = manifest["mask_storage"]
+        print(
+            f"masks: {manifest['root']}\n"
+            f"mask keys {s['mask_bytes_per_image']} B/image vs N x N bit-packed "
+            f"{s['bitpacked_mask_bytes_per_image']} B (N={s['num_patches']}): "
+            f"{s['ratio_one_bitpacked_mask_to_all_mask_keys']}x smaller"
+        )
+
+    main()
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,196 @@
+"""Load the teacher ViT whose attention is analysed.
+
+``load_teacher(path)`` accepts (a) a Lightning checkpoint of our modules
+(``hyper_parameters.net`` = timm ViT kwargs, state-dict keys ``net.<timm key>``), or (b) a plain
+timm weights file (``.pth``/``.pt``/``.bin``/``.safetensors``) with an explicit model config,
+loaded through timm's own pretrained path (so the position embedding is resampled when
+``img_size`` differs from the weights').
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+PLAIN_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+
+
+class TeacherError(ValueError):
+    """The teacher file is of the wrong kind, or does not fit the model config."""
+
+
+@dataclass(frozen=True)
+class TeacherInfo:
+    """What a mask set records about its teacher (the manifest's ``teacher`` block)."""
+
+    path: str
+    sha256: str
+    model_name: str
+    img_size: int
+    patch_size: int
+    grid: tuple[int, int]
+    num_prefix_tokens: int
+    num_classes: int
+    kind: str  # "lightning" | "timm"
+    mean: tuple[float, ...] | None = None  # the training normalisation, when the file has it
+    std: tuple[float, ...] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["grid"] = list(self.grid)
+        d["mean"] = list(self.mean) if self.mean else None
+        d["std"] = list(self.std) if self.std else None
+        return d
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file, read in 4 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+_VIT_ARGS = set(inspect.signature(VisionTransformer.__init__).parameters) - {"self"}
+
+
+def timm_kwargs(net: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``(model_name, kwargs)`` for ``timm.create_model`` from a ``net`` hparams dict: keys
+    timm's VisionTransformer does not take (``attn``, ``alpha``, ``checkpoint``, ...) and
+    ``None`` values (use the model's default) are dropped."""
+    if not net.get("model_name"):
+        raise TeacherError(f"net config {net} has no model_name")
+    kw = {k: v for k, v in net.items() if k in _VIT_ARGS and v is not None}
+    for k in ("img_size", "patch_size"):
+        if isinstance(kw.get(k), list):
+            kw[k] = tuple(kw[k])
+    return str(net["model_name"]), kw
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        err: Exception = e
+    if "Weights only load failed" in str(err):
+        # Lightning checkpoints may carry plain Python objects in their hyperparameters
+        log.warning("teacher %s needs full unpickling (not weights-only); loading it", path)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:
+            err = e
+    raise TeacherError(
+        f"teacher file {path} is not a PyTorch checkpoint or weights file "
+        f"({type(err).__name__}: {str(err)[:200]})"
+    ) from err
+
+
+def _info(
+    model: nn.Module, path: Path, sha: str, name: str, kind: str, dm: dict | None = None
+) -> TeacherInfo:
+    pe = model.patch_embed
+    dm = dm if isinstance(dm, dict) else {}
+    mean, std = dm.get("mean"), dm.get("std")
+    return TeacherInfo(
+        path=str(path),
+        sha256=sha,
+        model_name=name,
+        img_size=int(pe.img_size[0]),
+        patch_size=int(pe.patch_size[0]),
+        grid=(int(pe.grid_size[0]), int(pe.grid_size[1])),
+        num_prefix_tokens=int(model.num_prefix_tokens),
+        num_classes=int(model.num_classes),
+        kind=kind,
+        mean=tuple(float(m) for m in mean) if mean else None,
+        std=tuple(float(s) for s in std) if std else None,
+    )
+
+
+def _head_classes(path: Path, obj: Any) -> int | None:
+    """Rows of ``head.weight`` in a weights file (to load a matching head), else None."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                names = set(f.keys())
+                return f.get_slice("head.weight").get_shape()[0] if "head.weight" in names else None
+        except Exception as e:  # not a safetensors file
+            raise TeacherError(
+                f"teacher file {path} is not a readable safetensors file: {e}"
+            ) from e
+    sd = obj.get("state_dict", obj.get("model", obj)) if isinstance(obj, dict) else {}
+    w = sd.get("head.weight") if isinstance(sd, dict) else None
+    return int(w.shape[0]) if isinstance(w, torch.Tensor) else None
+
+
+def load_teacher(
+    path: str | Path,
+    *,
+    model_name: str | None = None,
+    device: str | torch.device = "cpu",
+    **net: Any,
+) -> tuple[nn.Module, TeacherInfo]:
+    """``(model in eval mode, TeacherInfo)`` from a Lightning checkpoint of our modules, or a
+    plain timm weights file given with ``model_name`` and its config (``img_size``,
+    ``patch_size``, ``num_classes``, ``embed_dim``, ... as for ``timm.create_model``)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"teacher checkpoint {path} does not exist")
+    sha = file_sha256(path)
+    obj = None if path.suffix == ".safetensors" else _torch_load(path)
+    hp = obj.get("hyper_parameters") if isinstance(obj, dict) else None
+    if isinstance(hp, dict) and isinstance(hp.get("net"), dict) and "state_dict" in obj:
+        name, kw = timm_kwargs(dict(hp["net"]))
+        model = timm.create_model(name, pretrained=False, **kw)
+        state = {k[4:]: v for k, v in obj["state_dict"].items() if k.startswith("net.")}
+        if not state:
+            raise TeacherError(f"checkpoint {path} has no 'net.*' weights in its state_dict")
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise TeacherError(
+                f"checkpoint {path}: its net.* weights do not fit {name}{kw}: {e}"
+            ) from e
+        kind = "lightning"
+    else:
+        if path.suffix not in PLAIN_SUFFIXES and not isinstance(obj, dict):
+            raise TeacherError(
+                f"teacher file {path} is neither a Lightning checkpoint with "
+                f"hyper_parameters.net nor a weights file ({', '.join(PLAIN_SUFFIXES)})"
+            )
+        if isinstance(obj, dict) and "state_dict" in obj and not model_name:
+            raise TeacherError(
+                f"checkpoint {path} has no hyper_parameters.net; pass model_name=... and the "
+                "net config to load it as plain weights"
+            )
+        if not model_name:
+            raise TeacherError(
+                f"{path} is a plain weights file: pass model_name=... (and img_size, "
+                "patch_size, num_classes, ...) so timm can build the network"
+            )
+        name, kw = timm_kwargs({"model_name": model_name, **net})
+        overlay: dict[str, Any] = {"file": str(path)}
+        head = _head_classes(path, obj)
+        if head is not None:
+            overlay["num_classes"] = head  # timm keeps the head iff the classes match
+        try:
+            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kw)
+        except Exception as e:  # timm/safetensors raise several types
+            raise TeacherError(f"weights file {path} does not fit {name}{kw}: {e}") from e
+        kind = "timm"
+    model.eval().to(device)
+    dm = obj.get("datamodule_hyper_parameters") if isinstance(obj, dict) else None
+    return model, _info(model, path, sha, name, kind, dm)

@@ -9,7 +9,15 @@ import torch
 
 from winft_lightning.capture import iter_block_attention
 from winft_lightning.interactions import awd_windows
-from winft_lightning.models import awd_attn_mask, batch_context, build_vit, set_batch, tiled_order
+from winft_lightning.models import (
+    NetContext,
+    awd_attn_mask,
+    awd_block_mask,
+    batch_context,
+    build_vit,
+    set_batch,
+    tiled_order,
+)
 
 GRID = (4, 4)
 KW = dict(img_size=16, patch_size=4, num_classes=5, embed_dim=32, depth=2, num_heads=2)
@@ -26,6 +34,19 @@ def _pair(**kw):
     awd = build_vit(attn="awd", **KW, **kw).eval()
     awd.load_state_dict(base.state_dict())
     return base, awd
+
+
+def _local_windows(b: int, grid: tuple[int, int], seed: int = 0) -> torch.Tensor:
+    """[B, N, 4] boxes around each patch with random reach 0..2 per side."""
+    h, w = grid
+    g = torch.Generator().manual_seed(seed)
+    p = torch.arange(h * w)
+    x, y = p % w, p // w
+    r = torch.randint(0, 3, (b, h * w, 4), generator=g)
+    box = (x - r[..., 0], y - r[..., 1], x + r[..., 2], y + r[..., 3])
+    lo = torch.stack(box[:2], -1).clamp_min(0)
+    hi = torch.stack(box[2:], -1).minimum(torch.tensor([w - 1, h - 1]))
+    return torch.cat((lo, hi), -1)
 
 
 def _naive_window(win: torch.Tensor) -> torch.Tensor:
@@ -125,7 +146,23 @@ def test_awd_requires_windows():
         set_batch(awd, windows=torch.zeros(1, 9, 4, dtype=torch.long))
 
 
+def test_block_mask_skips_blocks_for_local_windows():
+    h = w = 28  # 448 / 16: T = 785 tokens, 7 x 7 blocks of 128
+    p = torch.arange(h * w)
+    x, y = p % w, p // w
+    win = torch.stack(
+        ((x - 2).clamp(0), (y - 2).clamp(0), (x + 2).clamp(max=w - 1), (y + 2).clamp(max=h - 1)), -1
+    )
+    ctx = NetContext(grid=(h, w), num_prefix_tokens=1, attn="awd", sparse=True)
+    bm = awd_block_mask(win[None], None, ctx)
+    visited = (bm.kv_num_blocks.sum() + bm.full_kv_num_blocks.sum()).item()
+    assert visited == 29  # of 49: row-major order (module docstring)
+    dense = bm.to_dense()[0, 0]  # [7, 7] blocks
+    assert dense[:, -1].all()  # the block holding CLS (last) is visited by every query block
+
+
 def test_tiled_order_groups_tiles():
+    assert tiled_order((3, 4), 1).tolist() == [*range(1, 13), 0]  # default: row-major, prefix last
     perm = tiled_order((4, 6), num_prefix_tokens=1, tile=2)
     assert sorted(perm.tolist()) == list(range(25)) and perm[-1] == 0  # prefix last
     patches = perm[:4] - 1  # first 2x2 tile
@@ -133,22 +170,25 @@ def test_tiled_order_groups_tiles():
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_sparse_matches_dense_forward():
+@pytest.mark.parametrize("tile", [0, 4])
+def test_sparse_matches_dense_forward(tile):
     torch.manual_seed(0)
-    kw = dict(KW, img_size=32)  # 8x8 grid, 2x2 tiles of 4x4
+    kw = dict(KW, img_size=96)  # 24x24 grid: T = 577 tokens, 5 flex blocks
     dense = build_vit(attn="awd", **kw).eval()
-    sparse = build_vit(attn="awd", sparse=True, tile=4, **kw).eval()
+    sparse = build_vit(attn="awd", sparse=True, tile=tile, **kw).eval()
     full = build_vit(attn="full", **kw).eval()
     sparse.load_state_dict(dense.state_dict())
     full.load_state_dict(dense.state_dict())
-    win = awd_windows(torch.rand(3, 64, 64), 0.02, (8, 8))
-    x = torch.randn(3, 3, 32, 32)
+    win = _local_windows(3, (24, 24))
+    x = torch.randn(3, 3, 96, 96)
     with torch.no_grad():  # FlexAttention has no CPU backward
         with batch_context(dense, windows=win):
             a = dense.forward_features(x)
-        with batch_context(sparse, windows=win):
+        with batch_context(sparse, windows=win) as ctx:
             b = sparse.forward_features(x)
+            bm = ctx.block_mask
         ref = full.forward_features(x)
+    assert (bm.kv_num_blocks + bm.full_kv_num_blocks).sum() < 3 * 5 * 5  # some blocks skipped
     torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(a, ref, atol=1e-3)
 
@@ -156,12 +196,12 @@ def test_sparse_matches_dense_forward():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention backward needs a GPU")
 def test_sparse_matches_dense_gradients_cuda():
     torch.manual_seed(0)
-    kw = dict(KW, img_size=32)
+    kw = dict(KW, img_size=96)
     dense = build_vit(attn="awd", **kw).cuda()
     sparse = build_vit(attn="awd", sparse=True, tile=4, **kw).cuda()
     sparse.load_state_dict(dense.state_dict())
-    win = awd_windows(torch.rand(3, 64, 64), 0.02, (8, 8)).cuda()
-    x = torch.randn(3, 3, 32, 32, device="cuda")
+    win = _local_windows(3, (24, 24)).cuda()
+    x = torch.randn(3, 3, 96, 96, device="cuda")
     for m in (dense, sparse):
         with batch_context(m, windows=win):
             m(x).square().sum().backward()

@@ -135,11 +135,11 @@ def test_collect_outputs_and_loss():
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_neg_inf_sparse_matches_dense_forward():
-    kw = dict(img_size=32, tile=4)
+    kw = dict(img_size=64, tile=4)  # T = 257: three flex blocks
     dense = _model("neg_inf", **kw)
     sparse = build_vit(attn="winft", winft_mode="neg_inf", sparse=True, **dict(KW, **kw)).eval()
     sparse.load_state_dict(dense.state_dict())
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         a = dense.forward_features(x)
         b = sparse.forward_features(x)

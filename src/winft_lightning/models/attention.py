@@ -5,13 +5,18 @@ unchanged) and are passed to timm as ``attn_layer``. They read the batch's input
 network's :class:`~winft_lightning.models.context.NetContext` (``ctx``, attached by
 ``build_vit``). Shapes: B images, H heads, T = prefix + N tokens, d head dim.
 
-Sparse (flex) path and token order: ``flex_attention`` skips whole (query block, key block)
-tiles of its ``BlockMask`` (128 x 128 tokens) that are fully masked. In timm's row-major order a
-window r patches tall covers r separate runs of the key sequence, so almost every key block of a
-query block holds some allowed key and nothing is skipped. The sparse path therefore runs
-attention in a tiled order (:func:`tiled_order`): patches grouped by ``tile x tile`` squares of
-the grid, prefix tokens moved to the end so block boundaries fall between tiles; a query block is
-then a compact image region and a local window touches few key blocks. Per-token projections
+Sparse (flex) path and token order: ``flex_attention`` skips the (query block, key block) pairs
+of its ``BlockMask`` (128 x 128 tokens) that are fully masked, so the cost is the number of key
+blocks each query block needs. The path runs attention in the order of :func:`tiled_order`:
+prefix tokens moved to the end (block boundaries fall on patch rows; CLS is a key of every query,
+so its block is always visited), patches row-major by default (``tile=0``) or grouped in
+``tile x tile`` squares. Row-major is the default because it measured best at the paper's sizes:
+a window spanning rows y_t..y_b is one contiguous key run and a query block is ~128/w whole rows,
+so its keys form one run of (rows + window height) * w tokens. Counting visited blocks with
+``create_block_mask`` for square windows of radius r: grid 28x28 (448/16), r <= 4: 29 of 49
+blocks row-major, 37 with 8x8 tiles; grid 48x48, r = 2: 89 of 361 row-major, 149 tiled; tiles
+of 8 win only for wide windows on wide grids (48x48, r = 8: 149 tiled vs 171 row-major). At 224/16 (T = 197,
+two blocks) nothing can be skipped, whatever the order. Per-token projections
 commute with the permutation, so only the attention core runs permuted, and it is undone before
 the output projection. Without ``torch.compile`` flex materialises the scores (correct, slow);
 FlexAttention has no backward on CPU, so the sparse path trains on GPU only.
@@ -68,11 +73,14 @@ def awd_attn_mask(
     return _token_mask(windows, keep, grid, num_prefix_tokens).unsqueeze(1)
 
 
-def tiled_order(grid: tuple[int, int], num_prefix_tokens: int, tile: int = 8) -> Tensor:
-    """Token permutation ``[T]`` long: patches by (tile row, tile column, row, column in tile),
-    then the prefix tokens. ``x[:, perm]`` is the tiled sequence; see the module docstring."""
+def tiled_order(grid: tuple[int, int], num_prefix_tokens: int, tile: int = 0) -> Tensor:
+    """Token permutation ``[T]`` long for the sparse path: patches by (tile row, tile column, row,
+    column in tile), then the prefix tokens; ``tile <= 0`` keeps the patches row-major.
+    ``x[:, perm]`` is the reordered sequence; see the module docstring."""
     h, w = grid
     p = num_prefix_tokens
+    if tile <= 0:
+        tile = max(h, w)
     ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     key = (
         ((ys // tile) * ((w + tile - 1) // tile) + xs // tile) * tile + ys % tile
@@ -81,15 +89,8 @@ def tiled_order(grid: tuple[int, int], num_prefix_tokens: int, tile: int = 8) ->
     return torch.cat((patches, torch.arange(p)))
 
 
-def _ensure_perm(ctx: NetContext, device: torch.device) -> tuple[Tensor, Tensor]:
-    if ctx.perm is None or ctx.perm.device != device:
-        ctx.perm = tiled_order(ctx.grid, ctx.num_prefix_tokens, ctx.tile).to(device)
-        ctx.inv_perm = torch.argsort(ctx.perm)
-    return ctx.perm, ctx.inv_perm
-
-
 def awd_block_mask(windows: Tensor | None, keep: Tensor | None, ctx: NetContext):
-    """Flex ``BlockMask`` of :func:`awd_attn_mask` in tiled token order (B per-image masks).
+    """Flex ``BlockMask`` of :func:`awd_attn_mask` in the sparse token order (B per-image masks).
 
     The ``mask_mod`` reads per-token tables (query window, key coordinates) instead of a dense
     ``[B, T, T]`` tensor, so the kernel evaluates 4 comparisons on partial blocks."""
@@ -97,12 +98,12 @@ def awd_block_mask(windows: Tensor | None, keep: Tensor | None, ctx: NetContext)
     b, device = ref.shape[0], ref.device
     h, w = ctx.grid
     p, t = ctx.num_prefix_tokens, ctx.num_tokens
-    perm, _ = _ensure_perm(ctx, device)
+    perm = tiled_order(ctx.grid, p, ctx.tile).to(device)
     full = torch.tensor([0, 0, w - 1, h - 1], device=device)
     win = full.expand(b, t, 4).clone()
     if windows is not None:
         win[:, p:] = windows.to(device=device, dtype=torch.long)
-    win = win[:, perm].contiguous()  # [B, T, 4] window of the query at each tiled position
+    win = win[:, perm].contiguous()  # [B, T, 4] window of the query at each position
     patch = (perm - p).clamp_min(0)
     kx, ky = patch % w, patch // w
     free = perm < p  # prefix keys: everyone attends to them
@@ -135,6 +136,15 @@ class _CtxAttention(Attention):
 
     ctx: NetContext | None = None
 
+    def attach(self, ctx: NetContext) -> None:
+        """Share the network's context; the sparse path also gets its token order as
+        non-persistent buffers (they follow ``.to(device)``, are not in the state dict)."""
+        self.ctx = ctx
+        if ctx.sparse:
+            perm = tiled_order(ctx.grid, ctx.num_prefix_tokens, ctx.tile)
+            self.register_buffer("perm", perm, persistent=False)
+            self.register_buffer("inv_perm", torch.argsort(perm), persistent=False)
+
     def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         b, t, _ = x.shape
         qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -150,15 +160,15 @@ class _CtxAttention(Attention):
         return self.proj_drop(self.proj(o))
 
     def _flex(self, q: Tensor, k: Tensor, v: Tensor, block_mask_fn) -> Tensor:
-        """Attention core in tiled token order. q, k, v ``[B, H, T, d]`` in timm order;
-        ``block_mask_fn(perm)`` gives the ``BlockMask`` in tiled order. Returns ``[B, H, T, d]``
+        """Attention core in the sparse token order. q, k, v ``[B, H, T, d]`` in timm order;
+        ``block_mask_fn(perm)`` gives the ``BlockMask`` in that order. Returns ``[B, H, T, d]``
         in timm order."""
         if self.training and self.attn_drop.p > 0:
             raise ValueError("the sparse (flex) path has no attention dropout; set attn_drop=0")
-        perm, inv = _ensure_perm(self.ctx, q.device)
+        perm = self.perm
         q, k, v = q[:, :, perm], k[:, :, perm], v[:, :, perm]
         o = flex_attention(q, k, v, block_mask=block_mask_fn(perm), scale=self.scale)
-        return o[:, :, inv]
+        return o[:, :, self.inv_perm]
 
 
 class AwdAttention(_CtxAttention):

@@ -28,7 +28,7 @@ class NetContext:
     """Configuration (fixed at build time) and per-batch state of one network.
 
     Per batch, set by :func:`set_batch`: ``attn_mask`` dense ``[B, 1, T, T]`` bool (AWD and/or
-    DIP key mask), ``block_mask`` the same as a flex ``BlockMask`` in tiled token order (sparse
+    DIP key mask), ``block_mask`` the same as a flex ``BlockMask`` in the sparse token order (sparse
     path), ``token_scale`` ``[B, T, 1]`` DIP multiplier (1 on prefix tokens), ``collect`` whether
     WinfT layers keep their logits for the loss.
     """
@@ -38,9 +38,7 @@ class NetContext:
     attn: str = "full"
     sparse: bool = False
     dip: str = "none"
-    tile: int = 8
-    perm: Tensor | None = None  # [T] tiled token order (sparse path), see attention.tiled_order
-    inv_perm: Tensor | None = None
+    tile: int = 0
     attn_mask: Tensor | None = None
     block_mask: object | None = None
     token_scale: Tensor | None = None

@@ -56,7 +56,7 @@ def build_vit(
     dip: str | None = None,
     checkpoint: str | None = None,
     drop_path_rate: float = 0.0,
-    tile: int = 8,
+    tile: int = 0,
     **timm_kwargs: Any,
 ) -> nn.Module:
     """A timm ``VisionTransformer`` with ``attn`` in {"full", "awd", "winft"}.
@@ -71,7 +71,7 @@ def build_vit(
     loaded through timm's pretrained path, so the pos-embed is resampled to ``img_size`` and
     patch embedding to ``patch_size``. The classifier head is kept when its size matches
     ``num_classes`` and dropped (fresh head) otherwise. embed_dim/depth/num_heads override the
-    named architecture only when given. ``tile``: tile side of the sparse token order.
+    named architecture only when given. ``tile``: sparse token order, 0 = row-major (see ``attention``).
     """
     if attn not in ATTN_KINDS:
         raise ValueError(f"attn must be one of {ATTN_KINDS}, got {attn!r}")
@@ -127,7 +127,8 @@ def build_vit(
     )
     setattr(model, CONTEXT_ATTR, ctx)
     for block in model.blocks:
-        block.attn.ctx = ctx
+        if isinstance(block.attn, (AwdAttention, WinftAttention)):
+            block.attn.attach(ctx)
         if isinstance(block, DipBlock):
             block.ctx = ctx
         if attn == "winft":

@@ -257,15 +257,22 @@ def iter_tar(path: str | Path, expected: int | None = None) -> Iterator[tuple[st
                 members[ext] = data
     except ShardError:
         raise
-    except (tarfile.TarError, OSError, EOFError, ValueError, UnicodeError) as e:
+    except Exception as e:  # tarfile raises many types on damaged archives
         raise ShardError(
             name, f"unreadable tar after {n} complete samples ({type(e).__name__}: {e})", key
         ) from e
-    if key is not None:
+    last = key is not None
+    if expected is not None and n + last < expected:
+        # the archive ended early (a cut between members reads as a valid shorter tar): the
+        # last sample read may itself be cut short, so it is not delivered either
+        raise ShardError(
+            name, f"holds {n + last} samples, the manifest says {expected} (truncated)", key
+        )
+    if last:
         yield key, members
         n += 1
     if expected is not None and n != expected:
-        raise ShardError(name, f"holds {n} samples, the manifest says {expected} (truncated?)")
+        raise ShardError(name, f"holds {n} samples, the manifest says {expected}")
 
 
 def check_crc(shard: str, key: str, members: Mapping[str, bytes]) -> None:

@@ -51,3 +51,15 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
 
     yield make
     GlobalHydra.instance().clear()
+
+
+def cli(*args: str, module: str = "winft_lightning", timeout: float = 300, **popen):
+    """Run ``python -m <module> <args>`` in a subprocess (a real Hydra app, real processes)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True, text=True, timeout=timeout, env=env, check=False, **popen,
+    )  # fmt: skip

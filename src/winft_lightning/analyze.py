@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import math
+import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -327,7 +328,7 @@ def _main() -> None:
         )
         tk = {k: v for k, v in (tk or {}).items() if v is not None}
         manifest = analyze_shards(
-            teacher=cfg.teacher,
+            teacher=cfg.teacher_ckpt,
             shards=shards,
             out_dir=cfg.get("out_dir"),
             alphas=list(cfg.alphas),
@@ -348,6 +349,11 @@ def _main() -> None:
             f"{s['ratio_one_bitpacked_mask_to_all_mask_keys']}x smaller"
         )
 
+    # `teacher` is also the train config's group (conf/teacher/): Hydra would read
+    # `teacher=CKPT` as a group override, so the CLI spelling is mapped onto the plain key.
+    sys.argv = [
+        "teacher_ckpt=" + a.split("=", 1)[1] if a.startswith("teacher=") else a for a in sys.argv
+    ]
     main()
 
 

@@ -48,3 +48,31 @@ class TrainThroughput(L.Callback):
 
     def images_per_s(self, world_size: int = 1) -> float:
         return world_size * self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+class RankSampleLog(L.Callback):
+    """Audit of the data each DDP rank trains on: ``<dir>/train_keys_rank<r>.txt``, one
+    ``<epoch> <sample key>`` per line, and the number of batches in the first line's header."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = dirpath
+        self.keys: list[str] = []
+        self.batches = 0
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self.keys.extend(f"{trainer.current_epoch} {key}" for key in batch["key"])
+        self.batches += 1
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from pathlib import Path
+
+        path = Path(self.dirpath) / f"train_keys_rank{trainer.global_rank}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"# batches={self.batches}\n" + "\n".join(self.keys) + "\n")

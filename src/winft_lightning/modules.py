@@ -159,11 +159,17 @@ class ViTModule(L.LightningModule):
             on_epoch=True,
             prog_bar=on_step,
             batch_size=bs,
+            sync_dist=True,  # averaged over DDP ranks (a scalar; free beside the gradients)
         )
         if len(terms) > 1:
             for name, value in terms.items():
                 self.log(
-                    f"{stage}/{name}", value.detach(), on_step=False, on_epoch=True, batch_size=bs
+                    f"{stage}/{name}",
+                    value.detach(),
+                    on_step=False,
+                    on_epoch=True,
+                    batch_size=bs,
+                    sync_dist=True,
                 )
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
         self.log(f"{stage}/eo", eo, on_step=False, on_epoch=True)
@@ -302,7 +308,9 @@ class WinfTModule(ViTModule):
             raise ValueError(
                 f"model.lambda1 and model.lambda2 must be >= 0, got {lambda1}, {lambda2}"
             )
-        super().__init__(net, *args, **kwargs)
+        super().__init__(
+            net, *args, alpha=alpha, beta=beta, lambda1=lambda1, lambda2=lambda2, **kwargs
+        )
         self._winft_logits: list[Tensor] = []
         self._winft_eo: Tensor | None = None
 

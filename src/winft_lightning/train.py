@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -145,6 +146,12 @@ def instantiate_loggers(cfg: DictConfig, run_dir: Path) -> list:
         if not isinstance(lg, DictConfig) or "_target_" not in lg:
             continue
         lg = lg.copy()
+        # loggers write beside the run they log (a teacher trained inside a student's job
+        # logs into the teacher's own dir, not the student's)
+        out = str(cfg.paths.output_dir)
+        if lg.get("save_dir") and str(lg.save_dir).startswith(out):
+            with open_dict(lg):
+                lg.save_dir = str(run_dir) + str(lg.save_dir)[len(out) :]
         if "WandbLogger" in lg._target_:
             os.environ.setdefault("WANDB_SILENT", "true")
             _wandb_mode(lg)
@@ -181,6 +188,28 @@ def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
         if cfg.get("ckpt_path") == "last":
             raise ConfigError(f"ckpt_path=last but {last} does not exist")
     return cfg.get("ckpt_path")
+
+
+def _best_score_in(path: str) -> float | None:
+    """ModelCheckpoint's best score as saved in one of its own checkpoints."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    for key, state in (ckpt.get("callbacks") or {}).items():
+        if "ModelCheckpoint" in str(key) and state.get("best_model_score") is not None:
+            return float(state["best_model_score"])
+    return None
+
+
+def _continue_csv_header(logger: Any) -> None:
+    """A CSVLogger shipped to fresh (spawned) processes for ``test`` forgets the columns that
+    ``fit`` wrote and fails to rewrite metrics.csv; prime it with the file's header."""
+    if not isinstance(logger, L.pytorch.loggers.CSVLogger):
+        return
+    path = Path(logger.log_dir) / "metrics.csv"
+    if path.is_file():
+        with path.open(newline="") as f:
+            header = next(csv.reader(f), [])
+        writer = logger.experiment
+        writer.metrics_keys = sorted(set(writer.metrics_keys) | set(header))
 
 
 def _destroy_process_group() -> None:
@@ -233,12 +262,18 @@ def fit_and_test(
     if trainer.checkpoint_callback is not None:
         best = trainer.checkpoint_callback.best_model_path or ""
         score = trainer.checkpoint_callback.best_model_score
+        if score is None and best and Path(best).is_file():
+            score = _best_score_in(best)  # ddp_spawn: the callback's state stayed in the child
         val_top1 = 100.0 * float(score) if score is not None else val_top1
     tested: dict[str, float] = {}
     if cfg.get("test", True):
         ckpt = best if best and Path(best).is_file() else None
+        if ckpt is None and not cfg.get("train", True) and cfg.get("ckpt_path"):
+            ckpt = str(cfg.ckpt_path)  # test-only run of a given checkpoint
         if ckpt is None:
             log.warning("%s: no best checkpoint, testing the current weights", name)
+        for lg in loggers:
+            _continue_csv_header(lg)
         out = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         tested = {k: float(v) for k, v in (out[0] if out else {}).items()}
     _destroy_process_group()
@@ -268,6 +303,7 @@ def fit_and_test(
     }
     (run_dir / "results.json").write_text(json.dumps(row, indent=2))
     for lg in loggers:
+        _continue_csv_header(lg)
         lg.log_metrics({f"results/{k}": row[k] for k in RESULT_KEYS if row[k] == row[k]})
         lg.finalize("success")
     return row

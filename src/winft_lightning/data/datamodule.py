@@ -167,6 +167,9 @@ class ShardDataModule(L.LightningDataModule):
             grid=self.grid if self.use_masks else None,
         )
 
+    def _trainer_epoch(self) -> int | None:
+        return self.trainer.current_epoch if self.trainer is not None else None
+
     def num_batches(self, split: str, world_size: int, rank: int = 0) -> int:
         """Batches one rank gets per epoch: train ``ceil(count / (batch * world))``; eval the
         exact number of (possibly partial) batches its workers produce."""
@@ -201,7 +204,11 @@ class ShardDataModule(L.LightningDataModule):
             on_corrupt=self.on_corrupt,
         )
         loader = EpochLoader(
-            stream, num_workers=self.num_workers, pin_memory=self.pin_memory, shuffle=False
+            stream,
+            epoch_fn=self._trainer_epoch,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            shuffle=False,
         )
         n = self.num_batches(split, world, rank)
         if train:

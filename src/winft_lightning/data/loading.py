@@ -16,7 +16,7 @@ import logging
 import math
 import random
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,7 +219,7 @@ class ShardStream(wds.DataPipeline):
         self.shards, self.counts = list(shards), [int(c) for c in counts]
         self.train, self.rank, self.world = train, int(rank), int(world_size)
         self.seed, self.shuffle_buffer = int(seed), int(shuffle_buffer)
-        self.epoch, self._iters = 0, 0
+        self.epoch = 0
         self.policy = CorruptPolicy(on_corrupt)
         if not 0 <= self.rank < self.world:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
@@ -231,10 +231,6 @@ class ShardStream(wds.DataPipeline):
             wds.batched(batch_size, collation_fn=collate, partial=not train),
         )
 
-    def __iter__(self) -> Iterator[dict]:
-        self._iters += 1
-        return super().__iter__()
-
     def _shard_plan(self) -> Iterator[dict]:
         """Dicts ``{path, count, keep: (slot, nslots) | None, offset, seed}`` for this slot."""
         slot, nslots = slot_info(self.rank, self.world)
@@ -243,7 +239,7 @@ class ShardStream(wds.DataPipeline):
         for p in passes:
             order = list(range(n))
             if self.train:
-                random.Random(f"{self.seed}/{self.epoch}/{self._iters}/{p}").shuffle(order)
+                random.Random(f"{self.seed}/{self.epoch}/{p}").shuffle(order)
             by_shard = n >= nslots
             mine = order[slot::nslots] if by_shard else order
             offsets = np.cumsum([0] + [self.counts[i] for i in order])
@@ -255,7 +251,7 @@ class ShardStream(wds.DataPipeline):
                     "count": self.counts[i],
                     "keep": None if by_shard else (slot, nslots),
                     "offset": int(offsets[j]),
-                    "seed": f"{self.seed}/{self.epoch}/{self._iters}/{p}/{i}",
+                    "seed": f"{self.seed}/{self.epoch}/{p}/{i}",
                     "pass": p,
                 }
 
@@ -302,7 +298,7 @@ class ShardStream(wds.DataPipeline):
             yield from samples
             return
         slot = slot_info(self.rank, self.world)[0]
-        rng = random.Random(f"{self.seed}/{self.epoch}/{self._iters}/shuffle/{slot}")
+        rng = random.Random(f"{self.seed}/{self.epoch}/shuffle/{slot}")
         buf: list[dict] = []
         current = None
         for sample in samples:
@@ -320,13 +316,26 @@ class ShardStream(wds.DataPipeline):
 
 
 class EpochLoader(wds.WebLoader):
-    """``wds.WebLoader`` that bumps its :class:`ShardStream`'s epoch before every iteration,
-    so each epoch draws new shard orders, shuffles and flips (workers are fresh each epoch)."""
+    """``wds.WebLoader`` that sets its :class:`ShardStream`'s epoch before every iteration, so
+    each epoch draws new shard orders, shuffles and flips (workers are fresh each epoch).
 
-    def __init__(self, stream: ShardStream, **kw: Any):
+    ``epoch_fn`` gives the epoch (the Trainer's ``current_epoch``, so a run resumed at epoch e
+    draws exactly what an uninterrupted run draws at epoch e); it returns None outside a
+    Trainer, and then the loader counts its own iterations."""
+
+    def __init__(
+        self, stream: ShardStream, epoch_fn: Callable[[], int | None] | None = None, **kw: Any
+    ):
         super().__init__(stream, batch_size=None, **kw)
         self.stream = stream
+        self.epoch_fn = epoch_fn
 
     def __iter__(self) -> Iterator[dict]:
-        self.stream.epoch += 1
-        return super().__iter__()
+        return self._epoch_iter()
+
+    def _epoch_iter(self) -> Iterator[dict]:
+        # Lazy on purpose: Lightning creates the first epoch's iterator before it restores the
+        # loop's epoch from a checkpoint; the epoch read at the first batch is the right one.
+        epoch = self.epoch_fn() if self.epoch_fn is not None else None
+        self.stream.epoch = self.stream.epoch + 1 if epoch is None else int(epoch)
+        yield from super().__iter__()

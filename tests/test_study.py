@@ -1,0 +1,64 @@
+"""The study: real tiny multiruns, then the aggregation checked against the per-run files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from conftest import cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_study_runs_and_aggregates(tmp_path):
+    study_dir = tmp_path / "study"
+    res = cli(
+        "study=quick",
+        "study.families=[vit,awd_vit]",
+        "study.seeds=[0,1]",
+        "study.alphas=[0.1,0.3]",  # 0.3 is not an analysed alpha: that job fails, the rest go on
+        "study.geometries=[{img_size:16,patch_size:4}]",
+        'study.overrides=["debug=tiny","trainer.max_epochs=1","teacher.max_epochs=1"]',
+        f"paths.root_dir={tmp_path}",
+        f"study_dir={study_dir}",
+        module="winft_lightning.study",
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+
+    runs = list(csv.DictReader((study_dir / "results.csv").open()))
+    assert len(runs) == 6  # vit x 2 seeds + awd x 2 alphas x 2 seeds
+    failed = [r for r in runs if r["status"] == "failed"]
+    assert len(failed) == 2 and all(float(r["alpha"]) == 0.3 for r in failed)
+    assert all("analyze.alphas" in r["error"] for r in failed)
+
+    # every ok row is its run's results.json
+    for r in runs:
+        if r["status"] == "ok":
+            per_run = json.loads((Path(r["run_dir"]) / "results.json").read_text())
+            assert float(r["top1"]) == pytest.approx(per_run["top1"])
+            assert float(r["eo"]) == pytest.approx(per_run["eo"])
+
+    summary = list(csv.DictReader((study_dir / "summary.csv").open()))
+    for s in summary:
+        mine = [r for r in runs if r["family"] == s["family"] and r["alpha"] == s["alpha"] and r["status"] == "ok"]  # fmt: skip
+        if not mine:
+            assert int(s["failed"]) == 2 and s["top1_mean"] == "nan"
+            continue
+        top1 = [float(r["top1"]) for r in mine]
+        assert float(s["top1_mean"]) == pytest.approx(statistics.fmean(top1))
+        assert float(s["top1_std"]) == pytest.approx(statistics.stdev(top1))
+        eo = [float(r["eo"]) for r in mine]
+        assert float(s["eo_mean"]) == pytest.approx(statistics.fmean(eo))
+    vit = next(s for s in summary if s["family"] == "vit")
+    assert float(vit["eo_mean"]) == 256 and float(vit["eo_std"]) == 0
+
+    report = (study_dir / "report.md").read_text()
+    assert "Table I" in report and "Table II" in report and "Table III" in report
+    assert "FAILED 2/2" in report
+    assert "38,416" in report  # the paper's column, labelled as the paper's
+    assert "(paper)" in report

@@ -1,0 +1,131 @@
+"""The four LightningModules trained for real (digits shards, real masks, real Trainer)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from winft_lightning.__main__ import run
+from winft_lightning.modules import MODULES, NonFiniteLossError, ViTModule
+from winft_lightning.train import ConfigError, validate_config
+
+N = 16  # debug=tiny: 16 px, patch 4
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    """One cache per module: shards, teacher and masks are built once, then reused."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def epoch_means(run_dir: Path, key: str) -> list[float]:
+    rows = list(csv.DictReader((run_dir / "csv" / "version_0" / "metrics.csv").open()))
+    return [float(r[key]) for r in rows if r.get(key)]
+
+
+@pytest.mark.parametrize("family", list(MODULES))
+def test_each_module_trains_on_digits_with_real_masks(make_cfg, tmp_path, cache_dir, family):
+    run_dir = tmp_path / family
+    cfg = make_cfg(
+        f"experiment=fmnist_{family}",
+        "debug=tiny",
+        f"paths.cache_dir={cache_dir}",
+        "trainer.max_epochs=4",
+        run_dir=run_dir,
+    )
+    rows = run(cfg)
+    row = rows[-1]
+    assert json.loads((run_dir / "results.json").read_text()) == row
+    losses = epoch_means(run_dir, "train/loss_epoch")
+    assert len(losses) == 4 and losses[-1] < losses[0], losses
+    eo = epoch_means(run_dir, "val/eo")
+    assert eo and all(0 < v <= N * N for v in eo)
+    assert 0 < row["eo"] <= N * N and math.isclose(row["eo_ratio"], row["eo"] / N**2)
+    if family == "vit":
+        assert row["eo"] == N * N and len(rows) == 1
+    else:
+        assert row["eo"] < N * N  # alpha = 0.1 windows / predicted W keep fewer interactions
+        teacher = rows[0]
+        assert teacher["name"] == "teacher ViT" and teacher["eo"] == N * N
+    assert row["top1"] > 10.0  # better than chance on 10 classes after 4 short epochs
+    if family == "winft":
+        assert epoch_means(run_dir, "train/bce") and epoch_means(run_dir, "train/ce")
+    # best checkpoint reloads with no extra arguments, weights-only
+    model = MODULES[family].load_from_checkpoint(row["best_ckpt"])
+    assert model.hparams.net["img_size"] == 16
+
+
+def test_second_run_reuses_cached_prerequisites(make_cfg, tmp_path, cache_dir, caplog):
+    args = ("experiment=fmnist_awd_vit", "debug=tiny", f"paths.cache_dir={cache_dir}")
+    run(make_cfg(*args, "trainer.max_epochs=1", run_dir=tmp_path / "a"))
+    caplog.clear()
+    with caplog.at_level("INFO", logger="winft_lightning"):
+        run(make_cfg(*args, "trainer.max_epochs=1", run_dir=tmp_path / "b"))
+    text = caplog.text
+    assert "shards: reusing cached" in text
+    assert "teacher: reusing cached" in text
+    assert "masks: reusing cached" in text
+
+
+def test_checkpoint_of_other_geometry_refused(make_cfg, tmp_path, cache_dir):
+    cfg = make_cfg("experiment=fmnist_vit", "debug=tiny", f"paths.cache_dir={cache_dir}",
+                   "trainer.max_epochs=1", run_dir=tmp_path / "a")  # fmt: skip
+    row = run(cfg)[-1]
+    other = make_cfg("experiment=fmnist_vit", "debug=tiny", "model.net.img_size=32",
+                     f"ckpt_path={row['best_ckpt']}")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"img_size=16.*img_size=32"):
+        validate_config(other)
+
+
+class PoisonWeights(L.Callback):
+    """Sets one weight to NaN at a given global step (a real divergence, made deterministic)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                pl_module.net.head.weight[0, 0] = float("nan")
+
+
+def _tiny_module(**kw) -> ViTModule:
+    net = dict(model_name="vit_tiny_patch16_224", img_size=16, patch_size=4, num_classes=10,
+               embed_dim=32, depth=2, num_heads=2)  # fmt: skip
+    opt = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
+    return ViTModule(net=net, optimizer=opt, **kw)
+
+
+@pytest.mark.parametrize("mode", ["raise", "skip"])
+def test_non_finite_loss(make_cfg, tmp_path, cache_dir, mode):
+    from winft_lightning.pipeline import ensure_shards
+    from winft_lightning.train import make_datamodule
+
+    cfg = make_cfg("experiment=fmnist_vit", "debug=tiny", f"paths.cache_dir={cache_dir}")
+    dm = make_datamodule(cfg, ensure_shards(cfg), use_masks=False)
+    ckpt_dir = tmp_path / "ckpt"
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True)
+    steps_per_epoch = dm.num_batches("train", 1)
+    trainer = L.Trainer(
+        max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+        callbacks=[checkpoint, PoisonWeights(steps_per_epoch + 1)], num_sanity_val_steps=0,
+    )  # fmt: skip
+    model = _tiny_module(on_nonfinite=mode)
+    if mode == "raise":
+        with pytest.raises(NonFiniteLossError) as err:
+            trainer.fit(model, datamodule=dm)
+        msg = str(err.value)
+        assert f"global step {steps_per_epoch + 1}" in msg and "keys [" in msg and "ce=nan" in msg
+        last = torch.load(ckpt_dir / "last.ckpt", weights_only=True)
+        assert last["global_step"] == steps_per_epoch  # the good epoch-1 checkpoint is kept
+        assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
+    else:
+        trainer.fit(model, datamodule=dm)
+        # the poisoned weight poisons every later batch: all of them skipped, none stepped on
+        assert model.skipped_batches == steps_per_epoch - 1

@@ -18,7 +18,7 @@ def test_study_runs_and_aggregates(tmp_path):
     study_dir = tmp_path / "study"
     res = cli(
         "study=quick",
-        "study.families=[vit,awd_vit]",
+        "study.families=[vit,awd_vit,winft]",
         "study.seeds=[0,1]",
         "study.alphas=[0.1,0.3]",  # 0.3 is not an analysed alpha: that job fails, the rest go on
         "study.geometries=[{img_size:16,patch_size:4}]",
@@ -31,7 +31,7 @@ def test_study_runs_and_aggregates(tmp_path):
     assert res.returncode == 0, res.stderr[-4000:]
 
     runs = list(csv.DictReader((study_dir / "results.csv").open()))
-    assert len(runs) == 6  # vit x 2 seeds + awd x 2 alphas x 2 seeds
+    assert len(runs) == 8  # vit x 2 seeds + awd x 2 alphas x 2 seeds + winft x 2 seeds
     failed = [r for r in runs if r["status"] == "failed"]
     assert len(failed) == 2 and all(float(r["alpha"]) == 0.3 for r in failed)
     assert all("analyze.alphas" in r["error"] for r in failed)
@@ -62,3 +62,19 @@ def test_study_runs_and_aggregates(tmp_path):
     assert "FAILED 2/2" in report
     assert "38,416" in report  # the paper's column, labelled as the paper's
     assert "(paper)" in report
+
+    # the paper's figures for fixed test images, with WinfT's predicted W (Fig. 10)
+    figs = study_dir / "figures" / "16px_p4"
+    names = {p.name for p in figs.glob("*.png")}
+    for i in range(3):
+        for kind in (
+            "attention",
+            "uncertainty_rows",
+            "windows",
+            "dip",
+            "field",
+            "responsive_field",
+        ):
+            assert f"img{i}_{kind}.png" in names
+    assert {"rollout.png", "tradeoff_eo.png"} <= names
+    assert len(list((figs / "inputs").iterdir())) == 3

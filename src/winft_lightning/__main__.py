@@ -64,7 +64,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     cls = module_class(cfg.model)
     shards = pipeline.ensure_shards(cfg)
     rows = []
-    data_root = shards
+    data_root, teacher = shards, None
     if cls.uses_masks:
         teacher, teacher_row = pipeline.ensure_teacher(cfg, shards)
         data_root = pipeline.ensure_masks(cfg, teacher, shards)
@@ -72,6 +72,9 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
             rows.append(teacher_row)
     L.seed_everything(cfg.seed, workers=True)  # the teacher may have reseeded
     row = fit_and_test(cfg, cfg.model, data_root, run_dir, cfg.get("task_name", cls.__name__))
+    if teacher is not None:  # what the masks came from, for figures and audits
+        row.update(teacher_ckpt=str(teacher), mask_root=str(data_root))
+        done.write_text(json.dumps(row, indent=2))
     rows.append(row)
     table, md = results_table(rows)
     (run_dir / "results.md").write_text(md)

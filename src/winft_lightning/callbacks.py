@@ -76,3 +76,103 @@ class RankSampleLog(L.Callback):
         path = Path(self.dirpath) / f"train_keys_rank{trainer.global_rank}.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"# batches={self.batches}\n" + "\n".join(self.keys) + "\n")
+
+
+class InteractionFigures(L.Callback):
+    """The run's patch interactions drawn at the end of fit, on the first images of the first
+    validation batch: the analysed AWD windows, the responsive fields with WinfT's predicted
+    sum of W beside them (Fig. 4/10) and, for full-attention models, the model's own U rows
+    (Fig. 3). PNGs go to ``dirpath``; W&B gets them with ``log_image``, TensorBoard with
+    ``add_figure``."""
+
+    def __init__(self, dirpath: str, num_images: int = 2) -> None:
+        self.dirpath = dirpath
+        self.num_images = int(num_images)
+        self.batch: dict[str, Any] | None = None
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if batch_idx == 0 and trainer.is_global_zero:
+            k = self.num_images
+            self.batch = {n: v[:k].detach().cpu() for n, v in batch.items() if hasattr(v, "cpu")}
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or self.batch is None:
+            return
+        from pathlib import Path
+
+        from winft_lightning import figures
+
+        out = Path(self.dirpath)
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            drawn = interaction_figures(pl_module, self.batch)
+        finally:
+            pl_module.train(was_training)
+        for name, fig in drawn.items():
+            path = figures.save(fig, out / f"{name}.png")
+            for lg in trainer.loggers:
+                if isinstance(lg, L.pytorch.loggers.WandbLogger):
+                    lg.log_image(key=f"figures/{name}", images=[str(path)])
+                elif isinstance(lg, L.pytorch.loggers.TensorBoardLogger):
+                    lg.experiment.add_figure(f"figures/{name}", fig, trainer.global_step)
+
+
+def interaction_figures(module: L.LightningModule, batch: dict[str, Any]) -> dict[str, Any]:
+    """name -> matplotlib Figure for each image of ``batch`` (one of our modules' batches)."""
+    import torch
+
+    from winft_lightning import figures
+    from winft_lightning import interactions as ia
+    from winft_lightning.capture import iter_block_attention
+    from winft_lightning.models import batch_context, collect_winft_outputs
+    from winft_lightning.models.attention import winft_window
+    from winft_lightning.visualize import default_patches, display_images
+
+    grid = tuple(module.grid)
+    patches = default_patches(grid)
+    images = batch["image"].to(module.device)
+    shown = display_images(batch["image"])
+    windows, order = batch.get("windows"), batch.get("dip_order")
+    hp = module.hparams
+    winft_w = u = None
+    with torch.no_grad():
+        if module.attn_kind == "winft":
+            with batch_context(module.net, collect_winft=True):
+                module.net(images)
+            logits, _ = collect_winft_outputs(module.net)
+            winft_w = sum(winft_window(block).float() for block in logits).cpu()
+        elif module.attn_kind == "full":
+            u = ia.uncertainty_map(iter_block_attention(module.net, images)).cpu()
+    out = {}
+    for i in range(images.shape[0]):
+        if u is not None:
+            out[f"img{i}_uncertainty_rows"] = figures.uncertainty_rows_figure(
+                shown[i], u[i], patches, grid
+            )
+        if windows is not None:
+            alpha = hp.get("alpha", 0.1)
+            out[f"img{i}_windows"] = figures.window_figure(
+                shown[i], {alpha: windows[i]}, patches, grid
+            )
+        if windows is not None and order is not None:
+            field = ia.responsive_field(
+                windows[i : i + 1], order[i : i + 1], hp.get("beta") or 0.0, grid
+            )
+            out[f"img{i}_responsive_field"] = figures.responsive_field_figure(
+                shown[i],
+                field[0],
+                patches,
+                grid,
+                winft_w=None if winft_w is None else winft_w[i],
+                num_blocks=len(module.net.blocks) if winft_w is not None else None,
+            )
+    return out

@@ -264,6 +264,53 @@ def write_report(study_dir: Path, title: str, machine: str) -> dict[str, Path]:
     return paths
 
 
+def study_figures(study_dir: Path, count: int = 3) -> list[Path]:
+    """The paper's figures for the first ``count`` test images of each geometry's first
+    finished WinfT run: its teacher's U, windows, DIP, fields and rollout, with WinfT's
+    predicted W beside the ground-truth responsive fields, under ``figures/<geometry>/``."""
+    from winft_lightning import visualize
+    from winft_lightning.data.shards import IMAGE_EXTS, iter_tar, read_manifest
+
+    written: list[Path] = []
+    done: set[tuple] = set()
+    for row in collect_runs(study_dir):
+        geometry = (row.get("img_size"), row.get("patch_size"))
+        if row["family"] != "winft" or row["status"] != "ok" or geometry in done:
+            continue
+        per_run = json.loads((Path(row["run_dir"]) / "results.json").read_text())
+        if not per_run.get("teacher_ckpt") or not Path(per_run.get("best_ckpt", "")).is_file():
+            continue
+        done.add(geometry)
+        out = study_dir / "figures" / f"{geometry[0]}px_p{geometry[1]}"
+        manifest = read_manifest(per_run["mask_root"])
+        test = manifest["splits"]["test"]
+        images = []
+        for key, members in iter_tar(
+            Path(manifest["root"]) / test["shards"][0], test["shard_counts"][0]
+        ):
+            ext = next(e for e in IMAGE_EXTS if e in members)
+            path = out / "inputs" / f"{key}.{ext}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(members[ext])
+            images.append(str(path))
+            if len(images) == count:
+                break
+        written += visualize.run(
+            {
+                "ckpt": per_run["teacher_ckpt"],
+                "winft": per_run["best_ckpt"],
+                "images": images,
+                "out_dir": str(out),
+                "alphas": [0.05, 0.1, 0.2],
+                "betas": [0.1, 0.2, 0.5],
+                "batch_size": count,
+                "results": [str(study_dir / "runs")],
+                "log_x": True,
+            }
+        )
+    return written
+
+
 def machine_line() -> str:
     import platform
 
@@ -283,6 +330,8 @@ def main(cfg: DictConfig) -> None:
     if cfg.run:
         run_study(cfg.study, study_dir)
     paths = write_report(study_dir, f"winft_lightning study: {cfg.study.name}", machine_line())
+    figs = study_figures(study_dir)
+    log.info("study figures: %d PNGs under %s", len(figs), study_dir / "figures")
     log.info("study done in %.0f s: %s", time.perf_counter() - start, paths["report"])
     print(paths["report"].read_text())
 

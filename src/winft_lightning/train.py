@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from winft_lightning.callbacks import TrainThroughput
+from winft_lightning.callbacks import InteractionFigures, TrainThroughput
 
 log = logging.getLogger(__name__)
 
@@ -159,11 +160,14 @@ def instantiate_loggers(cfg: DictConfig, run_dir: Path) -> list:
             with open_dict(lg):
                 if lg.get("id") is None:
                     # the same run dir continues the same W&B run after a resume
-                    lg.id = id_file.read_text().strip() if id_file.is_file() else None
+                    if id_file.is_file():
+                        lg.id = id_file.read_text().strip()
+                    else:
+                        lg.id = uuid.uuid4().hex[:8]  # a W&B run id, known before W&B starts
                 lg.resume = "allow"
             logger = instantiate(lg)
             id_file.parent.mkdir(parents=True, exist_ok=True)
-            id_file.write_text(str(logger.version))
+            id_file.write_text(str(lg.id))
         else:
             logger = instantiate(lg)
         log.debug("logger %s: %s", name, lg._target_)
@@ -243,6 +247,8 @@ def fit_and_test(
     for cb in callbacks:
         if isinstance(cb, L.pytorch.callbacks.ModelCheckpoint):
             cb.dirpath = str(run_dir / "checkpoints")
+        elif isinstance(cb, InteractionFigures):
+            cb.dirpath = str(run_dir / "figures")
     trainer: L.Trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(
@@ -306,4 +312,6 @@ def fit_and_test(
         _continue_csv_header(lg)
         lg.log_metrics({f"results/{k}": row[k] for k in RESULT_KEYS if row[k] == row[k]})
         lg.finalize("success")
+        if isinstance(lg, L.pytorch.loggers.WandbLogger):
+            lg.experiment.finish()  # else the next run in this process (a teacher's student) joins it
     return row

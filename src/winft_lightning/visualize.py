@@ -1,6 +1,7 @@
-"""``python -m winft_lightning.visualize ckpt=PATH images=[a.png,...] out_dir=DIR``.
+"""``python -m winft_lightning.visualize ckpt=PATH [winft=PATH] images=[a.png,...] out_dir=DIR``.
 
-Loads a teacher ViT, runs the attention capture once per image batch, and writes the paper's
+Loads a teacher ViT (and, with ``winft=``, a WinfT checkpoint whose predicted W goes beside
+the ground-truth responsive fields of Fig. 10), runs the attention capture once per image batch, and writes the paper's
 figures (:mod:`winft_lightning.figures`) as PNGs. With ``images=[]`` a few of scikit-image's
 bundled photos are used; ``results=[...]`` (results.json files or run directories) adds the
 accuracy vs E_O trade-off plot.
@@ -64,7 +65,7 @@ class Captured:
         self.rollout = joint[:, 0, prefix:].float().cpu()
 
 
-def _display(images: Tensor) -> Tensor:
+def display_images(images: Tensor) -> Tensor:
     """Per-image min-max rescale to [0, 1] (for model inputs that are normalised)."""
     lo = images.amin(dim=(1, 2, 3), keepdim=True)
     hi = images.amax(dim=(1, 2, 3), keepdim=True)
@@ -103,7 +104,7 @@ def analysis_figures(
     cap = Captured(model, images, patches)
     if cap.u.shape[-1] != n:
         raise ValueError(f"model has N={cap.u.shape[-1]} patches, grid {grid} has {n}")
-    shown = (display if display is not None else _display(images)).detach().cpu()
+    shown = (display if display is not None else display_images(images)).detach().cpu()
     windows = {a: ia.awd_windows(cap.u, a, grid) for a in alphas}
     order = ia.dip_order(cap.u)
     fa = alphas[0] if field_alpha is None else field_alpha
@@ -173,48 +174,24 @@ def read_results(sources: Sequence[str | Path]) -> list[dict[str, Any]]:
     return rows
 
 
-_TIMM_KEYS = (
-    "img_size",
-    "patch_size",
-    "num_classes",
-    "embed_dim",
-    "depth",
-    "num_heads",
-    "mlp_ratio",
-    "class_token",
-    "reg_tokens",
-    "global_pool",
-    "qkv_bias",
-)
+def winft_window_sum(path: str | Path, images: Tensor) -> Tensor:
+    """WinfT's predicted ``sum_l W_l`` (Fig. 10) for ``images`` ``[B, 3, H, W]`` from a
+    ``WinfTModule`` checkpoint: ``[B, N, N]`` float, entries in 0..l."""
+    from winft_lightning.models import batch_context, collect_winft_outputs
+    from winft_lightning.models.attention import winft_window
+    from winft_lightning.modules import WinfTModule
 
-
-def _load_lightning_ckpt(path: str | Path, **kw: Any) -> tuple[nn.Module, Any]:
-    """Fallback while ``teacher.load_teacher`` is unavailable: a Lightning checkpoint with
-    ``hyper_parameters["net"]`` (build_vit kwargs) and ``net.``-prefixed state-dict keys."""
-    from types import SimpleNamespace
-
-    import timm
-
-    if kw:
-        raise ValueError(f"the fallback loader reads Lightning checkpoints only, got {kw}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    net = dict(ckpt["hyper_parameters"]["net"])
-    kw = {k: net[k] for k in _TIMM_KEYS if k in net}
-    model = timm.create_model(net["model_name"], pretrained=False, **kw)
-    state = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    model.load_state_dict(state)
-    img, patch = int(net["img_size"]), int(net["patch_size"])
-    return model, SimpleNamespace(img_size=img, patch_size=patch, grid=(img // patch,) * 2)
+    module = WinfTModule.load_from_checkpoint(path, map_location="cpu").eval()
+    with torch.inference_mode(), batch_context(module.net, collect_winft=True):
+        module.net(images.to(module.device))
+    logits, _ = collect_winft_outputs(module.net)
+    return sum(winft_window(block).float() for block in logits).cpu()
 
 
 def load_model(path: str | Path, **kw: Any) -> tuple[nn.Module, int, int, Grid, Any]:
     """``winft_lightning.teacher.load_teacher(path, **kw)`` -> (model, img_size, patch_size,
     grid, info); kw (model_name, img_size, ...) is for plain timm weights files."""
-    try:
-        from winft_lightning.teacher import load_teacher
-    except ImportError:
-        log.warning("winft_lightning.teacher unavailable; reading %s as a Lightning ckpt", path)
-        load_teacher = _load_lightning_ckpt
+    from winft_lightning.teacher import load_teacher
 
     model, info = load_teacher(path, **kw)
     img = int(np.atleast_1d(info.img_size)[0])
@@ -242,6 +219,7 @@ def run(cfg: Mapping[str, Any]) -> list[Path]:
     x = ((shown - mean) / std).to(device)
     out = Path(cfg["out_dir"])
     bs = int(cfg.get("batch_size") or 4)
+    winft_w = winft_window_sum(cfg["winft"], x.cpu()) if cfg.get("winft") else None
     written: list[Path] = []
     for start in range(0, x.shape[0], bs):
         written += analysis_figures(
@@ -252,6 +230,7 @@ def run(cfg: Mapping[str, Any]) -> list[Path]:
             list(cfg["betas"]),
             out / f"batch{start // bs}" if x.shape[0] > bs else out,
             patches=cfg.get("patches"),
+            winft_w=None if winft_w is None else winft_w[start : start + bs],
             display=shown[start : start + bs],
         )
     if cfg.get("results"):

@@ -1,0 +1,109 @@
+"""The main job end to end as a user runs it: a real Hydra app in a subprocess, real shards,
+a real teacher, real masks, real Trainers, W&B offline, and a Hydra multirun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import cli
+
+pytestmark = pytest.mark.slow
+
+N = 16  # debug=tiny: 16 px images, patch 4
+
+
+def _pngs_ok(paths: list[Path]) -> None:
+    assert paths
+    for path in paths:
+        with Image.open(path) as im:
+            im.verify()
+
+
+def test_no_argument_job_on_digits(tmp_path):
+    """`python -m winft_lightning debug=tiny`: the default job (teacher ViT -> analyze ->
+    WinfT -> test both -> table) on digits, every output file present and parseable."""
+    run_dir = tmp_path / "run"
+    res = cli("debug=tiny", f"paths.root_dir={tmp_path}", f"hydra.run.dir={run_dir}")
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "top-1 %" in res.stdout and "E_O / N²" in res.stdout and str(run_dir) in res.stdout
+
+    rows = json.loads((run_dir / "results_table.json").read_text())
+    teacher, winft = rows
+    assert teacher["module"] == "ViTModule" and teacher["eo"] == N * N
+    assert winft["module"] == "WinfTModule" and 0 < winft["eo"] < N * N
+    assert json.loads((run_dir / "results.json").read_text()) == winft
+    for row in rows:
+        assert 0 <= row["top1"] <= row["top5"] <= 100 and row["images_per_s"] > 0
+    md = (run_dir / "results.md").read_text().splitlines()
+    assert md[0].startswith("| run | top-1 %") and len(md) == 2 + len(rows)
+    assert Path(winft["best_ckpt"]).is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    metrics = (run_dir / "csv" / "version_0" / "metrics.csv").read_text()
+    assert "train/bce" in metrics and "test/eo" in metrics
+    figs = sorted((run_dir / "figures").glob("*.png"))
+    names = {p.stem for p in figs}
+    assert {"img0_windows", "img0_responsive_field", "img1_responsive_field"} <= names
+    _pngs_ok(figs)
+    # the teacher's own run keeps its logs and figures (a full-attention model: its own U)
+    teacher_run = Path(teacher["run_dir"])
+    assert (teacher_run / "csv" / "version_0" / "metrics.csv").is_file()
+    assert (teacher_run / "figures" / "img0_uncertainty_rows.png").is_file()
+    assert not (run_dir / "csv" / "version_1").exists()
+
+    # a second run reuses the cached shards, teacher and masks, and says so
+    again = cli("debug=tiny", f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path}/again")
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = again.stdout + again.stderr
+    for what in ("shards", "teacher", "masks"):
+        assert f"{what}: reusing cached" in log
+
+
+def test_wandb_without_login_runs_offline_and_logs_everything(tmp_path):
+    """No WANDB_MODE, no API key, no ~/.netrc: the run goes offline by itself (no hang) and the
+    offline W&B run holds the config, the metrics and the figures."""
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path), WINFT_ROOT=str(tmp_path), HYDRA_FULL_ERROR="1")
+    argv = [sys.executable, "-m", "winft_lightning", "experiment=fmnist_winft", "debug=tiny",
+            "logger=wandb", "trainer.max_epochs=1", "teacher.max_epochs=1",
+            f"hydra.run.dir={run_dir}"]  # fmt: skip
+    res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "logging offline" in res.stdout + res.stderr
+    (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")
+    run_id = (run_dir / "wandb_id.txt").read_text()
+    assert wandb_run.name.endswith(run_id)
+    # the run's record stream (protobuf; its strings are stored as they are): the config, the
+    # metrics of every stage and the figures' keys
+    stream = (wandb_run / f"run-{run_id}.wandb").read_bytes()
+    for key in (b"WinfTModule", b"val/top1", b"train/bce", b"results/top1",
+                b"figures/img0_responsive_field"):  # fmt: skip
+        assert key in stream, key
+    media = sorted((wandb_run / "files" / "media" / "images").rglob("*.png"))
+    assert any("responsive_field" in p.name for p in media), media
+    _pngs_ok(media)
+
+
+def test_multirun_alpha_by_beta_writes_a_results_file_per_run(tmp_path):
+    sweep = tmp_path / "sweep"
+    res = cli(
+        "-m", "experiment=fmnist_awd_dip_vit", "debug=tiny", "model.alpha=0.05,0.1",
+        "model.beta=0.1,0.2", "trainer.max_epochs=1", "teacher.max_epochs=1",
+        f"paths.root_dir={tmp_path}", f"hydra.sweep.dir={sweep}", timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-4000:]
+    got = set()
+    for job in sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()):
+        row = json.loads((job / "results.json").read_text())
+        assert row["module"] == "AWDDIPViTModule" and row["eo"] < N * N
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+        assert f"model.alpha={row['alpha']}" in overrides
+        got.add((row["alpha"], row["beta"]))
+    assert got == {(0.05, 0.1), (0.05, 0.2), (0.1, 0.1), (0.1, 0.2)}

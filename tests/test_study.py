@@ -78,3 +78,21 @@ def test_study_runs_and_aggregates(tmp_path):
             assert f"img{i}_{kind}.png" in names
     assert {"rollout.png", "tradeoff_eo.png"} <= names
     assert len(list((figs / "inputs").iterdir())) == 3
+
+
+@pytest.mark.parametrize("variant", ["full", "quick"])
+def test_every_study_job_composes(make_cfg, tmp_path, variant):
+    """Each job of each sweep of the shipped studies composes and validates (first value of
+    every swept option), so a long study cannot die on a config typo."""
+    from conftest import compose_config
+    from winft_lightning.study import sweep_commands
+    from winft_lightning.train import validate_config
+
+    study = compose_config([f"study={variant}"], tmp_path, config_name="study").study
+    commands = sweep_commands(study, tmp_path / "study")
+    assert len(commands) == len(study.families) * len(study.geometries)
+    for _, argv in commands:
+        overrides = [a.split(",")[0] for a in argv[3:] if "=" in a and not a.startswith("hydra.")]
+        cfg = make_cfg(*overrides)
+        validate_config(cfg)
+        assert cfg.skip_if_done and not cfg.compare_teacher

@@ -216,7 +216,7 @@ def test_dip_figure(tmp_path):
     betas = [0.0, 0.25, 0.5]
     fig = F.dip_figure(image(), u, GRID, betas)
     assert len(panels(fig)) == 2 + len(betas) and len(colorbars(fig)) == 1
-    # the beta=0.5 panel blacks out exactly the 8 lowest-variance patches
+    # the beta=0.5 panel marks exactly the 8 lowest-variance patches
     overlay = panels(fig)[-1].get_images()[-1].get_array()
     dropped = np.flatnonzero(~np.ma.getmaskarray(overlay).reshape(-1))
     assert sorted(dropped) == sorted(ia.dip_order(u[None])[0, :8].tolist())

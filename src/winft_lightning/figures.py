@@ -389,7 +389,7 @@ def _log_norm(values: np.ndarray) -> LogNorm:
 def dip_figure(image: ArrayLike, u: ArrayLike, grid: Grid, betas: Sequence[float]) -> Figure:
     """Fig. 5/6: the ``[N, N]`` U map (log colour), the sorted column variances
     ``v_p = Var_i U[i, p]`` with each beta's drop count marked, and the dropped patches D
-    (black) over the image for every beta. Axes: U, colourbar, variances, one per beta."""
+    (red) over the image for every beta. Axes: U, colourbar, variances, one per beta."""
     img, um = to_hwc(image), _np(u).astype(np.float64)
     n = um.shape[0]
     v = um.var(axis=0)
@@ -449,10 +449,11 @@ def dip_figure(image: ArrayLike, u: ArrayLike, grid: Grid, betas: Sequence[float
         mask = np.zeros(n)
         mask[order[:d]] = 1.0
         hw = np.ma.masked_where(mask.reshape(grid) == 0, mask.reshape(grid))
-        _overlay(ax, img, hw, cmap="gray_r", alpha=0.85, norm=Normalize(0.0, 1.0))
+        # red, not black: the patches DIP drops are often the (black) background itself
+        _overlay(ax, img, hw, cmap="Reds", alpha=0.6, norm=Normalize(0.0, 1.0))
         ax.set_title(f"(c) β={beta:g}: {d} of {n} dropped", fontsize=8)
     _label_outer(axes)
-    fig.suptitle("Indiscriminative patches (DIP): U, column variance, dropped patches (black)")
+    fig.suptitle("Indiscriminative patches (DIP): U, column variance, dropped patches (red)")
     return fig
 
 

@@ -71,10 +71,10 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
         if cfg.get("compare_teacher", True) and teacher_row is not None:
             rows.append(teacher_row)
     L.seed_everything(cfg.seed, workers=True)  # the teacher may have reseeded
-    row = fit_and_test(cfg, cfg.model, data_root, run_dir, cfg.get("task_name", cls.__name__))
-    if teacher is not None:  # what the masks came from, for figures and audits
-        row.update(teacher_ckpt=str(teacher), mask_root=str(data_root))
-        done.write_text(json.dumps(row, indent=2))
+    # what the masks came from, for figures and audits
+    extra = {"teacher_ckpt": str(teacher), "mask_root": str(data_root)} if teacher else None
+    name = cfg.get("task_name", cls.__name__)
+    row = fit_and_test(cfg, cfg.model, data_root, run_dir, name, extra=extra)
     rows.append(row)
     table, md = results_table(rows)
     (run_dir / "results.md").write_text(md)

@@ -133,8 +133,7 @@ def interaction_figures(module: L.LightningModule, batch: dict[str, Any]) -> dic
     from winft_lightning import figures
     from winft_lightning import interactions as ia
     from winft_lightning.capture import iter_block_attention
-    from winft_lightning.models import batch_context, collect_winft_outputs
-    from winft_lightning.models.attention import winft_window
+    from winft_lightning.models import predicted_window_sum
     from winft_lightning.visualize import default_patches, display_images
 
     grid = tuple(module.grid)
@@ -144,13 +143,10 @@ def interaction_figures(module: L.LightningModule, batch: dict[str, Any]) -> dic
     windows, order = batch.get("windows"), batch.get("dip_order")
     hp = module.hparams
     winft_w = u = None
-    with torch.no_grad():
-        if module.attn_kind == "winft":
-            with batch_context(module.net, collect_winft=True):
-                module.net(images)
-            logits, _ = collect_winft_outputs(module.net)
-            winft_w = sum(winft_window(block).float() for block in logits).cpu()
-        elif module.attn_kind == "full":
+    if module.attn_kind == "winft":
+        winft_w = predicted_window_sum(module.net, images)
+    elif module.attn_kind == "full":
+        with torch.no_grad():
             u = ia.uncertainty_map(iter_block_attention(module.net, images)).cpu()
     out = {}
     for i in range(images.shape[0]):

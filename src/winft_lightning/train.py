@@ -229,9 +229,10 @@ def fit_and_test(
     run_dir: Path,
     name: str,
     trainer_overrides: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``model_cfg`` on the shards at ``data_root``, test its best checkpoint, and write
-    ``run_dir/results.json``. Returns the results row."""
+    ``run_dir/results.json`` (the row, plus ``extra`` fields). Returns the results row."""
     run_dir.mkdir(parents=True, exist_ok=True)
     cls = module_class(model_cfg)
     datamodule = make_datamodule(cfg, data_root, use_masks=cls.uses_masks)
@@ -306,6 +307,7 @@ def fit_and_test(
         "epochs": trainer.current_epoch,
         "best_ckpt": best,
         "run_dir": str(run_dir),
+        **(extra or {}),
     }
     (run_dir / "results.json").write_text(json.dumps(row, indent=2))
     for lg in loggers:

@@ -177,15 +177,11 @@ def read_results(sources: Sequence[str | Path]) -> list[dict[str, Any]]:
 def winft_window_sum(path: str | Path, images: Tensor) -> Tensor:
     """WinfT's predicted ``sum_l W_l`` (Fig. 10) for ``images`` ``[B, 3, H, W]`` from a
     ``WinfTModule`` checkpoint: ``[B, N, N]`` float, entries in 0..l."""
-    from winft_lightning.models import batch_context, collect_winft_outputs
-    from winft_lightning.models.attention import winft_window
+    from winft_lightning.models import predicted_window_sum
     from winft_lightning.modules import WinfTModule
 
     module = WinfTModule.load_from_checkpoint(path, map_location="cpu").eval()
-    with torch.inference_mode(), batch_context(module.net, collect_winft=True):
-        module.net(images.to(module.device))
-    logits, _ = collect_winft_outputs(module.net)
-    return sum(winft_window(block).float() for block in logits).cpu()
+    return predicted_window_sum(module.net, images.to(module.device))
 
 
 def load_model(path: str | Path, **kw: Any) -> tuple[nn.Module, int, int, Grid, Any]:

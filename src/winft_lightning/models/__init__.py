@@ -12,7 +12,7 @@ from .attention import (
 )
 from .context import NetContext, batch_context, clear_batch, get_context, set_batch
 from .dip import DipBlock
-from .vit import build_vit, collect_winft_outputs, winft_bce_loss
+from .vit import build_vit, collect_winft_outputs, predicted_window_sum, winft_bce_loss
 
 __all__ = [
     "AwdAttention",
@@ -27,6 +27,7 @@ __all__ = [
     "collect_winft_outputs",
     "expand_prefix",
     "get_context",
+    "predicted_window_sum",
     "set_batch",
     "tiled_order",
     "winft_bce_loss",

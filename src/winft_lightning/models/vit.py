@@ -12,8 +12,8 @@ from timm.layers import Attention
 from timm.models._helpers import load_state_dict
 from torch import Tensor, nn
 
-from .attention import AwdAttention, WinftAttention
-from .context import CONTEXT_ATTR, NetContext
+from .attention import AwdAttention, WinftAttention, winft_window
+from .context import CONTEXT_ATTR, NetContext, batch_context
 from .dip import DipBlock
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "WINFT_MODES",
     "build_vit",
     "collect_winft_outputs",
+    "predicted_window_sum",
     "winft_bce_loss",
 ]
 
@@ -154,6 +155,16 @@ def collect_winft_outputs(model: nn.Module) -> tuple[list[Tensor], Tensor]:
     for m in layers:
         m.last_logits = m.last_count = None
     return logits, eo
+
+
+@torch.no_grad()
+def predicted_window_sum(model: nn.Module, images: Tensor) -> Tensor:
+    """WinfT's predicted ``sum_l W_l`` (Fig. 10) for ``images`` ``[B, 3, H, W]``: one forward
+    with collection on; ``[B, N, N]`` float on the CPU, entries in 0..l."""
+    with batch_context(model, collect_winft=True):
+        model(images)
+    logits, _ = collect_winft_outputs(model)
+    return sum(winft_window(block).float() for block in logits).cpu()
 
 
 def winft_bce_loss(logits: list[Tensor], w_gt: Tensor) -> Tensor:

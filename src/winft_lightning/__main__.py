@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from winft_lightning import pipeline
+from winft_lightning import world as worlds
 from winft_lightning.train import fit_and_test, module_class, validate_config
 
 log = logging.getLogger("winft_lightning")
@@ -55,9 +56,10 @@ def results_table(rows: list[dict[str, Any]]) -> tuple[Table, str]:
 
 def run(cfg: DictConfig) -> list[dict[str, Any]]:
     validate_config(cfg)
+    world = worlds.current()
     run_dir = Path(cfg.paths.output_dir)
     done = run_dir / "results.json"
-    if cfg.get("skip_if_done") and done.is_file():
+    if cfg.get("skip_if_done") and world.share("skip", done.is_file()):
         log.info("already done, skipping: %s", done)
         return [json.loads(done.read_text())]
     L.seed_everything(cfg.seed, workers=True)
@@ -66,8 +68,8 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     rows = []
     data_root, teacher = shards, None
     if cls.uses_masks:
-        teacher, teacher_row = pipeline.ensure_teacher(cfg, shards)
-        data_root = pipeline.ensure_masks(cfg, teacher, shards)
+        teacher, teacher_row, teacher_sha = pipeline.ensure_teacher(cfg, shards)
+        data_root = pipeline.ensure_masks(cfg, teacher, teacher_sha, shards)
         if cfg.get("compare_teacher", True) and teacher_row is not None:
             rows.append(teacher_row)
     L.seed_everything(cfg.seed, workers=True)  # the teacher may have reseeded
@@ -76,6 +78,8 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     name = cfg.get("task_name", cls.__name__)
     row = fit_and_test(cfg, cfg.model, data_root, run_dir, name, extra=extra)
     rows.append(row)
+    if not world.is_zero:
+        return rows
     table, md = results_table(rows)
     (run_dir / "results.md").write_text(md)
     (run_dir / "results_table.json").write_text(json.dumps(rows, indent=2))

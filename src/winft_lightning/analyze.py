@@ -37,19 +37,21 @@ from winft_lightning.data.masks import (
 )
 from winft_lightning.data.progress import image_progress
 from winft_lightning.data.shards import (
+    JOURNAL,
     MANIFEST,
     SPLITS,
     Journal,
-    SplitWriter,
     base_manifest,
     check_crc,
     iter_tar,
     read_manifest,
     split_entry,
     write_json_atomic,
+    write_shard,
 )
 from winft_lightning.interactions import awd_windows, dip_order, uncertainty_map
 from winft_lightning.teacher import TeacherInfo, file_sha256, load_teacher
+from winft_lightning.world import World
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,16 @@ class _Stats:
             self.payload[name] += len(members[name])
             self.tar += _tar_bytes(len(members[name]))
 
+    def state(self) -> dict[str, Any]:
+        return {"images": self.images, "payload": self.payload, "tar": self.tar}
+
+    def merge(self, state: dict[str, Any]) -> None:
+        """Add another rank's counts (its :meth:`state`)."""
+        self.images += state["images"]
+        self.tar += state["tar"]
+        for name, b in state["payload"].items():
+            self.payload[name] += b
+
     def report(self, n: int, alphas: Sequence[float]) -> dict[str, Any]:
         k = max(self.images, 1)
         per = {name: round(b / k, 1) for name, b in self.payload.items()}
@@ -160,16 +172,22 @@ def analyze_shards(
     encoding: str = "i16z",
     workers: int = 2,
     progress: bool = True,
-) -> dict[str, Any]:
+    world: World | None = None,
+) -> dict[str, Any] | None:
     """Analyse every split of the shard set ``shards`` with ``teacher``; returns the new
     manifest. The view is the teacher's: resize to its img_size + centre crop, normalised with
-    ``mean``/``std`` (default: the teacher's pretrained config, else 0.5)."""
+    ``mean``/``std`` (default: the teacher's pretrained config, else 0.5).
+
+    In a ``world`` of several ranks each rank analyses every ``world_size``-th shard into
+    ``out_dir`` (a shared directory) and rank 0 writes the one manifest once all are done;
+    the other ranks return ``None``."""
+    world = world or World()
     alphas = check_alphas(list(alphas))
     if encoding not in ENCODINGS:
         raise ValueError(f"analyze encoding={encoding!r} is not one of {ENCODINGS}")
     src = read_manifest(shards)
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = f"cuda:{world.local_rank}" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     model, info = load_teacher(teacher, device=dev, **(teacher_kwargs or {}))
     mean, std = _norm(model, info, mean, std)
@@ -191,7 +209,8 @@ def analyze_shards(
             f"{out} already holds a mask set of another teacher/shards/alphas; choose another "
             "out_dir or delete it"
         )
-    journal = Journal(out, fp)
+    # one journal per rank: a killed run resumes after each rank's finished shards
+    journal = Journal(out, f"{fp}-{world.rank}-{world.world_size}", _journal_name(world))
     if journal.stale:
         log.warning("analyze: discarding the unfinished mask set of another config in %s", out)
 
@@ -201,44 +220,68 @@ def analyze_shards(
         std=tuple(std),
         num_classes=int(src["num_classes"]),
     )
-    n = info.grid[0] * info.grid[1]
+    tasks = [
+        (split, name, count)
+        for split in SPLITS
+        for name, count in zip(
+            src["splits"][split]["shards"], src["splits"][split]["shard_counts"], strict=True
+        )
+    ]
+    mine = tasks[world.rank :: world.world_size]
+    done_before = {r["name"]: r for split in SPLITS for r in journal.done(split)}
+    log.info(
+        "analyze: rank %d of %d analyses %d of %d shards: %s",
+        world.rank, world.world_size, len(mine), len(tasks), [t[1] for t in mine],
+    )  # fmt: skip
     stats = _Stats(alphas, encoding)
     start, done = time.perf_counter(), 0
-    splits: dict[str, Any] = {}
+    records: list[dict[str, Any]] = []
     with (
         image_progress(disable=not progress) as bar,
         ThreadPoolExecutor(max(workers, 1)) as pool,
     ):
-        for split in SPLITS:
-            entry = src["splits"][split]
-            writer = SplitWriter(out, split, journal, maxcount=1 << 40, maxsize=1 << 62)
-            task = bar.add_task(
-                split, total=entry["count"], completed=sum(entry["shard_counts"][: writer.index])
+        task_bar = bar.add_task("shards", total=sum(c for _, _, c in mine))
+        for split, name, count in mine:
+            if name in done_before:
+                records.append({"split": split, **done_before[name]})
+                bar.advance(task_bar, count)
+                continue
+            shard = str(Path(src["root"]) / name)
+            samples = list(iter_tar(shard, count))
+            results = analyze_split(
+                model, _batches(samples, shard, decoder, batch_size, pool), alphas, info.grid, dev
             )
-            for name, count in list(zip(entry["shards"], entry["shard_counts"], strict=True))[
-                writer.index :
-            ]:
-                shard = str(Path(src["root"]) / name)
-                samples = list(iter_tar(shard, count))
-                results = analyze_split(
-                    model,
-                    _batches(samples, shard, decoder, batch_size, pool),
-                    alphas,
-                    info.grid,
-                    dev,
-                )
+
+            def analysed(samples=samples, results=results, shard=shard):
                 for (key, members), (rkey, wins, order) in zip(samples, results, strict=True):
                     if key != rkey:  # pragma: no cover - analyze_split keeps batch order
                         raise RuntimeError(f"analysis out of order at {shard}: {key} vs {rkey}")
                     new = {k: v for k, v in members.items() if k != "crc"}
                     new |= mask_members(wins, order, alphas, encoding)
                     stats.add(new)
-                    writer.write(key, new)
-                    bar.advance(task)
-                    done += 1
-                writer.finish()
-            splits[split] = split_entry(writer.records)
+                    bar.advance(task_bar)
+                    yield key, new
+
+            record = write_shard(out, name, analysed())
+            journal.add(split, record)
+            records.append({"split": split, **record})
+            done += record["count"]
+    gathered = world.gather(
+        "analyze/shards", {"records": records, "stats": stats.state(), "done": done}
+    )
+    if not world.is_zero:
+        journal.remove()
+        return None
+    by_name = {r["name"]: r for part in gathered for r in part["records"]}
+    splits = {
+        split: split_entry([by_name[name] for name in src["splits"][split]["shards"]])
+        for split in SPLITS
+    }
+    for part in gathered[1:]:
+        stats.merge(part["stats"])
+    done = sum(part["done"] for part in gathered)
     seconds = time.perf_counter() - start
+    n = info.grid[0] * info.grid[1]
     storage = stats.report(n, alphas)
     manifest = base_manifest(
         kind="masks",
@@ -267,11 +310,14 @@ def analyze_shards(
         mask_storage=storage,
         analyze_seconds=round(seconds, 2),
         device=str(dev),
+        ranks={str(r): [rec["name"] for rec in part["records"]] for r, part in enumerate(gathered)},
     )
     write_json_atomic(out / MANIFEST, manifest)
     journal.remove()
+    for leftover in out.glob(".journal*.json"):
+        leftover.unlink()  # the other ranks' journals: their shards are in the manifest now
     log.info(
-        "analyze: %s -> %s with %s (%s, grid %s): %d images now in %.1f s (%.1f img/s) on %s",
+        "analyze: %s -> %s with %s (%s, grid %s): %d images now in %.1f s (%.1f img/s) on %s x %d",
         src["root"],
         out,
         info.model_name,
@@ -281,6 +327,7 @@ def analyze_shards(
         seconds,
         done / max(seconds, 1e-9),
         dev,
+        world.world_size,
     )
     log.info(
         "analyze: mask keys %.0f B/image (%d alphas + DIP order, in tar %.0f B) vs one N x N "
@@ -294,6 +341,10 @@ def analyze_shards(
         storage["ratio_per_alpha_min"],
     )
     return read_manifest(out)
+
+
+def _journal_name(world: World) -> str:
+    return JOURNAL if not world.distributed else f".journal.rank{world.rank}.json"
 
 
 def _norm(
@@ -315,12 +366,15 @@ def _main() -> None:
 
     @hydra.main(config_path="conf", config_name="analyze", version_base="1.3")
     def main(cfg: DictConfig) -> None:
+        from winft_lightning import world as worlds
         from winft_lightning.prepare import default_out_dir, prepare_shards
 
+        world = worlds.current()
         shards = Path(cfg.shards) if cfg.get("shards") else default_out_dir(cfg)
-        if not (shards / MANIFEST).is_file():
+        if world.is_zero and not (shards / MANIFEST).is_file():
             log.info("analyze: no shard set at %s; preparing it from data.source first", shards)
             prepare_shards(cfg.data.source, shards, progress=bool(cfg.progress))
+        world.barrier("analyze/prepared")
         tk = (
             OmegaConf.to_container(cfg.teacher_model, resolve=True)
             if cfg.get("teacher_model")
@@ -340,7 +394,10 @@ def _main() -> None:
             encoding=str(cfg.encoding),
             workers=int(cfg.workers),
             progress=bool(cfg.progress),
+            world=world,
         )
+        if manifest is None:  # a rank other than 0: rank 0 reports
+            return
         s = manifest["mask_storage"]
         print(
             f"masks: {manifest['root']}\n"

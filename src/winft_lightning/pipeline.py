@@ -1,5 +1,12 @@
-"""Prerequisites that build themselves: shards -> teacher -> masks, each cached under a key
-of the config that made it, so the next run reuses it (and says so)."""
+"""Prerequisites that build themselves: shards -> teacher -> masks.
+
+Each is an entry of the :class:`~winft_lightning.store.ArtifactStore` under
+``paths.cache_dir``, keyed by the content of what made it (the source config, the shard
+manifest's content hash, the teacher file's hash), built once however many processes ask for
+it at the same time, and reused by every later run (which says so). Inside a torchrun/SLURM
+world the ranks build together: shards once, the teacher as one DDP run over every rank, the
+analysis split over the ranks' shards.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +20,14 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from winft_lightning import world as worlds
+from winft_lightning.data.shards import FORMAT_VERSION, MANIFEST
+from winft_lightning.store import ArtifactStore
+
 log = logging.getLogger(__name__)
+
+# manifest fields that differ between two builds of the same content
+_VOLATILE = ("created", "root", "prepare_seconds", "analyze_seconds", "code_version")
 
 
 def config_key(*parts: Any) -> str:
@@ -25,8 +39,16 @@ def config_key(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def _cache(cfg: DictConfig, kind: str, key: str) -> Path:
-    return Path(cfg.paths.cache_dir) / kind / key
+def manifest_digest(root: Path) -> str:
+    """Hash of a shard set's manifest content (its shards, counts, sizes, source), never of the
+    folder's name or of when it was built."""
+    manifest = json.loads((Path(root) / MANIFEST).read_text())
+    content = {k: v for k, v in manifest.items() if k not in _VOLATILE}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def store_of(cfg: DictConfig) -> ArtifactStore:
+    return ArtifactStore(cfg.paths.cache_dir, worlds.current())
 
 
 def ensure_shards(cfg: DictConfig) -> Path:
@@ -35,52 +57,69 @@ def ensure_shards(cfg: DictConfig) -> Path:
 
     if cfg.data.get("root"):
         root = Path(cfg.data.root)
-        if not (root / "manifest.json").is_file():
+        if not (root / MANIFEST).is_file():
             raise FileNotFoundError(f"data.root={root} has no manifest.json (not a shard set)")
         log.info("shards: using data.root=%s", root)
         return root
     source = cfg.data.source
-    out = _cache(cfg, "shards", f"{source.name}-{config_key(source)}")
-    if (out / "manifest.json").is_file():
-        log.info("shards: reusing cached %s", out)
-        return out
-    log.info("shards: building %s from source %s", out, source.name)
-    prepare_shards(source, out)
-    return out
+    key = f"{source.name}-{config_key(FORMAT_VERSION, source)}"
+
+    def build(out: Path) -> dict[str, Any]:
+        manifest = prepare_shards(source, out, progress=False)
+        return {"count": {s: e["count"] for s, e in manifest["splits"].items()}}
+
+    return store_of(cfg).ensure("shards", key, build, what="shards", resume=True)
 
 
 def teacher_key(cfg: DictConfig, shards: Path) -> str:
-    manifest = json.loads((shards / "manifest.json").read_text())
     data_opts = {k: v for k, v in OmegaConf.to_container(cfg.data).items() if k != "root"}
     return config_key(
         cfg.teacher.model,
         cfg.teacher.max_epochs,
         cfg.teacher.get("limit_train_batches"),
         data_opts,
-        manifest.get("splits"),
+        manifest_digest(shards),
         cfg.teacher.seed,
     )
 
 
-def ensure_teacher(cfg: DictConfig, shards: Path) -> tuple[Path, dict | None]:
+def ensure_teacher(cfg: DictConfig, shards: Path) -> tuple[Path, dict | None, str]:
     """The teacher checkpoint: ``teacher.ckpt`` if given, else a cached or freshly trained
-    baseline ViT (``teacher.model`` for ``teacher.max_epochs``). Returns (path, its results)."""
-    from winft_lightning.train import fit_and_test
+    baseline ViT (``teacher.model`` for ``teacher.max_epochs``; under DDP one run over every
+    rank). Returns (path, its results row or None, the file's sha256)."""
+    from winft_lightning.teacher import file_sha256
 
     if cfg.teacher.get("ckpt"):
         path = Path(cfg.teacher.ckpt)
         if not path.is_file():
             raise FileNotFoundError(f"teacher.ckpt={path} does not exist")
         log.info("teacher: using teacher.ckpt=%s", path)
-        return path, None
-    out = _cache(cfg, "teachers", teacher_key(cfg, shards))
-    ckpt, results = out / "teacher.ckpt", out / "results.json"
-    if ckpt.is_file() and results.is_file():
-        log.info("teacher: reusing cached %s", ckpt)
-        return ckpt, json.loads(results.read_text())
-    L.seed_everything(cfg.teacher.seed, workers=True)
-    if int(cfg.teacher.max_epochs) == 0:
-        return _untrained_teacher(cfg, ckpt), None
+        return path, None, file_sha256(path)
+    store = store_of(cfg)
+    key = teacher_key(cfg, shards)
+    final = store.path("teachers", key)
+    trained = int(cfg.teacher.max_epochs) > 0
+
+    def build(out: Path) -> dict[str, Any]:
+        L.seed_everything(cfg.teacher.seed, workers=True)
+        if trained:
+            row = _train_teacher(cfg, shards, out, final)
+        else:
+            _untrained_teacher(cfg, out / "teacher.ckpt")
+            row = None
+        if store.world.is_zero and row is not None:
+            (out / "results.json").write_text(json.dumps(row, indent=2))
+        return {"sha256": file_sha256(out / "teacher.ckpt")} if store.world.is_zero else {}
+
+    store.ensure("teachers", key, build, what="teacher", collective=trained)
+    results = final / "results.json"
+    row = json.loads(results.read_text()) if results.is_file() else None
+    return final / "teacher.ckpt", row, store.record("teachers", key)["info"]["sha256"]
+
+
+def _train_teacher(cfg: DictConfig, shards: Path, out: Path, final: Path) -> dict[str, Any]:
+    from winft_lightning.train import fit_and_test
+
     log.info("teacher: training a baseline ViT for %s epochs -> %s", cfg.teacher.max_epochs, out)
     tcfg = cfg.copy()
     with open_dict(tcfg):
@@ -92,61 +131,56 @@ def ensure_teacher(cfg: DictConfig, shards: Path) -> tuple[Path, dict | None]:
     if cfg.teacher.get("limit_train_batches") is not None:
         overrides["limit_train_batches"] = cfg.teacher.limit_train_batches
     row = fit_and_test(tcfg, cfg.teacher.model, shards, out / "run", "teacher ViT", overrides)
+    if not worlds.current().is_zero:
+        return row
     best = Path(row["best_ckpt"]) if row["best_ckpt"] else None
     if best is None or not best.is_file():
-        last = out / "run" / "checkpoints" / "last.ckpt"
-        if not last.is_file():
+        best = out / "run" / "checkpoints" / "last.ckpt"
+        if not best.is_file():
             raise RuntimeError(f"teacher training in {out / 'run'} left no checkpoint")
-        best = last
-    tmp = ckpt.with_suffix(".tmp")
-    shutil.copyfile(best, tmp)
-    tmp.replace(ckpt)  # complete file or none: never a half-copied teacher
-    results.write_text(json.dumps(row, indent=2))
-    return ckpt, row
+    shutil.copyfile(best, out / "teacher.ckpt")
+    # the paths as they read once the entry is published
+    return {k: str(v).replace(str(out), str(final)) if k in ("best_ckpt", "run_dir") else v
+            for k, v in row.items()}  # fmt: skip
 
 
 def _untrained_teacher(cfg: DictConfig, ckpt: Path) -> Path:
     """teacher.max_epochs=0: a randomly initialised ViT, saved as a Lightning checkpoint."""
-    from hydra.utils import instantiate
+    from winft_lightning.teacher import save_untrained
 
-    if ckpt.is_file():
-        log.info("teacher: reusing cached untrained teacher %s", ckpt)
-        return ckpt
     log.info("teacher: teacher.max_epochs=0, saving a randomly initialised ViT -> %s", ckpt)
-    module = instantiate(cfg.teacher.model)
-    trainer = L.Trainer(
-        max_epochs=0, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
-    )  # fmt: skip
-    trainer.strategy.connect(module)
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    tmp = ckpt.with_suffix(".tmp")
-    trainer.save_checkpoint(tmp)
-    tmp.replace(ckpt)
-    return ckpt
+    return save_untrained(cfg.teacher.model, ckpt)
 
 
-def ensure_masks(cfg: DictConfig, teacher: Path, shards: Path) -> Path:
-    """Shards with AWD windows (every ``analyze.alphas``) and DIP order beside each image."""
-    from winft_lightning.analyze import analyze_shards, file_sha256
+def mask_key(cfg: DictConfig, teacher_sha256: str, shards: Path) -> str:
+    return config_key(teacher_sha256, list(cfg.analyze.alphas), manifest_digest(shards))
+
+
+def ensure_masks(cfg: DictConfig, teacher: Path, teacher_sha256: str, shards: Path) -> Path:
+    """Shards with AWD windows (every ``analyze.alphas``) and DIP order beside each image;
+    under DDP each rank analyses its share of the shards."""
+    from winft_lightning.analyze import analyze_shards
 
     if cfg.analyze.get("mask_root"):
         root = Path(cfg.analyze.mask_root)
-        if not (root / "manifest.json").is_file():
+        if not (root / MANIFEST).is_file():
             raise FileNotFoundError(f"analyze.mask_root={root} has no manifest.json")
         log.info("masks: using analyze.mask_root=%s", root)
         return root
-    key = config_key(file_sha256(teacher), list(cfg.analyze.alphas), shards.name)
-    out = _cache(cfg, "masks", key)
-    if (out / "manifest.json").is_file():
-        log.info("masks: reusing cached %s", out)
-        return out
-    log.info("masks: analysing %s with teacher %s -> %s", shards, teacher, out)
-    analyze_shards(
-        teacher=teacher,
-        shards=shards,
-        out_dir=out,
-        alphas=list(cfg.analyze.alphas),
-        batch_size=int(cfg.analyze.batch_size),
-    )
-    return out
+    store = store_of(cfg)
+
+    def build(out: Path) -> dict[str, Any]:
+        log.info("masks: analysing %s with teacher %s -> %s", shards, teacher, out)
+        manifest = analyze_shards(
+            teacher=teacher,
+            shards=shards,
+            out_dir=out,
+            alphas=list(cfg.analyze.alphas),
+            batch_size=int(cfg.analyze.batch_size),
+            world=store.world,
+            progress=False,
+        )
+        return {"ranks": manifest["ranks"]} if manifest else {}
+
+    key = mask_key(cfg, teacher_sha256, shards)
+    return store.ensure("masks", key, build, what="masks", collective=True, resume=True)

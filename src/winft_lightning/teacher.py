@@ -194,3 +194,23 @@ def load_teacher(
     model.eval().to(device)
     dm = obj.get("datamodule_hyper_parameters") if isinstance(obj, dict) else None
     return model, _info(model, path, sha, name, kind, dm)
+
+
+def save_untrained(model_cfg: Any, ckpt: str | Path) -> Path:
+    """A randomly initialised teacher (``model_cfg``: a ``ViTModule`` config), saved as a
+    Lightning checkpoint that :func:`load_teacher` reads like a trained one."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    module = instantiate(model_cfg, _convert_="all")
+    trainer = L.Trainer(
+        max_epochs=0, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.strategy.connect(module)
+    ckpt = Path(ckpt)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt.with_name(f".{ckpt.name}.tmp")
+    trainer.save_checkpoint(tmp)
+    tmp.replace(ckpt)
+    return ckpt

@@ -16,6 +16,7 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from winft_lightning import world as worlds
 from winft_lightning.callbacks import InteractionFigures, TrainThroughput
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"model.alpha={alpha} is not among the analysed alphas analyze.alphas={stored}"
             )
+    check_launch(cfg)
     if cfg.get("ckpt_path") not in (None, "last"):
         if not Path(cfg.ckpt_path).is_file():
             raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist")
@@ -74,6 +76,39 @@ def validate_config(cfg: DictConfig) -> None:
             check_checkpoint_geometry(
                 teacher.ckpt, model.net, "teacher.ckpt", ("img_size", "patch_size")
             )
+
+
+def _device_count(devices: Any, accelerator: str) -> int:
+    if isinstance(devices, list | tuple):
+        return len(devices)
+    if str(devices) in ("auto", "-1"):
+        return torch.cuda.device_count() if accelerator in ("gpu", "cuda", "auto") else 1
+    return (
+        int(str(devices).split(",")[0]) if "," not in str(devices) else len(str(devices).split(","))
+    )
+
+
+def check_launch(cfg: DictConfig) -> None:
+    """Refuse ``strategy=ddp`` over several processes started as one plain process: Lightning
+    would re-run this script per device, and every copy would build the prerequisites."""
+    trainer = cfg.trainer
+    strategy = trainer.get("strategy")
+    target = strategy if isinstance(strategy, str) else (strategy or {}).get("_target_", "")
+    spawned = "spawn" in str(target) or (
+        isinstance(strategy, DictConfig) and strategy.get("start_method") in ("spawn", "fork")
+    )
+    if "ddp" not in str(target).lower() or spawned or worlds.current().distributed:
+        return
+    if "LOCAL_RANK" in os.environ:  # a launcher (SLURM, torchrun) started every process
+        return
+    count = _device_count(trainer.get("devices", 1), str(trainer.get("accelerator", "auto")))
+    count *= int(trainer.get("num_nodes") or 1)
+    if count > 1:
+        raise ConfigError(
+            f"trainer.strategy=ddp with {count} processes needs a launcher: run "
+            f"`torchrun --nproc_per_node={trainer.get('devices')} -m winft_lightning ...` (or "
+            "srun under SLURM), or use trainer=ddp_sim (spawn) on one machine"
+        )
 
 
 GEOMETRY_KEYS = (
@@ -309,7 +344,8 @@ def fit_and_test(
         "run_dir": str(run_dir),
         **(extra or {}),
     }
-    (run_dir / "results.json").write_text(json.dumps(row, indent=2))
+    if trainer.is_global_zero:
+        (run_dir / "results.json").write_text(json.dumps(row, indent=2))
     for lg in loggers:
         _continue_csv_header(lg)
         lg.log_metrics({f"results/{k}": row[k] for k in RESULT_KEYS if row[k] == row[k]})

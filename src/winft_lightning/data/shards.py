@@ -17,7 +17,7 @@ import json
 import os
 import tarfile
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +72,8 @@ class Journal:
 
     A journal from another configuration is discarded (``stale`` tells), never resumed."""
 
-    def __init__(self, root: Path, fingerprint: str):
-        self.path = Path(root) / JOURNAL
+    def __init__(self, root: Path, fingerprint: str, name: str = JOURNAL):
+        self.path = Path(root) / name
         self.fingerprint = fingerprint
         self.stale = False
         self.splits: dict[str, list[dict[str, Any]]] = {}
@@ -139,9 +139,7 @@ class SplitWriter:
         """Add one sample; ``members`` maps extension -> bytes (``crc`` is added here)."""
         if self._tar is None:
             self._open()
-        sample = {"__key__": key, **members}
-        sample["crc"] = members_crc(key, members).encode()
-        self._tar.write(sample)
+        self._tar.write(tar_sample(key, members))
         self._count += 1
         if self._count >= self.maxcount or self._file.tell() >= self.maxsize:
             self._close_shard()
@@ -165,6 +163,31 @@ class SplitWriter:
         if self._tar is not None:
             self._close_shard()
         return self.records
+
+
+def tar_sample(key: str, members: Mapping[str, bytes]) -> dict[str, Any]:
+    """A WebDataset sample of ``members`` with its ``crc`` member added."""
+    return {"__key__": key, **members, "crc": members_crc(key, members).encode()}
+
+
+def write_shard(
+    root: Path, name: str, samples: Iterable[tuple[str, Mapping[str, bytes]]]
+) -> dict[str, Any]:
+    """Write ``samples`` as the shard ``root/name``: temp name, fsync, rename. Returns its
+    record (name, count, bytes)."""
+    tmp = Path(root) / f".{name}.{os.getpid()}.tmp"
+    count = 0
+    with open(tmp, "wb") as f:
+        tar = wds.TarWriter(f, encoder=False, mtime=0, user="winft", group="winft")
+        for key, members in samples:
+            tar.write(tar_sample(key, members))
+            count += 1
+        tar.close()
+        f.flush()
+        os.fsync(f.fileno())
+    final = Path(root) / name
+    os.replace(tmp, final)
+    return {"name": name, "count": count, "bytes": final.stat().st_size}
 
 
 def split_entry(records: list[dict[str, Any]]) -> dict[str, Any]:

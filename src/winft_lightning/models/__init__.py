@@ -12,6 +12,7 @@ from .attention import (
 )
 from .context import NetContext, batch_context, clear_batch, get_context, set_batch
 from .dip import DipBlock
+from .sparse import block_mask_from_dense, flex_kernel_options
 from .vit import build_vit, collect_winft_outputs, predicted_window_sum, winft_bce_loss
 
 __all__ = [
@@ -22,10 +23,12 @@ __all__ = [
     "awd_attn_mask",
     "awd_block_mask",
     "batch_context",
+    "block_mask_from_dense",
     "build_vit",
     "clear_batch",
     "collect_winft_outputs",
     "expand_prefix",
+    "flex_kernel_options",
     "get_context",
     "predicted_window_sum",
     "set_batch",

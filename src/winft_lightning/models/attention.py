@@ -5,21 +5,11 @@ unchanged) and are passed to timm as ``attn_layer``. They read the batch's input
 network's :class:`~winft_lightning.models.context.NetContext` (``ctx``, attached by
 ``build_vit``). Shapes: B images, H heads, T = prefix + N tokens, d head dim.
 
-Sparse (flex) path and token order: ``flex_attention`` skips the (query block, key block) pairs
-of its ``BlockMask`` (128 x 128 tokens) that are fully masked, so the cost is the number of key
-blocks each query block needs. The path runs attention in the order of :func:`tiled_order`:
-prefix tokens moved to the end (block boundaries fall on patch rows; CLS is a key of every query,
-so its block is always visited), patches row-major by default (``tile=0``) or grouped in
-``tile x tile`` squares. Row-major is the default because it measured best at the paper's sizes:
-a window spanning rows y_t..y_b is one contiguous key run and a query block is ~128/w whole rows,
-so its keys form one run of (rows + window height) * w tokens. Counting visited blocks with
-``create_block_mask`` for square windows of radius r: grid 28x28 (448/16), r <= 4: 29 of 49
-blocks row-major, 37 with 8x8 tiles; grid 48x48, r = 2: 89 of 361 row-major, 149 tiled; tiles
-of 8 win only for wide windows on wide grids (48x48, r = 8: 149 tiled vs 171 row-major). At 224/16 (T = 197,
-two blocks) nothing can be skipped, whatever the order. Per-token projections
-commute with the permutation, so only the attention core runs permuted, and it is undone before
-the output projection. Without ``torch.compile`` flex materialises the scores (correct, slow);
-FlexAttention has no backward on CPU, so the sparse path trains on GPU only.
+Sparse (flex) path: ``flex_attention`` with a ``BlockMask`` built once per batch by the
+context; token order, block size and mask building are described in :mod:`.sparse`. Per-token
+projections commute with the token permutation, so only the attention core runs permuted, and
+it is undone before the output projection. FlexAttention has no backward on CPU, so the sparse
+path trains on GPU only.
 """
 
 from __future__ import annotations
@@ -28,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from timm.layers import Attention
 from torch import Tensor
-from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from ..interactions import windows_to_mask
 from .context import NetContext
+from .sparse import awd_block_mask, block_mask_from_dense, flex, tiled_order
 
 __all__ = [
     "AwdAttention",
@@ -73,62 +63,13 @@ def awd_attn_mask(
     return _token_mask(windows, keep, grid, num_prefix_tokens).unsqueeze(1)
 
 
-def tiled_order(grid: tuple[int, int], num_prefix_tokens: int, tile: int = 0) -> Tensor:
-    """Token permutation ``[T]`` long for the sparse path: patches by (tile row, tile column, row,
-    column in tile), then the prefix tokens; ``tile <= 0`` keeps the patches row-major.
-    ``x[:, perm]`` is the reordered sequence; see the module docstring."""
-    h, w = grid
-    p = num_prefix_tokens
-    if tile <= 0:
-        tile = max(h, w)
-    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    key = (
-        ((ys // tile) * ((w + tile - 1) // tile) + xs // tile) * tile + ys % tile
-    ) * tile + xs % tile
-    patches = torch.argsort(key.flatten(), stable=True) + p
-    return torch.cat((patches, torch.arange(p)))
-
-
-def awd_block_mask(windows: Tensor | None, keep: Tensor | None, ctx: NetContext):
-    """Flex ``BlockMask`` of :func:`awd_attn_mask` in the sparse token order (B per-image masks).
-
-    The ``mask_mod`` reads per-token tables (query window, key coordinates) instead of a dense
-    ``[B, T, T]`` tensor, so the kernel evaluates 4 comparisons on partial blocks."""
-    ref = windows if windows is not None else keep
-    b, device = ref.shape[0], ref.device
-    h, w = ctx.grid
-    p, t = ctx.num_prefix_tokens, ctx.num_tokens
-    perm = tiled_order(ctx.grid, p, ctx.tile).to(device)
-    full = torch.tensor([0, 0, w - 1, h - 1], device=device)
-    win = full.expand(b, t, 4).clone()
-    if windows is not None:
-        win[:, p:] = windows.to(device=device, dtype=torch.long)
-    win = win[:, perm].contiguous()  # [B, T, 4] window of the query at each position
-    patch = (perm - p).clamp_min(0)
-    kx, ky = patch % w, patch // w
-    free = perm < p  # prefix keys: everyone attends to them
-    kkeep = torch.ones(b, t, dtype=torch.bool, device=device)
-    if keep is not None:
-        kkeep[:, p:] = keep.to(device=device, dtype=torch.bool)
-        kkeep = kkeep[:, perm].contiguous()
-
-    def mask_mod(bi, hi, qi, ki):
-        x, y = kx[ki], ky[ki]
-        inside = (x >= win[bi, qi, 0]) & (x <= win[bi, qi, 2])
-        inside = inside & (y >= win[bi, qi, 1]) & (y <= win[bi, qi, 3])
-        return ((inside | free[ki]) & kkeep[bi, ki]) | (qi == ki)
-
-    return create_block_mask(mask_mod, b, None, t, t, device=device)
-
-
-def _dense_block_mask(mask: Tensor):
+def _dense_block_mask(mask: Tensor, block_size):
     """Flex ``BlockMask`` from a dense ``[B, T, T]`` bool mask (already in kernel order)."""
-    b, t, _ = mask.shape
 
     def mask_mod(bi, hi, qi, ki):
         return mask[bi, qi, ki]
 
-    return create_block_mask(mask_mod, b, None, t, t, device=mask.device)
+    return block_mask_from_dense(mask, mask_mod, block_size)
 
 
 class _CtxAttention(Attention):
@@ -138,12 +79,16 @@ class _CtxAttention(Attention):
 
     def attach(self, ctx: NetContext) -> None:
         """Share the network's context; the sparse path also gets its token order as
-        non-persistent buffers (they follow ``.to(device)``, are not in the state dict)."""
+        non-persistent buffers (they follow ``.to(device)``, are not in the state dict); None
+        for timm's own order (``tile=-1``), which needs no permutation."""
         self.ctx = ctx
         if ctx.sparse:
             perm = tiled_order(ctx.grid, ctx.num_prefix_tokens, ctx.tile)
+            if torch.equal(perm, torch.arange(len(perm))):
+                perm = None
             self.register_buffer("perm", perm, persistent=False)
-            self.register_buffer("inv_perm", torch.argsort(perm), persistent=False)
+            inv = None if perm is None else torch.argsort(perm)
+            self.register_buffer("inv_perm", inv, persistent=False)
 
     def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         b, t, _ = x.shape
@@ -161,14 +106,16 @@ class _CtxAttention(Attention):
 
     def _flex(self, q: Tensor, k: Tensor, v: Tensor, block_mask_fn) -> Tensor:
         """Attention core in the sparse token order. q, k, v ``[B, H, T, d]`` in timm order;
-        ``block_mask_fn(perm)`` gives the ``BlockMask`` in that order. Returns ``[B, H, T, d]``
-        in timm order."""
+        ``block_mask_fn(perm)`` gives the ``BlockMask`` in that order (perm None: timm order).
+        Returns ``[B, H, T, d]`` in timm order."""
         if self.training and self.attn_drop.p > 0:
             raise ValueError("the sparse (flex) path has no attention dropout; set attn_drop=0")
         perm = self.perm
-        q, k, v = q[:, :, perm], k[:, :, perm], v[:, :, perm]
-        o = flex_attention(q, k, v, block_mask=block_mask_fn(perm), scale=self.scale)
-        return o[:, :, self.inv_perm]
+        if perm is not None:
+            q, k, v = q[:, :, perm], k[:, :, perm], v[:, :, perm]
+        ctx = self.ctx
+        o = flex(q, k, v, block_mask_fn(perm), self.scale, ctx.kernel_options)
+        return o if perm is None else o[:, :, self.inv_perm]
 
 
 class AwdAttention(_CtxAttention):
@@ -235,6 +182,12 @@ class WinftAttention(_CtxAttention):
     last_logits: Tensor | None = None
     last_count: Tensor | None = None
 
+    def _winft_block_mask(self, w: Tensor, perm: Tensor | None):
+        """``BlockMask`` of this layer's own ``[B, T, T]`` mask W in the sparse token order."""
+        if perm is not None:
+            w = w[:, perm][:, :, perm]
+        return _dense_block_mask(w, self.ctx.block_size)
+
     def forward(
         self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False
     ) -> Tensor:
@@ -254,7 +207,7 @@ class WinftAttention(_CtxAttention):
             attn = (attn * w.unsqueeze(1)).softmax(dim=-1)
             o = self.attn_drop(attn) @ v
         elif sparse:
-            o = self._flex(q, k, v, lambda perm: _dense_block_mask(w[:, perm][:, :, perm]))
+            o = self._flex(q, k, v, lambda perm: self._winft_block_mask(w, perm))
         elif self.fused_attn:
             o = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=w.unsqueeze(1),

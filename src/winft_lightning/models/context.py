@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .sparse import DEFAULT_BLOCK, awd_block_mask, flex_kernel_options
+
 __all__ = ["NetContext", "batch_context", "clear_batch", "get_context", "set_batch"]
 
 CONTEXT_ATTR = "winft_ctx"
@@ -29,7 +31,8 @@ class NetContext:
 
     Per batch, set by :func:`set_batch`: ``attn_mask`` dense ``[B, 1, T, T]`` bool (AWD and/or
     DIP key mask), ``block_mask`` the same as a flex ``BlockMask`` in the sparse token order (sparse
-    path), ``token_scale`` ``[B, T, 1]`` DIP multiplier (1 on prefix tokens), ``collect`` whether
+    path; token order ``tile`` and ``block_size`` as in :mod:`.sparse`), ``token_scale``
+    ``[B, T, 1]`` DIP multiplier (1 on prefix tokens), ``collect`` whether
     WinfT layers keep their logits for the loss.
     """
 
@@ -39,10 +42,16 @@ class NetContext:
     sparse: bool = False
     dip: str = "none"
     tile: int = 0
+    block_size: int | tuple[int, int] = DEFAULT_BLOCK
     attn_mask: Tensor | None = None
     block_mask: object | None = None
     token_scale: Tensor | None = None
     collect: bool = False
+
+    @property
+    def kernel_options(self) -> dict | None:
+        """Flex kernel tiles for ``block_size`` (None: the kernel's defaults, at 128)."""
+        return flex_kernel_options(self.block_size)
 
     @property
     def num_patches(self) -> int:
@@ -85,7 +94,7 @@ def set_batch(
     None means no patch dropped. collect_winft: WinfT layers keep ``[B, N, N]`` logits with
     their autograd graph for the loss (training); E_O is always kept.
     """
-    from .attention import awd_attn_mask, awd_block_mask  # local: attention imports context
+    from .attention import awd_attn_mask  # local: attention imports context
 
     ctx = get_context(model)
     clear_batch(model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import timm
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 from .attention import AwdAttention, WinftAttention, winft_window
 from .context import CONTEXT_ATTR, NetContext, batch_context
 from .dip import DipBlock
+from .sparse import DEFAULT_BLOCK, block_sizes
 
 __all__ = [
     "ATTN_KINDS",
@@ -58,6 +60,7 @@ def build_vit(
     checkpoint: str | None = None,
     drop_path_rate: float = 0.0,
     tile: int = 0,
+    block_size: int | Sequence[int] = DEFAULT_BLOCK,
     **timm_kwargs: Any,
 ) -> nn.Module:
     """A timm ``VisionTransformer`` with ``attn`` in {"full", "awd", "winft"}.
@@ -72,7 +75,9 @@ def build_vit(
     loaded through timm's pretrained path, so the pos-embed is resampled to ``img_size`` and
     patch embedding to ``patch_size``. The classifier head is kept when its size matches
     ``num_classes`` and dropped (fresh head) otherwise. embed_dim/depth/num_heads override the
-    named architecture only when given. ``tile``: sparse token order, 0 = row-major (see ``attention``).
+    named architecture only when given. ``tile`` (token order: 0 row-major with the prefix last,
+    -1 timm's order, > 0 square tiles) and ``block_size`` (flex block, int or (q, kv) pair) set
+    the sparse path (see :mod:`.sparse`).
     """
     if attn not in ATTN_KINDS:
         raise ValueError(f"attn must be one of {ATTN_KINDS}, got {attn!r}")
@@ -87,6 +92,11 @@ def build_vit(
         raise ValueError("sparse WinfT needs winft_mode='neg_inf' (multiply mode is dense)")
     if sparse and attn == "full" and dip != "key_mask":
         raise ValueError("sparse=True needs a mask: attn 'awd' or 'winft', or dip='key_mask'")
+
+    block_size = block_sizes(block_size)  # validates
+    block_size = block_size[0] if block_size[0] == block_size[1] else block_size
+    if tile < -1:
+        raise ValueError(f"tile must be -1 (timm order), 0 (row-major) or > 0, got {tile}")
 
     masked = attn == "awd" or dip == "key_mask"
     attn_layer = WinftAttention if attn == "winft" else AwdAttention if masked else Attention
@@ -125,6 +135,7 @@ def build_vit(
         sparse=sparse,
         dip=dip,
         tile=tile,
+        block_size=block_size,
     )
     setattr(model, CONTEXT_ATTR, ctx)
     for block in model.blocks:

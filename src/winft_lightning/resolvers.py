@@ -1,0 +1,39 @@
+"""OmegaConf resolvers the configs use (registered when the package is imported).
+
+* ``${winft.cwd:}``: the directory the command was started from. Unlike
+  ``${hydra:runtime.cwd}`` it resolves before Hydra's config exists, which a sweeper needs to
+  resolve ``hydra.sweep.dir`` (``oc.env``'s default is resolved eagerly).
+* ``${winft.run_stamp:FORMAT}``: the start time plus a random suffix: two jobs started in the
+  same second (a SLURM array, two sweeps) never share a directory. Every rank of a
+  torchrun/SLURM job gets rank 0's stamp, so all ranks write one run directory.
+* ``${winft.rank_suffix:}``: ``""`` on global rank 0, ``.rank<r>`` on the others (log files).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+
+from omegaconf import OmegaConf
+
+
+def run_stamp(pattern: str = "%Y-%m-%d_%H-%M-%S") -> str:
+    from winft_lightning import world as worlds
+
+    world = worlds.current()
+    mine = f"{time.strftime(pattern)}_{secrets.token_hex(2)}" if world.is_zero else None
+    return world.share("run_stamp", mine)
+
+
+def rank_suffix() -> str:
+    from winft_lightning import world as worlds
+
+    rank = worlds.current().rank
+    return f".rank{rank}" if rank else ""
+
+
+def register() -> None:
+    OmegaConf.register_new_resolver("winft.cwd", os.getcwd, replace=True)
+    OmegaConf.register_new_resolver("winft.run_stamp", run_stamp, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("winft.rank_suffix", rank_suffix, replace=True)

@@ -81,7 +81,7 @@ def mask_build(w, grid, device, repeat: int) -> dict:
     timer = (lambda fn: cuda_time(fn, repeat)) if device.type == "cuda" else timeit
     w = w.to(device)
     out = {"dense_sdpa_mask_s": timer(lambda: awd_attn_mask(w, grid, 1))}
-    for order, block in (("prefix_last", 128), ("timm", 128), ("timm", 64), ("prefix_last", 64)):
+    for order, block in KERNELS:
         ctx = _ctx(grid, order, block)
         row = {"dense_builder_s": timer(lambda ctx=ctx: awd_block_mask(w, None, ctx))}
         row["create_block_mask_eager_s"] = timeit(

@@ -37,7 +37,7 @@ def prepared(tmp_path_factory) -> Path:
 
 
 def test_ddp_sim_three_times_in_a_row(prepared):
-    (shards,) = (prepared / "outputs" / "cache" / "shards").iterdir()
+    (shards,) = (prepared / "outputs" / "cache" / "shards").glob("[!.]*")
     manifest = json.loads((shards / "manifest.json").read_text())
     train_keys = {f"train_{i:08d}" for i in range(manifest["splits"]["train"]["count"])}
     for attempt in range(3):

@@ -23,7 +23,12 @@ from rich.table import Table
 
 from winft_lightning import pipeline
 from winft_lightning import world as worlds
-from winft_lightning.train import fit_and_test, module_class, validate_config
+from winft_lightning.train import (
+    destroy_process_group,
+    fit_and_test,
+    module_class,
+    validate_config,
+)
 
 log = logging.getLogger("winft_lightning")
 
@@ -78,6 +83,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     name = cfg.get("task_name", cls.__name__)
     row = fit_and_test(cfg, cfg.model, data_root, run_dir, name, extra=extra)
     rows.append(row)
+    destroy_process_group()  # a torchrun world's group outlives the teacher's run (train.py)
     if not world.is_zero:
         return rows
     table, md = results_table(rows)

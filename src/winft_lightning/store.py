@@ -133,7 +133,9 @@ class ArtifactStore:
             decision = None
         decision = world.share(f"store/{kind}", decision)
         if decision == "reuse":
-            log.info("%s: reusing cached %s (%.1f ms)", what, final, 1e3 * (time.perf_counter() - start))
+            log.info(
+                "%s: reusing cached %s (%.1f ms)", what, final, 1e3 * (time.perf_counter() - start)
+            )
             return final
         try:
             build_dir = self.root / kind / f".build-{key}"

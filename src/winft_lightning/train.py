@@ -248,10 +248,12 @@ def _continue_csv_header(logger: Any) -> None:
         with path.open(newline="") as f:
             header = next(csv.reader(f), [])
         writer = logger.experiment
+        if not isinstance(getattr(writer, "metrics_keys", None), list):
+            return  # a rank other than 0 holds Lightning's no-op stand-in
         writer.metrics_keys = sorted(set(writer.metrics_keys) | set(header))
 
 
-def _destroy_process_group() -> None:
+def destroy_process_group() -> None:
     # without it about one DDP run in four aborts at interpreter exit (rc 134)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
@@ -318,7 +320,10 @@ def fit_and_test(
             _continue_csv_header(lg)
         out = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         tested = {k: float(v) for k, v in (out[0] if out else {}).items()}
-    _destroy_process_group()
+    if not worlds.current().distributed:
+        destroy_process_group()
+    # in a torchrun world the process group lives on: the teacher's DDP run and the student's
+    # share it (a second rendezvous on torchrun's store can meet the first one's stale keys)
 
     n = model.num_patches
     eo = tested.get("test/eo", float("nan"))

@@ -1,0 +1,144 @@
+"""The pipeline under many processes, on an empty cache, as users start it: torchrun ranks,
+the jobs of a parallel sweep, a builder killed mid-teacher, a corrupt cached mask shard."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+TINY = ("experiment=fmnist_awd_vit", "debug=tiny")
+TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+DDP_CPU = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+           "trainer.precision=32-true", "logger=csv")  # fmt: skip
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1"}
+
+
+def run(cmd, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    res = subprocess.run(list(cmd), cwd=cwd, env=env(), capture_output=True, text=True,
+                         timeout=timeout, check=False)  # fmt: skip
+    assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
+    return res
+
+
+def builds(cwd: Path) -> dict[str, list[dict]]:
+    by_kind: dict[str, list[dict]] = {}
+    for line in (cwd / "outputs" / "cache" / "builds.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        by_kind.setdefault(record["kind"], []).append(record)
+    return by_kind
+
+
+def results(root: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(root.rglob("results.json"))
+            if "cache" not in p.parts]  # fmt: skip
+
+
+def test_torchrun_on_an_empty_cache_three_times_then_warm(tmp_path):
+    for attempt in range(3):
+        cwd = tmp_path / f"cold{attempt}"
+        cwd.mkdir()
+        res = run((*TORCHRUN, "-m", "winft_lightning", *TINY, *DDP_CPU), cwd)
+        made = builds(cwd)
+        assert {k: len(v) for k, v in made.items()} == {"shards": 1, "teachers": 1, "masks": 1}
+        assert made["teachers"][0]["built_by"]["world_size"] == 2  # one 2-rank DDP teacher
+        masks = cwd / "outputs" / "cache" / "masks" / made["masks"][0]["key"]
+        ranks = json.loads((masks / "entry.json").read_text())["info"]["ranks"]
+        assert sorted(ranks) == ["0", "1"] and all(ranks.values())  # analysis split
+        assert not set(ranks["0"]) & set(ranks["1"])
+        (row,) = results(cwd / "outputs" / "runs")  # one results.json, by rank 0
+        run_dir = Path(row["run_dir"])
+        assert sorted(p.name for p in run_dir.glob("*.log")) == [
+            "debug_tiny.log",
+            "debug_tiny.rank1.log",
+        ]  # both ranks in one run dir
+        assert res.stdout.count("winft_lightning results") == 1  # rank 0 alone prints
+        assert "analyze: rank 1 of 2" in (run_dir / "debug_tiny.rank1.log").read_text()
+
+    warm = run((*TORCHRUN, "-m", "winft_lightning", *TINY, *DDP_CPU), cwd)
+    assert "teacher: reusing cached" in warm.stdout + warm.stderr
+    assert {k: len(v) for k, v in builds(cwd).items()} == {"shards": 1, "teachers": 1, "masks": 1}
+    first, second = results(cwd / "outputs" / "runs")
+    assert first["run_dir"] != second["run_dir"]
+    assert second["top1"] == pytest.approx(first["top1"], abs=1e-9)
+
+
+@pytest.mark.parametrize("jobs", [2, 4])
+def test_parallel_sweep_jobs_on_an_empty_cache_build_the_teacher_once(tmp_path, jobs):
+    alphas = ",".join(str(a) for a in (0.05, 0.1, 0.2, 0.5)[:jobs])
+    res = run((sys.executable, "-m", "winft_lightning", "-m", "hydra/launcher=parallel", *TINY,
+               f"model.alpha={alphas}"), tmp_path)  # fmt: skip
+    rows = results(tmp_path / "outputs" / "multirun")
+    assert sorted(r["alpha"] for r in rows) == sorted(float(a) for a in alphas.split(","))
+    made = builds(tmp_path)
+    assert len(made["teachers"]) == 1 and len(made["shards"]) == 1 and len(made["masks"]) == 1
+    assert len({r["teacher_ckpt"] for r in rows}) == 1
+    logs = [p.read_text() for p in (tmp_path / "outputs" / "multirun").rglob("debug_tiny.log")]
+    assert len(logs) == jobs
+    builder = [log for log in logs if "teacher: training a baseline ViT" in log]
+    assert len(builder) == 1
+    # the jobs ran at the same time: some waited on the teacher's lock, none trained another
+    waited = [log for log in logs if "teacher: waiting for teachers/" in log]
+    assert waited, res.stdout[-2000:]
+    assert all("waited" in log for log in waited)
+
+
+def test_killed_teacher_builder_is_taken_over(tmp_path):
+    args = (sys.executable, "-m", "winft_lightning", *TINY, "teacher.max_epochs=40",
+            "trainer.max_epochs=1")  # fmt: skip
+    logs = tmp_path / "first.out", tmp_path / "second.out"
+    with logs[0].open("w") as out0, logs[1].open("w") as out1:
+        first = subprocess.Popen(args, cwd=tmp_path, env=env(), stdout=out0, stderr=out0)
+        teachers = tmp_path / "outputs" / "cache" / "teachers"
+        wait_for(lambda: any(teachers.glob(".build-*/run/checkpoints/last.ckpt")), first)
+        second = subprocess.Popen(args, cwd=tmp_path, env=env(), stdout=out1, stderr=out1)
+        wait_for(lambda: "waiting for teachers/" in logs[1].read_text(), second)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=60)
+        assert second.wait(timeout=600) == 0, logs[1].read_text()[-4000:]
+    text = logs[1].read_text()
+    assert "taking over teachers/" in text and f"pid {first.pid}" in text
+    assert "teacher: training a baseline ViT" in text and "resuming from" not in text
+    (teacher,) = builds(tmp_path)["teachers"]
+    assert teacher["built_by"]["pid"] == second.pid
+    entry = teachers / teacher["key"]
+    assert json.loads((entry / "results.json").read_text())["epochs"] == 40
+    (row,) = results(tmp_path / "outputs" / "runs")
+    assert row["teacher_ckpt"] == str(entry / "teacher.ckpt")
+
+
+def test_truncated_cached_mask_shard_is_rebuilt_with_the_same_metrics(tmp_path):
+    cmd = (sys.executable, "-m", "winft_lightning", *TINY)
+    run(cmd, tmp_path)
+    (masks,) = (tmp_path / "outputs" / "cache" / "masks").glob("[!.]*")
+    shard = masks / "train-000000.tar"
+    size = shard.stat().st_size
+    with open(shard, "r+b") as f:
+        f.truncate(size // 2)
+    res = run(cmd, tmp_path)
+    log = res.stdout + res.stderr
+    assert f"{shard} is {size // 2} bytes" in log and "moving it to" in log
+    assert shard.stat().st_size == size
+    assert len(builds(tmp_path)["masks"]) == 2
+    first, second = results(tmp_path / "outputs" / "runs")
+    for key in ("top1", "top5", "eo"):
+        assert second[key] == pytest.approx(first[key], abs=1e-9)
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, f"process exited early with {proc.returncode}"
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.1)

@@ -1,0 +1,157 @@
+"""The artifact store under real processes: one builder, waiters that reuse, a SIGKILLed
+builder taken over, a corrupt entry moved aside and rebuilt, content keys."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from data_fixtures import digits_source
+from winft_lightning.store import BUILDS, ENTRY, ArtifactStore
+
+# a process that asks the store for one entry; its builder writes a file, then sleeps
+WORKER = textwrap.dedent(
+    """
+    import logging, os, sys, time
+    from pathlib import Path
+    from winft_lightning.store import ArtifactStore
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+    root, key, sleep = sys.argv[1], sys.argv[2], float(sys.argv[3])
+
+    def build(out: Path):
+        (out / "partial.txt").write_text(str(os.getpid()))
+        print("BUILDING", os.getpid(), flush=True)
+        time.sleep(sleep)
+        (out / "payload.txt").write_text(f"built by {os.getpid()}")
+        return {"pid": os.getpid()}
+
+    path = ArtifactStore(root).ensure("things", key, build, what="thing")
+    print("RESULT", (path / "payload.txt").read_text(), flush=True)
+    """
+)
+
+
+def start(root: Path, key: str, sleep: float) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(root), key, str(sleep)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def builds(root: Path, kind: str = "things") -> list[dict]:
+    path = root / BUILDS
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [b for b in map(json.loads, lines) if b["kind"] == kind]
+
+
+def wait_for(predicate, timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise TimeoutError("condition not reached")
+        time.sleep(0.05)
+
+
+def test_four_processes_at_once_build_one_entry(tmp_path):
+    procs = [start(tmp_path, "k1", 2.0) for _ in range(4)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, outs
+    (record,) = builds(tmp_path)
+    builder = record["built_by"]["pid"]
+    assert {o.split("RESULT ")[1].strip() for o in outs} == {f"built by {builder}"}
+    assert sum("BUILDING" in o for o in outs) == 1
+    waiters = [o for o in outs if "BUILDING" not in o]
+    assert len(waiters) == 3
+    assert all(f"being built by pid {builder}" in o and "waited" in o for o in waiters), waiters
+    assert not list((tmp_path / "things").glob(".build-*"))  # published by rename
+
+
+def test_sigkilled_builder_is_taken_over_and_its_partial_build_discarded(tmp_path):
+    first = start(tmp_path, "k2", 120.0)
+    owner = tmp_path / "things" / ".locks" / "k2.owner.json"
+    wait_for(lambda: (tmp_path / "things" / ".build-k2" / "partial.txt").is_file())
+    second = start(tmp_path, "k2", 0.5)
+    wait_for(lambda: json.loads(owner.read_text())["pid"] == first.pid)
+    time.sleep(1.0)  # the second process is blocked on the lock now
+    assert second.poll() is None
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(timeout=30)
+    out = second.communicate(timeout=60)[0]
+    assert second.returncode == 0, out
+    assert f"taking over things/k2 from a builder that died (pid {first.pid}" in out
+    assert f"RESULT built by {second.pid}" in out
+    entry = tmp_path / "things" / "k2"
+    assert (entry / "partial.txt").read_text() == str(second.pid)  # nothing of the dead one's
+    (record,) = builds(tmp_path)
+    assert record["built_by"]["pid"] == second.pid
+    assert not owner.exists()
+
+
+def test_failed_build_leaves_no_entry_and_releases_the_lock(tmp_path):
+    store = ArtifactStore(tmp_path)
+
+    def broken(out: Path) -> None:
+        (out / "half.bin").write_bytes(b"x" * 10)
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        store.ensure("things", "k3", broken, what="thing")
+    assert not store.path("things", "k3").exists()
+
+    def good(out: Path) -> None:
+        (out / "whole.bin").write_bytes(b"y" * 10)
+
+    path = store.ensure("things", "k3", good, what="thing")
+    assert sorted(p.name for p in path.iterdir()) == [ENTRY, "whole.bin"]
+
+
+def test_corrupt_entry_is_moved_aside_and_rebuilt(tmp_path, caplog):
+    store = ArtifactStore(tmp_path)
+
+    def build(out: Path) -> None:
+        (out / "data.tar").write_bytes(bytes(range(256)) * 8)
+
+    path = store.ensure("things", "k4", build, what="thing")
+    with open(path / "data.tar", "r+b") as f:
+        f.truncate(1000)
+    with caplog.at_level("WARNING"):
+        again = store.ensure("things", "k4", build, what="thing")
+    assert again == path and (path / "data.tar").stat().st_size == 2048
+    assert f"{path / 'data.tar'} is 1000 bytes" in caplog.text
+    (aside,) = (tmp_path / "things" / ".corrupt").iterdir()
+    assert (aside / "data.tar").stat().st_size == 1000
+    assert len(builds(tmp_path)) == 2
+
+
+def test_same_folder_name_different_shards_get_different_mask_entries(make_cfg, tmp_path):
+    from winft_lightning import pipeline
+    from winft_lightning.prepare import prepare_shards
+    from winft_lightning.teacher import file_sha256, save_untrained
+
+    cfg = make_cfg("experiment=fmnist_awd_vit", "debug=tiny")
+    teacher = save_untrained(cfg.teacher.model, tmp_path / "teacher.ckpt")
+    sha = file_sha256(teacher)
+    a, b = tmp_path / "a" / "shards", tmp_path / "b" / "shards"
+    for out, train in ((a, 120), (b, 80)):
+        prepare_shards(digits_source(limit={"train": train, "val": 20, "test": 20}), out,
+                       progress=False)  # fmt: skip
+    roots = []
+    for shards in (a, b):
+        cfg = make_cfg("experiment=fmnist_awd_vit", "debug=tiny", f"data.root={shards}",
+                       f"teacher.ckpt={teacher}")  # fmt: skip
+        roots.append(pipeline.ensure_masks(cfg, teacher, sha, shards))
+    assert roots[0] != roots[1]
+    for shards, root in zip((a, b), roots, strict=True):
+        manifest = json.loads((root / "manifest.json").read_text())
+        assert manifest["parent"]["root"] == str(shards.resolve())
+    counts = [json.loads((r / "manifest.json").read_text())["splits"]["train"]["count"]
+              for r in roots]  # fmt: skip
+    assert counts == [120, 80]

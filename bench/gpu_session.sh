@@ -3,7 +3,8 @@
 # machine, then run the steps named in $1, comma-separated, each under its own time limit:
 #   tests            the GPU tests (flex gradients) and the model tests
 #   bench:<a+b+..>   bench/run.py --sections a,b,.. --update $BENCH_JSON (created if absent)
-#   headline         bench/headline.py (experiment=winft_b16_384, trainer=gpu and ddp)
+#   headline[:runs]  bench/headline.py (experiment=winft_b16_384; runs gpu+ddp by default)
+#   probe            bench/flex_probe.py (why compiled flex is slow: fwd/bwd, profiler, options)
 # Logs and JSON go to $OUT. The inductor/Triton cache travels in .indcache/ (tar parts).
 set -u
 OUT=${OUT:-outputs/gpu}
@@ -26,7 +27,10 @@ for step in ${1//,/ }; do
     bench:*) [ -f "$BENCH_JSON" ] || echo '{}' > "$BENCH_JSON"
              timeout ${BENCH_S:-400} python3 bench/run.py --sections "$(echo "${step#bench:}" | tr + ,)" \
                --update "$BENCH_JSON"; cp "$BENCH_JSON" "$OUT/" ;;
-    headline) timeout ${HEADLINE_S:-330} python3 bench/headline.py --out "$OUT/headline.json" ;;
+    headline*) runs=${step#headline}; runs=${runs#:}; timeout ${HEADLINE_S:-330} \
+             python3 bench/headline.py --out "$OUT/headline.json" --runs "${runs:-gpu+ddp}" ;;
+    probe) timeout ${PROBE_S:-280} python3 bench/flex_probe.py --out "$OUT/flex_probe.json" \
+             --budget $(( ${PROBE_S:-280} - 60 )) ;;
   esac
 done
 echo "=== cache $(date +%T)"

@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--timeout", type=int, default=400)
-    parser.add_argument("--runs", default="gpu,ddp")
+    parser.add_argument("--runs", default="gpu+ddp", help="runs, '+'-separated: gpu, ddp, cpu")
     parser.add_argument("extra", nargs="*", help="more overrides (a CPU smoke test: trainer=cpu)")
     args = parser.parse_args()
     out = Path(args.out)
@@ -99,7 +99,7 @@ def main() -> None:
         "ddp": ["trainer=ddp", "trainer.devices=1"],
         "cpu": ["trainer=cpu"],
     }
-    for name in args.runs.split(","):
+    for name in args.runs.replace(",", "+").split("+"):
         stats = Path(args.tree).with_name(f"stats_{name}.jsonl")
         stats.unlink(missing_ok=True)
         try:

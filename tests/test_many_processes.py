@@ -95,15 +95,17 @@ def test_parallel_sweep_jobs_on_an_empty_cache_build_the_teacher_once(tmp_path, 
 
 
 def test_killed_teacher_builder_is_taken_over(tmp_path):
-    args = (sys.executable, "-m", "winft_lightning", *TINY, "teacher.max_epochs=40",
+    args = (sys.executable, "-m", "winft_lightning", *TINY, "teacher.max_epochs=30",
             "trainer.max_epochs=1")  # fmt: skip
     logs = tmp_path / "first.out", tmp_path / "second.out"
     with logs[0].open("w") as out0, logs[1].open("w") as out1:
         first = subprocess.Popen(args, cwd=tmp_path, env=env(), stdout=out0, stderr=out0)
         teachers = tmp_path / "outputs" / "cache" / "teachers"
-        wait_for(lambda: any(teachers.glob(".build-*/run/checkpoints/last.ckpt")), first)
+        wait_for(lambda: "teacher: training a baseline ViT" in logs[0].read_text(), first)
         second = subprocess.Popen(args, cwd=tmp_path, env=env(), stdout=out1, stderr=out1)
+        # the second waits on the first's lock while the first is mid-teacher
         wait_for(lambda: "waiting for teachers/" in logs[1].read_text(), second)
+        wait_for(lambda: any(teachers.glob(".build-*/run/checkpoints/last.ckpt")), first)
         os.kill(first.pid, signal.SIGKILL)
         first.wait(timeout=60)
         assert second.wait(timeout=600) == 0, logs[1].read_text()[-4000:]
@@ -113,7 +115,7 @@ def test_killed_teacher_builder_is_taken_over(tmp_path):
     (teacher,) = builds(tmp_path)["teachers"]
     assert teacher["built_by"]["pid"] == second.pid
     entry = teachers / teacher["key"]
-    assert json.loads((entry / "results.json").read_text())["epochs"] == 40
+    assert json.loads((entry / "results.json").read_text())["epochs"] == 30
     (row,) = results(tmp_path / "outputs" / "runs")
     assert row["teacher_ckpt"] == str(entry / "teacher.ckpt")
 

@@ -16,6 +16,7 @@ import io
 import math
 import zlib
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -132,3 +133,52 @@ def check_order(order: np.ndarray, n: int) -> None:
     """``[N]`` DIP order must be a permutation of 0..N-1."""
     if order.min() < 0 or order.max() >= n or np.bincount(order, minlength=n).max() != 1:
         raise ValueError(f"is not a permutation of 0..{n - 1}")
+
+
+def _tar_bytes(n: int) -> int:
+    """Bytes a member of n bytes takes in a tar: a 512-byte header plus data padded to 512."""
+    return 512 + 512 * math.ceil(n / 512)
+
+
+class MaskStats:
+    """Per-image byte counts of the mask members (payload and in-tar)."""
+
+    def __init__(self, alphas: Sequence[float], encoding: str):
+        self.names = [awd_member(a, encoding) for a in alphas] + [dip_member(encoding)]
+        self.alpha_names = self.names[:-1]
+        self.images = 0
+        self.payload = dict.fromkeys(self.names, 0)
+        self.tar = 0
+
+    def add(self, members: dict[str, bytes]) -> None:
+        self.images += 1
+        for name in self.names:
+            self.payload[name] += len(members[name])
+            self.tar += _tar_bytes(len(members[name]))
+
+    def state(self) -> dict[str, Any]:
+        return {"images": self.images, "payload": self.payload, "tar": self.tar}
+
+    def merge(self, state: dict[str, Any]) -> None:
+        """Add another rank's counts (its :meth:`state`)."""
+        self.images += state["images"]
+        self.tar += state["tar"]
+        for name, b in state["payload"].items():
+            self.payload[name] += b
+
+    def report(self, n: int, alphas: Sequence[float]) -> dict[str, Any]:
+        k = max(self.images, 1)
+        per = {name: round(b / k, 1) for name, b in self.payload.items()}
+        total = sum(self.payload.values()) / k
+        bitpacked = math.ceil(n * n / 8)
+        per_alpha = [per[a] + per[self.names[-1]] for a in self.alpha_names]
+        return {
+            "num_patches": n,
+            "mask_bytes_per_image": round(total, 1),
+            "mask_tar_bytes_per_image": round(self.tar / k, 1),
+            "bitpacked_mask_bytes_per_image": bitpacked,
+            "bytes_per_member": per,
+            "ratio_one_bitpacked_mask_to_all_mask_keys": round(bitpacked / max(total, 1e-9), 2),
+            "ratio_per_alpha_min": round(min(bitpacked / b for b in per_alpha), 2),
+            "ratio_all_alphas": round(len(alphas) * bitpacked / max(total, 1e-9), 2),
+        }

@@ -153,3 +153,15 @@ def test_compiled_winft_neg_inf_sparse_matches_dense_cuda():
             m(x).square().sum().backward()
     for (name, p), q in zip(dense.named_parameters(), sparse.parameters(), strict=True):
         torch.testing.assert_close(q.grad, p.grad, atol=1e-4, rtol=1e-3, msg=name)
+
+
+@CUDA
+@pytest.mark.parametrize("tile", [-1, 0, 4])
+def test_compiled_builder_equals_dense_cuda(tile):
+    """The CUDA default builder (compiled create_block_mask) gives the dense builder's mask."""
+    win = _local_windows(3, GRID, seed=3).cuda()
+    keep = (torch.rand(3, 576, generator=torch.Generator().manual_seed(2)) > 0.2).cuda()
+    ctx = NetContext(grid=GRID, num_prefix_tokens=1, attn="awd", sparse=True, tile=tile)
+    for k in (None, keep):
+        a = awd_block_mask(win, k, ctx, builder="compiled")
+        _same_block_mask(a, awd_block_mask(win, k, ctx, builder="dense"))

@@ -17,10 +17,12 @@ Block size (``block_size``, 128 by default, or ``(q, kv)``): smaller blocks foll
 more tightly (fewer visited token pairs) but run smaller kernel tiles; below 128 the kernel's
 tiles are pinned to fit (:func:`flex_kernel_options`).
 
-Mask building: :func:`awd_block_mask` evaluates the window test on all ``B x T x T`` token pairs
-as one broadcast (a few elementwise kernels) and reduces it to blocks, instead of
-``create_block_mask``'s vmap over the ``mask_mod`` (``builder="mask_mod"`` keeps that reference);
-the result is the same ``BlockMask``. It is built once per batch and shared by every block and
+Mask building: :func:`awd_block_mask` runs ``torch.compile(create_block_mask)`` on CUDA (one
+fused kernel) and, elsewhere, evaluates the window test on all ``B x T x T`` token pairs as one
+broadcast reduced to blocks, instead of the eager ``create_block_mask``'s vmap over the
+``mask_mod`` (``builder="mask_mod"`` keeps that reference); all give the same ``BlockMask``.
+The ``mask_mod`` itself reads one packed word per query and computes the key's coordinates from
+its index: the kernel evaluates it on every partial block, element by element. It is built once per batch and shared by every block and
 head (``H = None``). On CUDA the flex call is ``torch.compile(flex_attention)`` (eager flex
 materialises the scores); on CPU it stays eager, which has no backward.
 """
@@ -115,10 +117,12 @@ def block_mask_from_dense(
     )
 
 
-def awd_tables(windows: Tensor | None, keep: Tensor | None, ctx) -> dict[str, Tensor]:
+def awd_tables(windows: Tensor | None, keep: Tensor | None, ctx) -> dict:
     """Per-token tables of the AWD mask in the sparse token order: ``win`` ``[B, T, 4]`` window
-    of the query at each position (prefix queries: the whole grid), ``kx``/``ky`` ``[T]`` key
-    coordinates, ``free`` ``[T]`` prefix keys, ``kkeep`` ``[B, T]`` keys not dropped by DIP."""
+    of the query at each position (prefix queries: the whole grid), ``packed`` ``[B, T]`` int64
+    the same window in one word (16 bits each: x_l, x_r, y_t, y_b), ``kx``/``ky`` ``[T]`` key
+    coordinates, ``free`` ``[T]`` prefix keys, ``kkeep`` ``[B, T]`` keys not dropped by DIP
+    (None without ``keep``); ``order`` ("prefix_last", "timm" or "tiled"), ``grid``, ``p``."""
     ref = windows if windows is not None else keep
     b, device = ref.shape[0], ref.device
     h, w = ctx.grid
@@ -128,57 +132,99 @@ def awd_tables(windows: Tensor | None, keep: Tensor | None, ctx) -> dict[str, Te
     win = full.expand(b, t, 4).clone()
     if windows is not None:
         win[:, p:] = windows.to(device=device, dtype=torch.long)
+    win = win[:, perm].contiguous()
     patch = (perm - p).clamp_min(0)
-    kkeep = torch.ones(b, t, dtype=torch.bool, device=device)
+    kkeep = None
     if keep is not None:
+        kkeep = torch.ones(b, t, dtype=torch.bool, device=device)
         kkeep[:, p:] = keep.to(device=device, dtype=torch.bool)
         kkeep = kkeep[:, perm].contiguous()
+    shifts = torch.tensor([0, 16, 32, 48], device=device)
+    order = {0: "prefix_last", IDENTITY: "timm"}.get(ctx.tile, "tiled")
     return {
-        "win": win[:, perm].contiguous(),
+        "win": win,
+        "packed": (win[..., [0, 2, 1, 3]] << shifts).sum(-1),
         "kx": patch % w,
         "ky": patch // w,
         "free": perm < p,  # prefix keys: everyone attends to them
         "kkeep": kkeep,
+        "order": order,
+        "grid": (h, w),
+        "p": p,
     }
 
 
-def _awd_mask_mod(tab: dict[str, Tensor]) -> Callable:
-    win, kx, ky, free, kkeep = (tab[k] for k in ("win", "kx", "ky", "free", "kkeep"))
+def _awd_mask_mod(tab: dict) -> Callable:
+    """The AWD ``mask_mod`` the kernel evaluates on partial blocks: one load per query (its
+    packed window); in the row-major orders the key's coordinates are arithmetic on its index
+    (no load). Inductor loads a mask_mod's tensors once per score element, so each table read
+    costs as much as the attention arithmetic around it (measured: bench/flex_probe.py)."""
+    packed, kkeep, order = tab["packed"], tab["kkeep"], tab["order"]
+    w, p = tab["grid"][1], tab["p"]
+    n = tab["grid"][0] * w
+    kx_table, ky_table, free_table = tab["kx"], tab["ky"], tab["free"]
+
+    def key_coords(ki):
+        if order == "prefix_last":  # patches 0..N-1, then the prefix tokens
+            return ki % w, ki // w, ki >= n
+        if order == "timm":  # prefix tokens, then patches
+            patch = ki - p
+            return patch % w, patch // w, ki < p
+        return kx_table[ki], ky_table[ki], free_table[ki]
 
     def mask_mod(bi, hi, qi, ki):
-        x, y = kx[ki], ky[ki]
-        inside = (x >= win[bi, qi, 0]) & (x <= win[bi, qi, 2])
-        inside = inside & (y >= win[bi, qi, 1]) & (y <= win[bi, qi, 3])
-        return ((inside | free[ki]) & kkeep[bi, ki]) | (qi == ki)
+        x, y, free = key_coords(ki)
+        word = packed[bi, qi]
+        inside = (x >= (word & 0xFFFF)) & (x <= ((word >> 16) & 0xFFFF))
+        inside = inside & (y >= ((word >> 32) & 0xFFFF)) & (y <= (word >> 48))
+        allowed = inside | free
+        if kkeep is not None:
+            allowed = allowed & kkeep[bi, ki]
+        return allowed | (qi == ki)
 
     return mask_mod
 
 
-def _awd_dense(tab: dict[str, Tensor]) -> Tensor:
+def _awd_dense(tab: dict) -> Tensor:
     """The ``mask_mod`` of :func:`_awd_mask_mod` on every token pair: ``[B, T, T]`` bool."""
     win = tab["win"].unsqueeze(-1)  # [B, T, 4, 1]
     kx, ky = tab["kx"], tab["ky"]
     inside = (kx >= win[:, :, 0]) & (kx <= win[:, :, 2]) & (ky >= win[:, :, 1])
     inside &= ky <= win[:, :, 3]
-    allowed = (inside | tab["free"]) & tab["kkeep"].unsqueeze(1)
+    allowed = inside | tab["free"]
+    if tab["kkeep"] is not None:
+        allowed &= tab["kkeep"].unsqueeze(1)
     t = kx.shape[0]
     return allowed | torch.eye(t, dtype=torch.bool, device=kx.device)
 
 
-def awd_block_mask(windows: Tensor | None, keep: Tensor | None, ctx, builder: str = "dense"):
+def _compiled_create_block_mask() -> Callable:
+    if "create_block_mask" not in _COMPILED:
+        _COMPILED["create_block_mask"] = torch.compile(create_block_mask, dynamic=False)
+    return _COMPILED["create_block_mask"]
+
+
+def awd_block_mask(windows: Tensor | None, keep: Tensor | None, ctx, builder: str = "auto"):
     """Flex ``BlockMask`` of the AWD mask (windows, optional DIP key mask ``keep``) in the sparse
     token order of ``ctx`` (``ctx.tile``), blocks of ``ctx.block_size``; one per image, shared by
-    the heads. builder: "dense" (one broadcast over the token pairs, reduced to blocks) or
-    "mask_mod" (``create_block_mask``; same result, the reference)."""
+    the heads. builder: "dense" (one broadcast over the token pairs, reduced to blocks),
+    "mask_mod" (eager ``create_block_mask``, the reference), "compiled"
+    (``torch.compile(create_block_mask)``: one fused kernel, no ``[B, T, T]`` tensor) or "auto"
+    (compiled on CUDA, dense elsewhere). All give the same ``BlockMask``."""
     tab = awd_tables(windows, keep, ctx)
     mask_mod = _awd_mask_mod(tab)
     block_size = getattr(ctx, "block_size", DEFAULT_BLOCK)
+    device = tab["win"].device
+    if builder == "auto":
+        cuda = device.type == "cuda" and not torch.compiler.is_compiling()
+        builder = "compiled" if cuda else "dense"
     if builder == "dense":
         return block_mask_from_dense(_awd_dense(tab), mask_mod, block_size)
-    if builder != "mask_mod":
-        raise ValueError(f"builder must be 'dense' or 'mask_mod', got {builder!r}")
-    b, t, device = tab["win"].shape[0], ctx.num_tokens, tab["win"].device
-    return create_block_mask(mask_mod, b, None, t, t, device=device, BLOCK_SIZE=block_size)
+    if builder not in ("mask_mod", "compiled"):
+        raise ValueError(f"builder must be auto, dense, mask_mod or compiled, got {builder!r}")
+    make = _compiled_create_block_mask() if builder == "compiled" else create_block_mask
+    b, t = tab["win"].shape[0], ctx.num_tokens
+    return make(mask_mod, b, None, t, t, device=device, BLOCK_SIZE=block_size)
 
 
 def flex_kernel_options(block_size: int | Sequence[int]) -> dict[str, int] | None:

@@ -6,7 +6,7 @@ import pytest
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
-from conftest import EXPERIMENTS
+from conftest import CONF_DIR, EXPERIMENTS
 from winft_lightning.train import ConfigError, module_class, validate_config
 
 PAPER_ROWS = [
@@ -110,3 +110,118 @@ def test_groups_compose(make_cfg, overrides):
     if "debug=geometry" in overrides:
         assert (cfg.model.net.img_size, cfg.model.net.patch_size) == (384, 16)
         assert cfg.model.net.depth == 2 and cfg.teacher.max_epochs == 0
+
+
+# The paper's rows, composed from the `recipe` x `backbone` x `model` groups by thin experiment
+# files. The table was read from the experiment files as they were before being composed (each
+# spelled out in full); any drift in a group or a thin file shows up here.
+PAPER_RECIPES = {
+    "imagenet_paper": {
+        "optimizer": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01,
+                      "momentum": 0.9, "weight_decay": 0.0},
+        "trainer": {"accelerator": "gpu", "devices": 1, "precision": "bf16-mixed",
+                    "max_epochs": 15, "max_steps": None, "accumulate_grad_batches": 8},
+        "data": {"name": "imagenet", "num_classes": 1000, "batch_size": 64},
+        "warmup_steps": 500,
+        "teacher_epochs": 15,
+    },
+    "cub_paper": {
+        "optimizer": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.03,
+                      "momentum": 0.9, "weight_decay": 0.0},
+        "trainer": {"accelerator": "gpu", "devices": 1, "precision": "bf16-mixed",
+                    "max_epochs": -1, "max_steps": 20000, "accumulate_grad_batches": 1},
+        "data": {"name": "cub", "num_classes": 200, "batch_size": 16},
+        "warmup_steps": 500,
+        "teacher_epochs": 50,
+    },
+}  # fmt: skip
+# backbone -> (timm model_name, img_size, patch_size, env var of the 21k-pretrained weights)
+PAPER_BACKBONES = {
+    "b16_224": ("vit_base_patch16_224", 224, 16, "WINFT_PRETRAINED_B16_224"),
+    "b16_384": ("vit_base_patch16_384", 384, 16, "WINFT_PRETRAINED_B16_384"),
+    "b32_224": ("vit_base_patch32_224", 224, 32, "WINFT_PRETRAINED_B32_224"),
+    "b32_384": ("vit_base_patch32_384", 384, 32, "WINFT_PRETRAINED_B32_384"),
+    "b16_448": ("vit_base_patch16_384", 448, 16, "WINFT_PRETRAINED_B16_384"),
+}
+# method -> (module, the row's alpha / beta / lambdas; absent keys are absent from the config)
+PAPER_METHODS = {
+    "vit": ("ViTModule", {}),
+    "awd_vit": ("AWDViTModule", {"alpha": 0.1}),
+    "awd_dip_vit": ("AWDDIPViTModule", {"alpha": 0.1, "beta": 0.2}),
+    "winft": ("WinfTModule", {"alpha": 0.1, "beta": 0.0, "lambda1": 1.0, "lambda2": 1.0}),
+}
+PRETRAINED_ENV = sorted({env for *_, env in PAPER_BACKBONES.values()})
+
+
+def paper_row(name: str) -> tuple[str, str, str]:
+    """(method, backbone, recipe) of a paper row's name, e.g. winft_b16_448_cub."""
+    recipe = "cub_paper" if name.endswith("_cub") else "imagenet_paper"
+    method, patch, res = name.removesuffix("_cub").rsplit("_", 2)
+    return method, f"{patch}_{res}", recipe
+
+
+def paper_row_expected(name: str, env: dict[str, str]) -> dict:
+    """What the composed, resolved config of a paper row holds (env: WINFT_PRETRAINED_* set)."""
+    method, backbone, recipe = paper_row(name)
+    rec, (model_name, img, patch, var) = PAPER_RECIPES[recipe], PAPER_BACKBONES[backbone]
+    module, extras = PAPER_METHODS[method]
+    net = {"model_name": model_name, "img_size": img, "patch_size": patch,
+           "num_classes": rec["data"]["num_classes"], "embed_dim": None, "depth": None,
+           "num_heads": None, "checkpoint": env.get(var), "drop_path_rate": 0.0}  # fmt: skip
+    return {
+        "task_name": name,
+        "tags": [rec["data"]["name"], method, *backbone.split("_")],
+        "module": f"winft_lightning.modules.{module}",
+        "net": net,
+        "teacher_net": net,
+        "optimizer": rec["optimizer"],
+        "trainer": rec["trainer"],
+        "data": rec["data"],
+        "warmup_steps": rec["warmup_steps"],
+        "teacher_epochs": rec["teacher_epochs"],
+        "method": extras,
+    }
+
+
+def paper_row_observed(plain: dict) -> dict:
+    """The same fields read from a resolved config (OmegaConf.to_container(resolve=True))."""
+    model, trainer, data = plain["model"], plain["trainer"], plain["data"]
+    return {
+        "task_name": plain["task_name"],
+        "tags": plain["tags"],
+        "module": model["_target_"],
+        "net": model["net"],
+        "teacher_net": plain["teacher"]["model"]["net"],
+        "optimizer": plain["optimizer"],
+        "trainer": {k: trainer.get(k) for k in PAPER_RECIPES["imagenet_paper"]["trainer"]},
+        "data": {k: data[k] for k in PAPER_RECIPES["imagenet_paper"]["data"]},
+        "warmup_steps": model["scheduler"]["warmup_steps"],
+        "teacher_epochs": plain["teacher"]["max_epochs"],
+        "method": {k: model[k] for k in ("alpha", "beta", "lambda1", "lambda2") if k in model},
+    }
+
+
+def test_paper_table_covers_every_row():
+    rows = {f"{m}_{b}" for m in PAPER_METHODS for b in PAPER_BACKBONES if b != "b16_448"}
+    assert rows | {"vit_b16_448_cub", "winft_b16_448_cub"} == set(PAPER_ROWS)
+
+
+@pytest.mark.parametrize("name", PAPER_ROWS)
+def test_paper_row_composes_to_the_papers_recipe(make_cfg, monkeypatch, name):
+    for var in PRETRAINED_ENV:
+        monkeypatch.delenv(var, raising=False)
+    plain = OmegaConf.to_container(make_cfg(f"experiment={name}"), resolve=True)
+    assert paper_row_observed(plain) == paper_row_expected(name, {})
+    env = {var: f"/weights/{var.lower()}.npz" for var in PRETRAINED_ENV}
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    plain = OmegaConf.to_container(make_cfg(f"experiment={name}"), resolve=True)
+    assert paper_row_observed(plain) == paper_row_expected(name, env)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_files_are_thin(name):
+    """An experiment picks its groups (recipe, backbone, model) and names itself; no copies."""
+    text = (CONF_DIR / "experiment" / f"{name}.yaml").read_text()
+    assert len(text.splitlines()) <= 15, f"{name}.yaml: compose it from the groups"
+    assert "/recipe:" in text and "/backbone:" in text and "override /model:" in text

@@ -43,7 +43,7 @@ def _same_block_mask(a, b) -> None:
         (a.kv_num_blocks, a.kv_indices, b.kv_indices),
         (a.full_kv_num_blocks, a.full_kv_indices, b.full_kv_indices),
     ):
-        pos = torch.arange(ia.shape[-1])
+        pos = torch.arange(ia.shape[-1], device=ia.device)
         valid = pos < num.unsqueeze(-1)
         assert torch.equal(ia[valid], ib[valid])
 

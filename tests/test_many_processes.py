@@ -26,9 +26,18 @@ def env() -> dict[str, str]:
 
 
 def run(cmd, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    res = subprocess.run(list(cmd), cwd=cwd, env=env(), capture_output=True, text=True,
-                         timeout=timeout, check=False)  # fmt: skip
-    assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
+    """Run ``cmd`` in its own process group: on a time-out every process it started (torchrun's
+    workers, a launcher's jobs) is killed with it."""
+    proc = subprocess.Popen(list(cmd), cwd=cwd, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"timed out after {timeout} s: {' '.join(cmd)}\n{out[-3000:]}\n{err[-3000:]}")
+    res = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    assert res.returncode == 0, f"{' '.join(cmd)}\n{out[-3000:]}\n{err[-5000:]}"
     return res
 
 
@@ -98,17 +107,25 @@ def test_killed_teacher_builder_is_taken_over(tmp_path):
     args = (sys.executable, "-m", "winft_lightning", *TINY, "teacher.max_epochs=30",
             "trainer.max_epochs=1")  # fmt: skip
     logs = tmp_path / "first.out", tmp_path / "second.out"
+    teachers = tmp_path / "outputs" / "cache" / "teachers"
+    procs: list[subprocess.Popen] = []
     with logs[0].open("w") as out0, logs[1].open("w") as out1:
-        first = subprocess.Popen(args, cwd=tmp_path, env=env(), stdout=out0, stderr=out0)
-        teachers = tmp_path / "outputs" / "cache" / "teachers"
-        wait_for(lambda: "teacher: training a baseline ViT" in logs[0].read_text(), first)
-        second = subprocess.Popen(args, cwd=tmp_path, env=env(), stdout=out1, stderr=out1)
-        # the second waits on the first's lock while the first is mid-teacher
-        wait_for(lambda: "waiting for teachers/" in logs[1].read_text(), second)
-        wait_for(lambda: any(teachers.glob(".build-*/run/checkpoints/last.ckpt")), first)
-        os.kill(first.pid, signal.SIGKILL)
-        first.wait(timeout=60)
-        assert second.wait(timeout=600) == 0, logs[1].read_text()[-4000:]
+        try:
+            procs.append(subprocess.Popen(args, cwd=tmp_path, env=env(), stdout=out0, stderr=out0))
+            first = procs[0]
+            wait_for(lambda: "teacher: training a baseline ViT" in logs[0].read_text(), first)
+            procs.append(subprocess.Popen(args, cwd=tmp_path, env=env(), stdout=out1, stderr=out1))
+            second = procs[1]
+            # the second waits on the first's lock while the first is mid-teacher
+            wait_for(lambda: "waiting for teachers/" in logs[1].read_text(), second)
+            wait_for(lambda: any(teachers.glob(".build-*/run/checkpoints/last.ckpt")), first)
+            os.kill(first.pid, signal.SIGKILL)
+            first.wait(timeout=60)
+            assert second.wait(timeout=600) == 0, logs[1].read_text()[-4000:]
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
     text = logs[1].read_text()
     assert "taking over teachers/" in text and f"pid {first.pid}" in text
     assert "teacher: training a baseline ViT" in text and "resuming from" not in text

@@ -332,6 +332,7 @@ def _main() -> None:
             else {}
         )
         tk = {k: v for k, v in (tk or {}).items() if v is not None}
+        tk["trust_pickle"] = bool(cfg.get("trust_pickle", False))
         manifest = analyze_shards(
             teacher=cfg.teacher_ckpt,
             shards=shards,

@@ -177,6 +177,10 @@ def ensure_masks(cfg: DictConfig, teacher: Path, teacher_sha256: str, shards: Pa
             out_dir=out,
             alphas=list(cfg.analyze.alphas),
             batch_size=int(cfg.analyze.batch_size),
+            teacher_kwargs={
+                "trust_pickle": bool(cfg.teacher.get("trust_pickle", False)),
+                "trust_option": "teacher.trust_pickle",
+            },
             world=store.world,
             progress=False,
         )

@@ -21,6 +21,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from winft_lightning.checkpoints import UntrustedCheckpoint, read_checkpoint
+
 log = logging.getLogger(__name__)
 
 PLAIN_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
@@ -79,22 +81,16 @@ def timm_kwargs(net: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return str(net["model_name"]), kw
 
 
-def _torch_load(path: Path) -> Any:
+def _torch_load(path: Path, trust_pickle: bool, option: str) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        err: Exception = e
-    if "Weights only load failed" in str(err):
-        # Lightning checkpoints may carry plain Python objects in their hyperparameters
-        log.warning("teacher %s needs full unpickling (not weights-only); loading it", path)
-        try:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:
-            err = e
-    raise TeacherError(
-        f"teacher file {path} is not a PyTorch checkpoint or weights file "
-        f"({type(err).__name__}: {str(err)[:200]})"
-    ) from err
+        return read_checkpoint(path, trust_pickle=trust_pickle, option=option)
+    except UntrustedCheckpoint as err:
+        raise TeacherError(str(err)) from err
+    except Exception as err:
+        raise TeacherError(
+            f"teacher file {path} is not a PyTorch checkpoint or weights file "
+            f"({type(err).__name__}: {str(err)[:200]})"
+        ) from err
 
 
 def _info(
@@ -141,16 +137,20 @@ def load_teacher(
     *,
     model_name: str | None = None,
     device: str | torch.device = "cpu",
+    trust_pickle: bool = False,
+    trust_option: str = "trust_pickle",
     **net: Any,
 ) -> tuple[nn.Module, TeacherInfo]:
     """``(model in eval mode, TeacherInfo)`` from a Lightning checkpoint of our modules, or a
     plain timm weights file given with ``model_name`` and its config (``img_size``,
-    ``patch_size``, ``num_classes``, ``embed_dim``, ... as for ``timm.create_model``)."""
+    ``patch_size``, ``num_classes``, ``embed_dim``, ... as for ``timm.create_model``).
+    A file that needs a full unpickle is refused unless ``trust_pickle`` (the error names
+    the setting ``trust_option``)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"teacher checkpoint {path} does not exist")
     sha = file_sha256(path)
-    obj = None if path.suffix == ".safetensors" else _torch_load(path)
+    obj = None if path.suffix == ".safetensors" else _torch_load(path, trust_pickle, trust_option)
     hp = obj.get("hyper_parameters") if isinstance(obj, dict) else None
     if isinstance(hp, dict) and isinstance(hp.get("net"), dict) and "state_dict" in obj:
         name, kw = timm_kwargs(dict(hp["net"]))

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from winft_lightning import world as worlds
 from winft_lightning.callbacks import InteractionFigures, TrainThroughput
+from winft_lightning.checkpoints import read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ GEOMETRY_KEYS = (
 def checkpoint_net(path: str | Path) -> dict[str, Any]:
     """The ``net`` hyper-parameters stored in one of our Lightning checkpoints."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = read_checkpoint(path)
     except Exception as err:
         raise ConfigError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
     net = (ckpt.get("hyper_parameters") or {}).get("net") if isinstance(ckpt, dict) else None
@@ -231,7 +232,7 @@ def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
 
 def _best_score_in(path: str) -> float | None:
     """ModelCheckpoint's best score as saved in one of its own checkpoints."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(path)
     for key, state in (ckpt.get("callbacks") or {}).items():
         if "ModelCheckpoint" in str(key) and state.get("best_model_score") is not None:
             return float(state["best_model_score"])

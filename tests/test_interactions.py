@@ -286,3 +286,50 @@ def test_field_size_and_tendency_match_naive(grid):
             want = [dx / norm, dy / norm] if norm > 0 else [0.0, 0.0]
             got = tend.direction[b, p // w, p % w].tolist()
             assert got == pytest.approx(want, abs=1e-6)
+
+
+# ---- attention rollout (Abnar & Zuidema 2020), the figures' relevance map ----
+
+
+def naive_rollout(maps, prefix):
+    b, _, t, _ = maps[0].shape
+    out = []
+    for i in range(b):
+        r = torch.eye(t, dtype=torch.float64)
+        for a in maps:
+            m = a[i].double().mean(0)
+            m = 0.5 * m + 0.5 * torch.eye(t, dtype=torch.float64)
+            for row in range(t):
+                m[row] = m[row] / m[row].sum()
+            r = m @ r
+        out.append(r[0, prefix:])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("prefix", [1, 3])
+def test_rollout_matches_naive_loop(prefix):
+    n = 16
+    g = torch.Generator().manual_seed(1)
+    maps = [torch.randn(2, 3, prefix + n, prefix + n, generator=g).softmax(-1) for _ in range(4)]
+    got = I.attention_rollout(iter(maps), num_prefix=prefix)
+    assert got.shape == (2, n)
+    torch.testing.assert_close(got.double(), naive_rollout(maps, prefix), rtol=1e-5, atol=1e-7)
+    # the full CLS row of the product is a distribution; the patch part is less than all of it
+    assert (got.sum(-1) < 1).all() and (got > 0).all()
+    with pytest.raises(ValueError):
+        I.attention_rollout(iter([]))
+    with pytest.raises(ValueError, match=r"\[B, k, T, T\]"):
+        I.rollout_step(None, torch.rand(2, 3, 4))
+
+
+@pytest.mark.parametrize("grid", GRIDS[:2])
+def test_column_variance_matches_naive(grid):
+    n = grid[0] * grid[1]
+    u = I.uncertainty_map(random_attention(2, 2, 2, n, seed=n + 7))
+    v = I.column_variance(u)
+    for b in range(2):
+        for p in range(n):
+            col = [float(u[b, i, p]) for i in range(n)]
+            m = sum(col) / n
+            assert float(v[b, p]) == pytest.approx(sum((c - m) ** 2 for c in col) / n, rel=1e-9)
+    assert torch.equal(I.dip_order(u), torch.sort(v, dim=1, stable=True).indices)

@@ -20,7 +20,9 @@ Grid = tuple[int, int]
 
 __all__ = [
     "FieldTendency",
+    "attention_rollout",
     "awd_windows",
+    "column_variance",
     "dip_drop_count",
     "dip_keep",
     "dip_order",
@@ -28,6 +30,7 @@ __all__ = [
     "field_tendency",
     "interaction_count",
     "responsive_field",
+    "rollout_step",
     "top_count",
     "uncertainty_map",
     "window_areas",
@@ -183,11 +186,15 @@ def interaction_count(mask: Tensor) -> Tensor:
     return mask.flatten(1).sum(dim=1)
 
 
+def column_variance(u: Tensor) -> Tensor:
+    """``v_p = Var_i U[i, p]`` (SPEC 3, population variance over the N rows). ``[B, N]``."""
+    return u.var(dim=1, unbiased=False)
+
+
 def dip_order(u: Tensor) -> Tensor:
     """Patches by ascending column variance ``v_p = Var_i U[i, p]`` (SPEC 3). ``[B, N]`` long.
     Ties keep index order (stable sort)."""
-    v = u.var(dim=1, unbiased=False)
-    return torch.sort(v, dim=1, stable=True).indices
+    return torch.sort(column_variance(u), dim=1, stable=True).indices
 
 
 def dip_keep(order: Tensor, beta: float) -> Tensor:
@@ -235,3 +242,31 @@ def field_tendency(field: Tensor, grid: Grid) -> FieldTendency:
     norm = offset.norm(dim=-1, keepdim=True)
     direction = torch.where(norm > 0, offset / norm.clamp_min(1e-12), torch.zeros_like(offset))
     return FieldTendency(extent.view(b, *grid, 2), direction.view(b, *grid, 2))
+
+
+def rollout_step(joint: Tensor | None, attn: Tensor) -> Tensor:
+    """One block of attention rollout (Abnar & Zuidema 2020). attn: full ``[B, k, T, T]``
+    softmax map (all tokens incl. prefix). ``A_hat = 0.5 * mean_h A + 0.5 * I``, rows
+    renormalised; returns ``A_hat @ joint`` (``A_hat`` for the first block), ``[B, T, T]``."""
+    if attn.dim() != 4 or attn.shape[-1] != attn.shape[-2]:
+        raise ValueError(f"attention must be [B, k, T, T], got {tuple(attn.shape)}")
+    a = attn.to(torch.float64 if attn.dtype == torch.float64 else torch.float32).mean(dim=1)
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    a = 0.5 * a + 0.5 * eye
+    a = a / a.sum(dim=-1, keepdim=True)
+    return a if joint is None else a @ joint
+
+
+def attention_rollout(attn_maps_full: Iterable[Tensor], num_prefix: int = 1) -> Tensor:
+    """Attention rollout relevance of every patch for the first (CLS) token: ``[B, N]``.
+
+    attn_maps_full: iterable of l full maps ``[B, k, T, T]`` (T = num_prefix + N, CLS at 0),
+    e.g. ``iter_block_attention(model, x, patches_only=False)``; consumed one block at a
+    time (only the running ``[B, T, T]`` product is kept). Returns row 0 of the product
+    over the patch columns (rows of the full product sum to 1)."""
+    joint = None
+    for attn in attn_maps_full:
+        joint = rollout_step(joint, attn)
+    if joint is None:
+        raise ValueError("attention_rollout needs at least one block of attention")
+    return joint[:, 0, num_prefix:]

@@ -8,6 +8,7 @@ logits, a loss and a per-image E_O; the math lives in ``interactions`` and ``mod
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +26,8 @@ from winft_lightning import interactions as I
 from winft_lightning import models
 
 STAGES = ("train", "val", "test")
+
+log = logging.getLogger(__name__)
 
 
 NET_OPTIONS = ("sparse", "winft_mode", "dip", "tile")  # passed on to models.build_vit
@@ -113,6 +116,7 @@ class ViTModule(L.LightningModule):
         # state dict (and add `_orig_mod.` keys when compiled)
         object.__setattr__(self, "_forward", torch.compile(self.net) if compile else self.net)
         self.skipped_batches = 0
+        self._skip_step = False  # set by a skipped training step, read by optimizer_step
 
     # --- what subclasses change -------------------------------------------------------
 
@@ -142,10 +146,11 @@ class ViTModule(L.LightningModule):
         terms = {"ce": self.ce_weight * ce, **self.extra_loss(batch, stage)}
         return sum(terms.values()), logits, terms
 
-    def _step(self, batch: dict[str, Tensor], batch_idx: int, stage: str) -> Tensor | None:
+    def _step(self, batch: dict[str, Tensor], batch_idx: int, stage: str) -> Tensor:
         loss, logits, terms = self.model_step(batch, stage)
-        if stage == "train" and not torch.isfinite(loss):
-            return self._non_finite(loss, terms, batch, batch_idx)
+        if stage == "train" and self._non_finite(loss, terms, batch, batch_idx):
+            self._skip_step = True
+            return self._null_loss()
         bs = batch["image"].shape[0]
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(logits.detach(), batch["label"])
@@ -175,21 +180,59 @@ class ViTModule(L.LightningModule):
         self.log(f"{stage}/eo", eo, on_step=False, on_epoch=True)
         return loss
 
-    def _non_finite(self, loss: Tensor, terms: dict, batch: dict, batch_idx: int) -> None:
-        detail = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-        keys = list(batch.get("key", []))[:8]
-        msg = (
-            f"non-finite training loss {loss.item()} at global step {self.global_step} "
-            f"(batch {batch_idx}, keys {keys}); loss terms: {detail}"
-        )
-        if self.hparams.on_nonfinite == "raise":
+    def _non_finite(self, loss: Tensor, terms: dict, batch: dict, batch_idx: int) -> bool:
+        """Whether this training step is skipped; raises under ``on_nonfinite='raise'``.
+
+        Under ``skip`` the decision is collective (one all-reduce per step, any rank's
+        non-finite loss skips the step on every rank), so DDP ranks stay in step."""
+        local = not bool(torch.isfinite(loss))
+        skip = self.hparams.on_nonfinite == "skip"
+        if skip and self._trainer is not None:
+            anywhere = self.trainer.strategy.reduce_boolean_decision(local, all=False)
+        else:
+            anywhere = local
+        if not anywhere:
+            return False
+        where = f"global step {self.global_step} (batch {batch_idx}"
+        if local:
+            detail = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+            keys = list(batch.get("key", []))[:8]
+            msg = (
+                f"non-finite training loss {loss.item()} at {where}, keys {keys}); "
+                f"loss terms: {detail}"
+            )
+        else:
+            msg = f"non-finite training loss on another rank at {where})"
+        if not skip:
             raise NonFiniteLossError(msg + "; the last good checkpoint is kept")
         self.skipped_batches += 1
+        if local and self.global_rank != 0:
+            log.warning("rank %d skipping batch: %s", self.global_rank, msg)
         self.print(f"skipping batch ({self.skipped_batches} so far): {msg}")
-        return None  # Lightning skips the optimizer step
+        return True
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+    def _null_loss(self) -> Tensor:
+        """A loss whose gradient is exactly zero for every trainable weight (even a NaN one).
+
+        Returned by a skipped step, so every rank runs the same backward (DDP's gradient
+        all-reduce included) and no rank returns None."""
+        return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        self._skip_step = False
         return self._step(batch, batch_idx, "train")
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        """Under ``on_nonfinite='skip'``: run the closure (training step, backward), then call
+        ``optimizer.step`` (with any precision plugin: AMP unscale, clipping) only when no rank
+        saw a non-finite loss. Otherwise Lightning's default."""
+        if self.hparams.on_nonfinite != "skip" or optimizer_closure is None:
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        loss = optimizer_closure()
+        if self._skip_step:
+            return None  # decided on every rank alike: no rank steps
+        optimizer.step(closure=lambda: loss)
+        return None
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._step(batch, batch_idx, "val")

@@ -1,4 +1,5 @@
-"""Figures (figures.py), attention rollout, analysis_figures and the visualize CLI."""
+"""Figures (figures.py), analysis_figures and the visualize CLI (the rollout and the analysis
+itself: test_interactions.py, test_analysis.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ from PIL import Image
 from winft_lightning import figures as F
 from winft_lightning import interactions as ia
 from winft_lightning import visualize as V
-from winft_lightning.capture import iter_block_attention
 
 NET = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10)
 GRID = (4, 4)
@@ -82,57 +82,6 @@ def assert_png(fig: Figure, path: Path) -> None:
     assert min(arr.shape[:2]) > 200
     assert arr.std() > 20  # not blank
     assert len(np.unique(arr.reshape(-1, 3), axis=0)) > 100  # real content, not a flat fill
-
-
-# ---------------------------------------------------------------- rollout
-
-
-def naive_rollout(maps, prefix):
-    b, _, t, _ = maps[0].shape
-    out = []
-    for i in range(b):
-        r = torch.eye(t, dtype=torch.float64)
-        for a in maps:
-            m = a[i].double().mean(0)
-            m = 0.5 * m + 0.5 * torch.eye(t, dtype=torch.float64)
-            for row in range(t):
-                m[row] = m[row] / m[row].sum()
-            r = m @ r
-        out.append(r[0, prefix:])
-    return torch.stack(out)
-
-
-@pytest.mark.parametrize("prefix", [1, 3])
-def test_rollout_matches_naive_loop(prefix):
-    g = torch.Generator().manual_seed(1)
-    maps = [torch.randn(2, 3, prefix + N, prefix + N, generator=g).softmax(-1) for _ in range(4)]
-    got = F.attention_rollout(iter(maps), num_prefix=prefix)
-    assert got.shape == (2, N)
-    torch.testing.assert_close(got.double(), naive_rollout(maps, prefix), rtol=1e-5, atol=1e-7)
-    # the full CLS row of the product is a distribution; the patch part is less than all of it
-    assert (got.sum(-1) < 1).all() and (got > 0).all()
-    with pytest.raises(ValueError):
-        F.attention_rollout(iter([]))
-
-
-def test_rollout_streams_from_capture():
-    model, x = tiny_vit(), torch.randn(2, 3, 32, 32)
-    got = F.attention_rollout(iter_block_attention(model, x, patches_only=False))
-    full = list(iter_block_attention(model, x, patches_only=False))
-    torch.testing.assert_close(got.double(), naive_rollout(full, 1), rtol=1e-5, atol=1e-7)
-
-
-def test_captured_equals_separate_passes():
-    model, x, patches = tiny_vit(), torch.randn(2, 3, 32, 32), [0, 5, 15]
-    cap = V.Captured(model, x, patches)
-    torch.testing.assert_close(cap.u, ia.uncertainty_map(iter_block_attention(model, x)))
-    blocks = list(iter_block_attention(model, x))
-    want = torch.stack([a[:, :, patches, :].mean(1) for a in blocks], dim=1)
-    assert cap.rows.shape == (2, 2, 3, N)
-    torch.testing.assert_close(cap.rows, want)
-    torch.testing.assert_close(
-        cap.rollout, F.attention_rollout(iter_block_attention(model, x, patches_only=False))
-    )
 
 
 # ---------------------------------------------------------------- figures

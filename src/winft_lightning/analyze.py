@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from winft_lightning import __version__
-from winft_lightning.capture import iter_block_attention
+from winft_lightning.analysis import analyse
 from winft_lightning.data.errors import DataError
 from winft_lightning.data.loading import SampleDecoder, collate
 from winft_lightning.data.masks import (
@@ -49,7 +49,6 @@ from winft_lightning.data.shards import (
     write_json_atomic,
     write_shard,
 )
-from winft_lightning.interactions import awd_windows, dip_order, uncertainty_map
 from winft_lightning.teacher import TeacherInfo, file_sha256, load_teacher
 from winft_lightning.world import World
 
@@ -68,13 +67,14 @@ def analyze_split(
     device: str | torch.device = "cpu",
 ) -> Iterator[tuple[str, dict[float, np.ndarray], np.ndarray]]:
     """For each image of each batch ``{"image" [B,3,H,W], "key"}``: ``(key, {alpha: windows
-    [N, 4] int16}, dip_order [N] int16)``, from U computed block by block on ``device``."""
+    [N, 4] int16}, dip_order [N] int16)``, from :func:`analysis.analyse` (U computed block by
+    block) on ``device``."""
     for batch in loader:
         images = batch["image"].to(device, non_blocking=True)
-        u = uncertainty_map(iter_block_attention(model, images))  # [B, N, N]
-        order = dip_order(u).to(torch.int16).cpu().numpy()
-        wins = {a: awd_windows(u, a, grid).to(torch.int16).cpu().numpy() for a in alphas}
-        del u
+        result = analyse(model, images, alphas, grid)  # U [B, N, N] -> windows, DIP order
+        order = result.order.to(torch.int16).cpu().numpy()
+        wins = {a: w.to(torch.int16).cpu().numpy() for a, w in result.windows.items()}
+        del result
         for i, key in enumerate(batch["key"]):
             yield key, {a: wins[a][i] for a in alphas}, order[i]
 

@@ -127,45 +127,42 @@ class InteractionFigures(L.Callback):
 
 
 def interaction_figures(module: L.LightningModule, batch: dict[str, Any]) -> dict[str, Any]:
-    """name -> matplotlib Figure for each image of ``batch`` (one of our modules' batches)."""
-    import torch
-
+    """name -> matplotlib Figure for each image of ``batch`` (one of our modules' batches):
+    the batch's own masks as an :class:`analysis.Analysis`, and for full-attention models the
+    model's own U from :func:`analysis.analyse`."""
     from winft_lightning import figures
-    from winft_lightning import interactions as ia
-    from winft_lightning.capture import iter_block_attention
+    from winft_lightning.analysis import Analysis, analyse, default_patches
     from winft_lightning.models import predicted_window_sum
-    from winft_lightning.visualize import default_patches, display_images
 
     grid = tuple(module.grid)
     patches = default_patches(grid)
     images = batch["image"].to(module.device)
-    shown = display_images(batch["image"])
-    windows, order = batch.get("windows"), batch.get("dip_order")
+    shown = figures.display_images(batch["image"])
     hp = module.hparams
+    alpha = hp.get("alpha", 0.1)
+    masks = None
+    if batch.get("windows") is not None:
+        masks = Analysis(grid, windows={alpha: batch["windows"]}, order=batch.get("dip_order"))
+    field = masks.field(alpha, hp.get("beta") or 0.0) if masks and masks.order is not None else None
     winft_w = u = None
     if module.attn_kind == "winft":
         winft_w = predicted_window_sum(module.net, images)
     elif module.attn_kind == "full":
-        with torch.no_grad():
-            u = ia.uncertainty_map(iter_block_attention(module.net, images)).cpu()
+        u = analyse(module.net, images, grid=grid).u.cpu()
     out = {}
     for i in range(images.shape[0]):
         if u is not None:
             out[f"img{i}_uncertainty_rows"] = figures.uncertainty_rows_figure(
                 shown[i], u[i], patches, grid
             )
-        if windows is not None:
-            alpha = hp.get("alpha", 0.1)
+        if masks is not None:
             out[f"img{i}_windows"] = figures.window_figure(
-                shown[i], {alpha: windows[i]}, patches, grid
+                shown[i], {alpha: masks.windows[alpha][i]}, patches, grid
             )
-        if windows is not None and order is not None:
-            field = ia.responsive_field(
-                windows[i : i + 1], order[i : i + 1], hp.get("beta") or 0.0, grid
-            )
+        if field is not None:
             out[f"img{i}_responsive_field"] = figures.responsive_field_figure(
                 shown[i],
-                field[0],
+                field[i],
                 patches,
                 grid,
                 winft_w=None if winft_w is None else winft_w[i],

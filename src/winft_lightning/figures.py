@@ -1,6 +1,7 @@
 """The paper's figures (Fig. 3-7, 10), attention rollout and the accuracy/E_O trade-off.
 
-Pure plotting: every function takes tensors or arrays for ONE image (unless stated) and
+Pure plotting: the numbers come from :mod:`winft_lightning.analysis` (U, windows, DIP order,
+rollout, fields); every function takes tensors or arrays for ONE image (unless stated) and
 returns a :class:`matplotlib.figure.Figure` (no pyplot state, Agg-safe); :func:`save` writes
 it atomically. Shapes: image ``[3, H, W]`` in [0, 1] (tensor or array) or uint8 ``[H, W, 3]``;
 grid ``(h, w)``; N = h * w patches, row-major (x_p = p % w, y_p = p // w); U ``[N, N]``;
@@ -33,12 +34,11 @@ ArrayLike = Tensor | np.ndarray
 
 __all__ = [
     "attention_maps_figure",
-    "attention_rollout",
     "dip_figure",
+    "display_images",
     "field_figure",
     "responsive_field_figure",
     "rollout_figure",
-    "rollout_step",
     "save",
     "to_hwc",
     "tradeoff_figure",
@@ -49,37 +49,6 @@ __all__ = [
 DPI = 120
 PANEL = 2.6  # inches per image panel
 HEAT = "inferno"
-
-
-# ---------------------------------------------------------------- attention rollout (tensors)
-
-
-def rollout_step(joint: Tensor | None, attn: Tensor) -> Tensor:
-    """One block of attention rollout (Abnar & Zuidema 2020). attn: full ``[B, k, T, T]``
-    softmax map (all tokens incl. prefix). ``A_hat = 0.5 * mean_h A + 0.5 * I``, rows
-    renormalised; returns ``A_hat @ joint`` (``A_hat`` for the first block), ``[B, T, T]``."""
-    if attn.dim() != 4 or attn.shape[-1] != attn.shape[-2]:
-        raise ValueError(f"attention must be [B, k, T, T], got {tuple(attn.shape)}")
-    a = attn.to(torch.float64 if attn.dtype == torch.float64 else torch.float32).mean(dim=1)
-    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-    a = 0.5 * a + 0.5 * eye
-    a = a / a.sum(dim=-1, keepdim=True)
-    return a if joint is None else a @ joint
-
-
-def attention_rollout(attn_maps_full: Iterable[Tensor], num_prefix: int = 1) -> Tensor:
-    """Attention rollout relevance of every patch for the CLS token: ``[B, N]``.
-
-    attn_maps_full: iterable of l full maps ``[B, k, T, T]`` (T = num_prefix + N, CLS at 0),
-    e.g. ``iter_block_attention(model, x, patches_only=False)``; consumed one block at a
-    time (only the running ``[B, T, T]`` product is kept). Returns row 0 of the product
-    over the patch columns (rows of the full product sum to 1)."""
-    joint = None
-    for attn in attn_maps_full:
-        joint = rollout_step(joint, attn)
-    if joint is None:
-        raise ValueError("attention_rollout needs at least one block of attention")
-    return joint[:, 0, num_prefix:]
 
 
 # ---------------------------------------------------------------- helpers
@@ -99,6 +68,13 @@ def to_hwc(image: ArrayLike) -> np.ndarray:
     if arr.shape[-1] == 1:
         arr = np.repeat(arr, 3, axis=-1)
     return np.clip(arr, 0.0, 1.0)
+
+
+def display_images(images: Tensor) -> Tensor:
+    """Per-image min-max rescale of ``[B, 3, H, W]`` to [0, 1] (for normalised model inputs)."""
+    lo = images.amin(dim=(1, 2, 3), keepdim=True)
+    hi = images.amax(dim=(1, 2, 3), keepdim=True)
+    return (images - lo) / (hi - lo).clamp_min(1e-8)
 
 
 def _np(x: ArrayLike) -> np.ndarray:
@@ -386,14 +362,32 @@ def _log_norm(values: np.ndarray) -> LogNorm:
     return LogNorm(vmin=vmin, vmax=max(vmax, vmin * 10))
 
 
-def dip_figure(image: ArrayLike, u: ArrayLike, grid: Grid, betas: Sequence[float]) -> Figure:
+def _variance_and_order(u: ArrayLike) -> tuple[Tensor, Tensor]:
+    """``v_p`` and the DIP order of one image's U ``[N, N]``, by interactions' own functions
+    (a bare call; :class:`analysis.Analysis` has them already)."""
+    ut = torch.as_tensor(_np(u))[None]
+    return ia.column_variance(ut)[0], ia.dip_order(ut)[0]
+
+
+def dip_figure(
+    image: ArrayLike,
+    u: ArrayLike,
+    grid: Grid,
+    betas: Sequence[float],
+    order: ArrayLike | None = None,
+    variance: ArrayLike | None = None,
+) -> Figure:
     """Fig. 5/6: the ``[N, N]`` U map (log colour), the sorted column variances
     ``v_p = Var_i U[i, p]`` with each beta's drop count marked, and the dropped patches D
-    (red) over the image for every beta. Axes: U, colourbar, variances, one per beta."""
+    (red) over the image for every beta. Axes: U, colourbar, variances, one per beta.
+    order ``[N]`` (``interactions.dip_order``) and variance ``[N]``
+    (``interactions.column_variance``) default to those of ``u``."""
     img, um = to_hwc(image), _np(u).astype(np.float64)
     n = um.shape[0]
-    v = um.var(axis=0)
-    order = np.argsort(v, kind="stable")
+    if order is None or variance is None:
+        variance, order = _variance_and_order(u)
+    v = _np(variance).astype(np.float64)
+    order = _np(order).astype(np.int64)
     betas = list(betas)
     cols = max(len(betas), 2)
     fig = Figure(figsize=(cols * PANEL + 0.5, 2 * PANEL + 1.6), dpi=DPI, layout="constrained")
@@ -517,12 +511,20 @@ def field_figure(image: ArrayLike, field: ArrayLike, grid: Grid) -> Figure:
 
 
 def rollout_figure(
-    images: Sequence[ArrayLike] | ArrayLike, rollout: ArrayLike, u: ArrayLike, grid: Grid
+    images: Sequence[ArrayLike] | ArrayLike,
+    rollout: ArrayLike,
+    u: ArrayLike | None,
+    grid: Grid,
+    variance: ArrayLike | None = None,
 ) -> Figure:
     """Attention rollout beside U, one row per image: input, rollout relevance ``[N]`` of
     each patch for CLS, and U's column variance ``v_p`` (log colour; low = indiscriminative).
-    images ``[B, 3, H, W]`` (or a list), rollout ``[B, N]``, u ``[B, N, N]``."""
-    roll, um = _np(rollout), _np(u).astype(np.float64)
+    images ``[B, 3, H, W]`` (or a list), rollout ``[B, N]`` (``interactions.attention_rollout``),
+    u ``[B, N, N]`` or variance ``[B, N]`` (``interactions.column_variance``)."""
+    roll = _np(rollout)
+    if variance is None:
+        variance = ia.column_variance(torch.as_tensor(_np(u)))
+    var = _np(variance).astype(np.float64)
     b = roll.shape[0]
     fig = _new_figure(3, b, PANEL + 0.5, PANEL + 0.2)
     axes = np.asarray(fig.subplots(b, 3, squeeze=False))
@@ -535,7 +537,7 @@ def rollout_figure(
         axes[i, 1].set_title("attention rollout (CLS)", fontsize=8)
         cb = _colorbar(fig, im, axes[i, 1], "relevance")
         cb.formatter.set_powerlimits((-2, 2))
-        v = _to_hw(um[i].var(axis=0), grid)
+        v = _to_hw(var[i], grid)
         _image_axes(axes[i, 2], img, grid, grey=True)
         im = _overlay(axes[i, 2], img, v, cmap="viridis", norm=_log_norm(v))
         axes[i, 2].set_title("U column variance $v_p$", fontsize=8)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,8 @@ from PIL import Image
 from torch import Tensor, nn
 
 from winft_lightning import figures as F
-from winft_lightning import interactions as ia
-from winft_lightning.capture import iter_block_attention
+from winft_lightning.analysis import analyse, default_patches
+from winft_lightning.data.loading import analysed_view
 
 log = logging.getLogger(__name__)
 
@@ -30,46 +30,6 @@ Grid = tuple[int, int]
 
 
 # ---------------------------------------------------------------- analysis -> figures
-
-
-def default_patches(grid: Grid) -> list[int]:
-    """Four patches spread over the grid (centre, upper left, upper right, lower centre)."""
-    h, w = grid
-    cells = [(h // 2, w // 2), (h // 4, w // 4), (h // 4, (3 * w) // 4), ((3 * h) // 4, w // 2)]
-    return list(dict.fromkeys(y * w + x for y, x in cells))
-
-
-class Captured:
-    """What the figures need from one capture pass over a batch ``[B, 3, H, W]``.
-
-    u ``[B, N, N]``; rows ``[B, l, n, N]`` head-mean attention rows of the chosen patches per
-    block; rollout ``[B, N]``. Built streaming: per block only the running U statistics, the
-    rollout product ``[B, T, T]`` and n rows are kept, never all l full maps."""
-
-    def __init__(self, model: nn.Module, images: Tensor, patches: Sequence[int]):
-        prefix = int(getattr(model, "num_prefix_tokens", 1))
-        idx = torch.as_tensor(list(patches), dtype=torch.long)
-        rows: list[Tensor] = []
-        joint: Tensor | None = None
-
-        def patch_maps() -> Iterator[Tensor]:
-            nonlocal joint
-            for full in iter_block_attention(model, images, patches_only=False):
-                joint = F.rollout_step(joint, full)
-                a = full[:, :, prefix:, prefix:]
-                rows.append(a[:, :, idx.to(a.device), :].mean(dim=1).float().cpu())
-                yield a
-
-        self.u = ia.uncertainty_map(patch_maps()).cpu()
-        self.rows = torch.stack(rows, dim=1)
-        self.rollout = joint[:, 0, prefix:].float().cpu()
-
-
-def display_images(images: Tensor) -> Tensor:
-    """Per-image min-max rescale to [0, 1] (for model inputs that are normalised)."""
-    lo = images.amin(dim=(1, 2, 3), keepdim=True)
-    hi = images.amax(dim=(1, 2, 3), keepdim=True)
-    return (images - lo) / (hi - lo).clamp_min(1e-8)
 
 
 def analysis_figures(
@@ -86,7 +46,8 @@ def analysis_figures(
     field_beta: float | None = None,
     prefix: str = "img",
 ) -> list[Path]:
-    """Capture once, compute U / windows / DIP / fields / rollout and write every figure.
+    """Analyse once (:func:`analysis.analyse`: U / windows / DIP / rollout / fields) and
+    write every figure.
 
     images: ``[B, 3, H, W]`` as the model takes them; display: the same images in [0, 1]
     for drawing (default: per-image min-max of ``images``). winft_w: WinfT's ``sum_l W_l``
@@ -96,30 +57,25 @@ def analysis_figures(
     written, per image ``{prefix}{i}_{attention,uncertainty_rows,windows,dip,field,
     responsive_field}.png`` plus ``rollout.png``."""
     out = Path(out_dir)
-    n = grid[0] * grid[1]
     patches = list(patches) if patches is not None else default_patches(grid)
-    if any(not 0 <= p < n for p in patches):
-        raise ValueError(f"patches {patches} outside 0..{n - 1}")
     model.eval()
-    cap = Captured(model, images, patches)
-    if cap.u.shape[-1] != n:
-        raise ValueError(f"model has N={cap.u.shape[-1]} patches, grid {grid} has {n}")
-    shown = (display if display is not None else display_images(images)).detach().cpu()
-    windows = {a: ia.awd_windows(cap.u, a, grid) for a in alphas}
-    order = ia.dip_order(cap.u)
+    res = analyse(model, images, alphas, grid, patches=patches, rollout=True).cpu()
+    shown = (display if display is not None else F.display_images(images)).detach().cpu()
     fa = alphas[0] if field_alpha is None else field_alpha
     fb = max(betas, default=0.0) if field_beta is None else field_beta
-    win_f = windows[fa] if fa in windows else ia.awd_windows(cap.u, fa, grid)
-    field = ia.responsive_field(win_f, order, fb, grid)
+    field = res.field(fa, fb)
+    variance = res.column_variance()
 
     paths: list[Path] = []
     for i in range(images.shape[0]):
         img = shown[i]
         figs = {
-            "attention": F.attention_maps_figure(img, cap.rows[i], patches, grid),
-            "uncertainty_rows": F.uncertainty_rows_figure(img, cap.u[i], patches, grid),
-            "windows": F.window_figure(img, {a: w[i] for a, w in windows.items()}, patches, grid),
-            "dip": F.dip_figure(img, cap.u[i], grid, betas),
+            "attention": F.attention_maps_figure(img, res.rows[i], patches, grid),
+            "uncertainty_rows": F.uncertainty_rows_figure(img, res.u[i], patches, grid),
+            "windows": F.window_figure(
+                img, {a: w[i] for a, w in res.windows.items()}, patches, grid
+            ),
+            "dip": F.dip_figure(img, res.u[i], grid, betas, res.order[i], variance[i]),
             "field": F.field_figure(img, field[i], grid),
             "responsive_field": F.responsive_field_figure(
                 img,
@@ -127,11 +83,12 @@ def analysis_figures(
                 patches,
                 grid,
                 winft_w=None if winft_w is None else winft_w[i],
-                num_blocks=cap.rows.shape[1] if winft_w is not None else None,
+                num_blocks=res.rows.shape[1] if winft_w is not None else None,
             ),
         }
         paths += [F.save(fig, out / f"{prefix}{i}_{name}.png") for name, fig in figs.items()]
-    paths.append(F.save(F.rollout_figure(shown, cap.rollout, cap.u, grid), out / "rollout.png"))
+    roll = F.rollout_figure(shown, res.rollout, None, grid, variance=variance)
+    paths.append(F.save(roll, out / "rollout.png"))
     return paths
 
 
@@ -139,20 +96,15 @@ def analysis_figures(
 
 
 def load_image(path: str | Path, size: int) -> Tensor:
-    """PNG/JPEG -> ``[3, size, size]`` in [0, 1]: shorter side resized to ``size``
-    (bicubic), centre crop."""
+    """PNG/JPEG -> ``[3, size, size]`` in [0, 1]: the analysed view the masks are made on
+    (:func:`data.loading.analysed_view`: shorter side resized to ``size``, centre crop)."""
     with Image.open(path) as im:
         return _square(np.asarray(im.convert("RGB")), size)
 
 
 def _square(rgb: np.ndarray, size: int) -> Tensor:
-    im = Image.fromarray(rgb)
-    scale = size / min(im.size)
-    w, h = max(size, round(im.width * scale)), max(size, round(im.height * scale))
-    im = im.resize((w, h), Image.Resampling.BICUBIC)
-    left, top = (w - size) // 2, (h - size) // 2
-    im = im.crop((left, top, left + size, top + size))
-    return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 255.0
+    img = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)  # [3, H, W] uint8
+    return analysed_view(img, size).to(torch.float32).div_(255.0)
 
 
 def sample_images(size: int) -> Tensor:

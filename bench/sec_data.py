@@ -23,24 +23,12 @@ from benchlib import (
 
 def _random_teacher(path: Path) -> Path:
     """A randomly initialised fmnist-sized ViTModule saved as a Lightning checkpoint."""
-    import lightning as L
-
-    from winft_lightning.modules import ViTModule
+    from winft_lightning.teacher import save_untrained
 
     torch.manual_seed(0)
-    module = ViTModule(net=FMNIST_NET)
-    trainer = L.Trainer(
-        max_epochs=0,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+    return save_untrained(
+        {"_target_": "winft_lightning.modules.ViTModule", "net": FMNIST_NET}, path
     )
-    trainer.strategy.connect(module)
-    trainer.save_checkpoint(path)
-    return path
 
 
 def digits_mask_set(tmp: Path, device: torch.device) -> tuple[Path, dict]:

@@ -67,16 +67,18 @@ def digits_shards(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def teacher_ckpt(tmp_path_factory) -> Path:
-    """A Lightning-style checkpoint of a tiny ViT (16 px, patch 4: grid 4x4, N = 16)."""
-    model = tiny_vit()
+    """An untrained ViTModule teacher as the pipeline saves one (``teacher.save_untrained``):
+    the weights of ``tiny_vit()`` (16 px, patch 4: grid 4x4, N = 16), plus the datamodule
+    normalisation a trained teacher's checkpoint carries."""
+    from winft_lightning.teacher import save_untrained
+
+    net = dict(model_name="vit_tiny_patch16_224", img_size=16, patch_size=4, num_classes=10,
+               embed_dim=32, depth=2, num_heads=2)  # fmt: skip
+    torch.manual_seed(0)  # as tiny_vit(): the same weights
     path = tmp_path_factory.mktemp("teacher") / "teacher.ckpt"
-    net = dict(model_name="vit_tiny_patch16_224", img_size=16, patch_size=4, num_classes=10)
-    # keys timm does not take, as our modules' hparams carry them
-    net.update(embed_dim=32, depth=2, num_heads=2, attn="dense", checkpoint=None, alpha=0.1)
-    net.update(beta=0.0, winft_mode="multiply", drop_path_rate=0.0)
-    state = {f"net.{k}": v for k, v in model.state_dict().items()}
+    save_untrained({"_target_": "winft_lightning.modules.ViTModule", "net": net}, path)
+    ckpt = torch.load(path, weights_only=True)
     dm = {"root": "/somewhere", "mean": [0.3053] * 3, "std": [0.3759] * 3, "img_size": 16}
-    ckpt = {"state_dict": state, "hyper_parameters": {"net": net}}
     torch.save(ckpt | {"datamodule_hyper_parameters": dm}, path)
     return path
 

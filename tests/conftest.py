@@ -1,4 +1,6 @@
-"""Shared fixtures: compose the project's Hydra configs the way the CLI does, into tmp_path."""
+"""Shared fixtures: compose the project's Hydra configs the way the CLI does, into tmp_path;
+real digits shard sets, a tiny untrained teacher and its mask set (session-scoped, built once).
+Plain helpers live in ``helpers.py``."""
 
 from __future__ import annotations
 
@@ -63,3 +65,47 @@ def cli(*args: str, module: str = "winft_lightning", timeout: float = 300, **pop
         [sys.executable, "-m", module, *args],
         capture_output=True, text=True, timeout=timeout, env=env, check=False, **popen,
     )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def digits_shards(tmp_path_factory) -> Path:
+    """200/40/60 digits in shards of 25: 8 train, 2 val, 3 test shards."""
+    from helpers import DIGITS
+    from winft_lightning.prepare import prepare_shards
+
+    out = tmp_path_factory.mktemp("digits") / "shards"
+    prepare_shards(DIGITS, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def teacher_ckpt(tmp_path_factory) -> Path:
+    """An untrained tiny teacher (``helpers.untrained_teacher``: the weights of ``tiny_vit()``,
+    16 px, patch 4: grid 4x4, N = 16), plus the datamodule normalisation a trained teacher's
+    checkpoint carries."""
+    import torch
+
+    from helpers import untrained_teacher
+
+    path = untrained_teacher(tmp_path_factory.mktemp("teacher") / "teacher.ckpt")
+    ckpt = torch.load(path, weights_only=True)
+    dm = {"root": "/somewhere", "mean": [0.3053] * 3, "std": [0.3759] * 3, "img_size": 16}
+    torch.save(ckpt | {"datamodule_hyper_parameters": dm}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def analyzed_shards(tmp_path_factory, digits_shards, teacher_ckpt) -> Path:
+    """The digits shard set analysed by ``teacher_ckpt`` at alphas 0.1 and 0.5."""
+    from winft_lightning.analyze import analyze_shards
+
+    out = tmp_path_factory.mktemp("analyzed") / "masks"
+    analyze_shards(
+        teacher=teacher_ckpt,
+        shards=digits_shards,
+        out_dir=out,
+        alphas=[0.1, 0.5],
+        batch_size=32,
+        progress=False,
+    )
+    return out

@@ -7,8 +7,7 @@ import json
 import pytest
 import torch
 
-from data_fixtures import *  # noqa: F403 (fixtures)
-from data_fixtures import digits_source, tiny_vit
+from helpers import digits_source, untrained_teacher
 from winft_lightning import __version__
 from winft_lightning.analyze import analyze_shards, analyzed_dir
 from winft_lightning.capture import iter_block_attention
@@ -83,11 +82,7 @@ def test_manifest_and_copied_members(analyzed_shards, digits_shards, teacher_ckp
 def test_storage_ten_times_smaller_than_bitpacked_at_n576(tmp_path):
     shards = tmp_path / "shards"
     prepare_shards(digits_source(limit={"train": 2, "val": 1, "test": 1}), shards, progress=False)
-    ckpt = tmp_path / "t96.ckpt"
-    net = dict(model_name="vit_tiny_patch16_224", img_size=96, patch_size=4, num_classes=10)
-    net.update(embed_dim=32, depth=2, num_heads=2)
-    state = {f"net.{k}": v for k, v in tiny_vit(img_size=96).state_dict().items()}
-    torch.save({"state_dict": state, "hyper_parameters": {"net": net}}, ckpt)
+    ckpt = untrained_teacher(tmp_path / "t96.ckpt", img_size=96)
     alphas = [0.025, 0.05, 0.1, 0.2, 0.5, 1.0]
     m = analyze_shards(ckpt, shards, alphas=alphas, batch_size=4, progress=False)
     assert m["root"] == str(analyzed_dir(shards.resolve(), file_sha256(ckpt), alphas))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_fixtures import tiny_vit
+from helpers import tiny_vit
 from winft_lightning.checkpoints import UntrustedCheckpoint, read_checkpoint
 from winft_lightning.teacher import TeacherError, load_teacher
 

@@ -16,7 +16,6 @@ import pytest
 import torch
 import webdataset as wds
 
-from data_fixtures import *  # noqa: F403 (fixtures)
 from winft_lightning.data.datamodule import ShardDataModule
 from winft_lightning.data.errors import DataError, ManifestError, ShardError
 from winft_lightning.data.loading import SampleDecoder, ShardStream

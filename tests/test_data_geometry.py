@@ -8,8 +8,7 @@ import torch
 from skimage import data as skdata
 from torchvision.transforms.v2 import functional as TF
 
-from data_fixtures import *  # noqa: F403 (fixtures)
-from data_fixtures import tiny_vit
+from helpers import tiny_vit
 from winft_lightning.capture import iter_block_attention
 from winft_lightning.data.datamodule import ShardDataModule
 from winft_lightning.data.errors import MaskError

@@ -9,8 +9,7 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from data_fixtures import *  # noqa: F403 (fixtures)
-from data_fixtures import decode_png
+from helpers import decode_png
 from winft_lightning.data.datamodule import ShardDataModule
 from winft_lightning.data.errors import DataError, ManifestError, MaskError
 from winft_lightning.data.shards import iter_tar, read_manifest

@@ -13,8 +13,7 @@ import pytest
 
 import winft_lightning.analyze as analyze_mod
 import winft_lightning.prepare as prepare_mod
-from data_fixtures import *  # noqa: F403 (fixtures)
-from data_fixtures import DIGITS
+from helpers import DIGITS
 from winft_lightning.analyze import analyze_shards
 from winft_lightning.data.errors import ManifestError
 from winft_lightning.data.shards import JOURNAL, MANIFEST, read_manifest

@@ -11,8 +11,7 @@ from PIL import Image
 from skimage import data as skdata
 from sklearn.datasets import load_digits
 
-from data_fixtures import *  # noqa: F403 (fixtures)
-from data_fixtures import DIGITS, decode_png, digits_source
+from helpers import DIGITS, decode_png, digits_source
 from winft_lightning.data.errors import DataError, SourceError
 from winft_lightning.data.shards import iter_tar, read_manifest
 from winft_lightning.data.sources import FASHION_MNIST_DIR, load_source, read_idx

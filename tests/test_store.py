@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from data_fixtures import digits_source
+from helpers import digits_source
 from winft_lightning.store import BUILDS, ENTRY, ArtifactStore
 
 # a process that asks the store for one entry; its builder writes a file, then sleeps

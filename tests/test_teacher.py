@@ -8,8 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from data_fixtures import *  # noqa: F403 (fixtures)
-from data_fixtures import tiny_vit
+from helpers import tiny_vit
 from winft_lightning.teacher import TeacherError, file_sha256, load_teacher, timm_kwargs
 
 TINY = dict(

@@ -1,0 +1,59 @@
+"""Plain helpers of the tests (imported normally; the fixtures live in conftest.py):
+the digits source, a real tiny timm ViT, a PNG decoder."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from PIL import Image
+
+DIGITS = {
+    "name": "digits",
+    "val_fraction": 0.1,
+    "test_fraction": 0.2,
+    "seed": 0,
+    "limit": {"train": 200, "val": 40, "test": 60},
+    "maxcount": 25,
+}
+
+
+def digits_source(**kw) -> dict:
+    return {**DIGITS, **kw}
+
+
+def tiny_vit(img_size: int = 16, patch_size: int = 4, seed: int = 0, **kw) -> torch.nn.Module:
+    """A real timm ViT: depth 2, width 32, 2 heads."""
+    torch.manual_seed(seed)
+    args = dict(
+        img_size=img_size,
+        patch_size=patch_size,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        num_classes=10,
+    )
+    args.update(kw)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, **args).eval()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im)
+
+
+TINY_NET = dict(model_name="vit_tiny_patch16_224", img_size=16, patch_size=4, num_classes=10,
+                embed_dim=32, depth=2, num_heads=2)  # fmt: skip
+
+
+def untrained_teacher(path: Path, seed: int = 0, **net) -> Path:
+    """An untrained ``ViTModule`` teacher saved by ``teacher.save_untrained`` (as the pipeline
+    saves one), net ``TINY_NET`` updated by ``net``: the weights of ``tiny_vit(seed=seed, **net)``."""
+    from winft_lightning.teacher import save_untrained
+
+    torch.manual_seed(seed)
+    cfg = {"_target_": "winft_lightning.modules.ViTModule", "net": {**TINY_NET, **net}}
+    return save_untrained(cfg, path)

@@ -9,7 +9,6 @@ matrix is stored. Completed shards are journalled, so a killed run resumes after
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import sys
@@ -49,7 +48,8 @@ from winft_lightning.data.shards import (
     write_json_atomic,
     write_shard,
 )
-from winft_lightning.teacher import TeacherInfo, file_sha256, load_teacher
+from winft_lightning.hashing import file_sha256, json_digest
+from winft_lightning.teacher import TeacherInfo, load_teacher
 from winft_lightning.world import World
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def analyze_split(
 
 
 def alphas_hash(alphas: Sequence[float]) -> str:
-    return hashlib.sha256(json.dumps([float(a) for a in alphas]).encode()).hexdigest()[:8]
+    return json_digest([float(a) for a in alphas], length=8)
 
 
 def analyzed_dir(shards: str | Path, teacher_sha256: str, alphas: Sequence[float]) -> Path:
@@ -145,12 +145,7 @@ def analyze_shards(
     out = Path(out_dir) if out_dir else analyzed_dir(src["root"], info.sha256, alphas)
     out = out.expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
-    fp = hashlib.sha256(
-        json.dumps(
-            [src["fingerprint"], src["created"], info.sha256, alphas, mean, std, encoding],
-            default=str,
-        ).encode()
-    ).hexdigest()
+    fp = json_digest([src["fingerprint"], src["created"], info.sha256, alphas, mean, std, encoding])
     if (out / MANIFEST).is_file():
         old = json.loads((out / MANIFEST).read_text())
         if old.get("fingerprint") == fp:

@@ -10,7 +10,6 @@ analysis split over the ranks' shards.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -22,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from winft_lightning import world as worlds
 from winft_lightning.data.shards import FORMAT_VERSION, MANIFEST
+from winft_lightning.hashing import json_digest
 from winft_lightning.store import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,7 @@ def config_key(*parts: Any) -> str:
     plain = [
         OmegaConf.to_container(p, resolve=True) if isinstance(p, DictConfig) else p for p in parts
     ]
-    blob = json.dumps(plain, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
+    return json_digest(plain, length=12)
 
 
 def manifest_digest(root: Path) -> str:
@@ -44,7 +43,7 @@ def manifest_digest(root: Path) -> str:
     folder's name or of when it was built."""
     manifest = json.loads((Path(root) / MANIFEST).read_text())
     content = {k: v for k, v in manifest.items() if k not in _VOLATILE}
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    return json_digest(content)
 
 
 def store_of(cfg: DictConfig) -> ArtifactStore:

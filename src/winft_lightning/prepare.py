@@ -6,7 +6,6 @@ run resumes after its last complete shard; a finished shard set is left alone.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -31,6 +30,7 @@ from winft_lightning.data.shards import (
     write_json_atomic,
 )
 from winft_lightning.data.sources import load_source
+from winft_lightning.hashing import json_digest
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,7 @@ def _plain(cfg: Any) -> dict[str, Any]:
 
 
 def fingerprint(obj: Any) -> str:
-    blob = json.dumps([FORMAT_VERSION, obj], sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()
+    return json_digest([FORMAT_VERSION, obj])
 
 
 def remove_shard_set(root: Path, keep: set[str] = frozenset()) -> None:

@@ -9,7 +9,6 @@ loaded through timm's own pretrained path (so the position embedding is resample
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 from dataclasses import asdict, dataclass
@@ -22,6 +21,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from winft_lightning.checkpoints import UntrustedCheckpoint, read_checkpoint
+from winft_lightning.hashing import file_sha256  # also imported from here
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +54,6 @@ class TeacherInfo:
         d["mean"] = list(self.mean) if self.mean else None
         d["std"] = list(self.std) if self.std else None
         return d
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file, read in 4 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 _VIT_ARGS = set(inspect.signature(VisionTransformer.__init__).parameters) - {"self"}

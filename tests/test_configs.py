@@ -7,19 +7,18 @@ from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
 from conftest import CONF_DIR, EXPERIMENTS
+from winft_lightning.families import BY_NAME
 from winft_lightning.train import ConfigError, module_class, validate_config
 
-PAPER_ROWS = [
-    f"{m}_b{p}_{r}"
-    for m in ("vit", "awd_vit", "awd_dip_vit", "winft")
-    for p in (16, 32)
-    for r in (224, 384)
-] + ["vit_b16_448_cub", "winft_b16_448_cub"]
+PAPER_ROWS = [f"{m}_b{p}_{r}" for m in BY_NAME for p in (16, 32) for r in (224, 384)] + [
+    "vit_b16_448_cub",
+    "winft_b16_448_cub",
+]
 
 
 def test_an_experiment_for_every_paper_row():
     assert set(PAPER_ROWS) <= set(EXPERIMENTS)
-    assert {f"fmnist_{m}" for m in ("vit", "awd_vit", "awd_dip_vit", "winft")} <= set(EXPERIMENTS)
+    assert {f"fmnist_{m}" for m in BY_NAME} <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -40,13 +39,7 @@ def test_experiment_composes_resolves_and_validates(make_cfg, name):
         if "_b" in name
         else name.removeprefix("fmnist_")
     )
-    expected = {
-        "vit": "ViTModule",
-        "awd_vit": "AWDViTModule",
-        "awd_dip_vit": "AWDDIPViTModule",
-        "winft": "WinfTModule",
-    }
-    assert cls.__name__ == expected[family]
+    assert cls.__name__ == BY_NAME[family].module
     # the teacher always shares the student's geometry
     assert plain["teacher"]["model"]["net"] == net
 
@@ -143,12 +136,13 @@ PAPER_BACKBONES = {
     "b32_384": ("vit_base_patch32_384", 384, 32, "WINFT_PRETRAINED_B32_384"),
     "b16_448": ("vit_base_patch16_384", 448, 16, "WINFT_PRETRAINED_B16_384"),
 }
-# method -> (module, the row's alpha / beta / lambdas; absent keys are absent from the config)
+# method -> the row's alpha / beta / lambdas (absent keys are absent from the config); the
+# method's module is the family table's (winft_lightning.families)
 PAPER_METHODS = {
-    "vit": ("ViTModule", {}),
-    "awd_vit": ("AWDViTModule", {"alpha": 0.1}),
-    "awd_dip_vit": ("AWDDIPViTModule", {"alpha": 0.1, "beta": 0.2}),
-    "winft": ("WinfTModule", {"alpha": 0.1, "beta": 0.0, "lambda1": 1.0, "lambda2": 1.0}),
+    "vit": {},
+    "awd_vit": {"alpha": 0.1},
+    "awd_dip_vit": {"alpha": 0.1, "beta": 0.2},
+    "winft": {"alpha": 0.1, "beta": 0.0, "lambda1": 1.0, "lambda2": 1.0},
 }
 PRETRAINED_ENV = sorted({env for *_, env in PAPER_BACKBONES.values()})
 
@@ -164,7 +158,7 @@ def paper_row_expected(name: str, env: dict[str, str]) -> dict:
     """What the composed, resolved config of a paper row holds (env: WINFT_PRETRAINED_* set)."""
     method, backbone, recipe = paper_row(name)
     rec, (model_name, img, patch, var) = PAPER_RECIPES[recipe], PAPER_BACKBONES[backbone]
-    module, extras = PAPER_METHODS[method]
+    module, extras = BY_NAME[method].module, PAPER_METHODS[method]
     net = {"model_name": model_name, "img_size": img, "patch_size": patch,
            "num_classes": rec["data"]["num_classes"], "embed_dim": None, "depth": None,
            "num_heads": None, "checkpoint": env.get(var), "drop_path_rate": 0.0}  # fmt: skip
@@ -225,3 +219,16 @@ def test_experiment_files_are_thin(name):
     text = (CONF_DIR / "experiment" / f"{name}.yaml").read_text()
     assert len(text.splitlines()) <= 15, f"{name}.yaml: compose it from the groups"
     assert "/recipe:" in text and "/backbone:" in text and "override /model:" in text
+
+
+def test_one_family_table():
+    """modules.MODULES and the study read the family table (winft_lightning.families)."""
+    from winft_lightning import study
+    from winft_lightning.modules import MODULES, ViTModule
+
+    assert list(MODULES) == list(BY_NAME) == ["vit", "awd_vit", "awd_dip_vit", "winft"]
+    for name, cls in MODULES.items():
+        assert cls.__name__ == BY_NAME[name].module and issubclass(cls, ViTModule)
+    assert tuple(BY_NAME) == study.FAMILIES
+    assert {f.module: f.name for f in BY_NAME.values()} == study.MODULE_FAMILY
+    assert study.LABELS["awd_dip_vit"] == "AWD+DIP ViT"

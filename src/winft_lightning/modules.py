@@ -24,6 +24,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from winft_lightning import interactions as I
 from winft_lightning import models
+from winft_lightning.families import FAMILIES
 
 STAGES = ("train", "val", "test")
 
@@ -384,9 +385,4 @@ class WinfTModule(ViTModule):
         return {"bce": self.hparams.lambda2 * bce}
 
 
-MODULES = {
-    "vit": ViTModule,
-    "awd_vit": AWDViTModule,
-    "awd_dip_vit": AWDDIPViTModule,
-    "winft": WinfTModule,
-}
+MODULES = {f.name: globals()[f.module] for f in FAMILIES}  # config name -> class (families.py)

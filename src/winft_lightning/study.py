@@ -24,16 +24,13 @@ import hydra
 import yaml
 from omegaconf import DictConfig
 
+from winft_lightning.families import BY_MODULE, BY_NAME
+
 log = logging.getLogger(__name__)
 
-FAMILIES = ("vit", "awd_vit", "awd_dip_vit", "winft")
-LABELS = {"vit": "ViT", "awd_vit": "AWD-ViT", "awd_dip_vit": "AWD+DIP ViT", "winft": "WinfT"}
-MODULE_FAMILY = {
-    "ViTModule": "vit",
-    "AWDViTModule": "awd_vit",
-    "AWDDIPViTModule": "awd_dip_vit",
-    "WinfTModule": "winft",
-}
+FAMILIES = tuple(BY_NAME)  # the table's order is the report's order
+LABELS = {f.name: f.label for f in BY_NAME.values()}
+MODULE_FAMILY = {module: f.name for module, f in BY_MODULE.items()}
 
 # The paper's ImageNet-1k figures (Tables I-III, ViT-B/16 at 224 unless stated), for reference.
 PAPER_TABLE_I = {1.0: (38416, 81.20), 0.5: (38334, 81.62), 0.2: (10283, 81.25),
@@ -196,7 +193,7 @@ def report_markdown(aggs: list[dict[str, Any]], title: str, machine: str) -> str
         for a in at:
             if a["family"] in ("vit", "awd_vit") and a["beta"] == 0.0:
                 paper = PAPER_TABLE_I.get(a["alpha"], (None, None))
-                label = "ViT" if a["family"] == "vit" else "AWD-ViT"
+                label = LABELS[a["family"]]
                 lines.append(
                     f"| {label} (n={a['ok']}){_status(a)} | {a['alpha']:g} | {_pm(a, 'eo', '{:,.0f}')} | "
                     f"{_pm(a, 'eo_ratio', '{:.3f}')} | {_pm(a, 'top1', '{:.2f}')} | "
@@ -214,7 +211,7 @@ def report_markdown(aggs: list[dict[str, Any]], title: str, machine: str) -> str
                     if a["alpha"] == 0.1
                     else (None, None)
                 )
-                label = "AWD+DIP ViT" if a["family"] == "awd_dip_vit" else "AWD-ViT"
+                label = LABELS[a["family"]]
                 lines.append(
                     f"| {label} (n={a['ok']}){_status(a)} | {a['alpha']:g} | {a['beta']:g} | "
                     f"{_pm(a, 'eo', '{:,.0f}')} | {_pm(a, 'top1', '{:.2f}')} | "

@@ -54,18 +54,19 @@ class RankImages(Dataset):
 
 
 class PoisonAndRecord(L.Callback):
-    """NaN images at POISON; per batch, whether this rank's weights changed; at the end, the
+    """NaN images at ``poison`` (rank, batch index); per batch, whether this rank's weights changed; at the end, the
     rank's weights and record under ``out``."""
 
-    def __init__(self, out: str):
+    def __init__(self, out: str, poison: set[tuple[int, int]] = POISON):
         self.out = Path(out)
+        self.poison = poison
         self.changed: dict[int, bool] = {}
 
     def _flat(self, module) -> torch.Tensor:
         return torch.cat([p.detach().flatten() for p in module.parameters()]).clone()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if (trainer.global_rank, batch_idx) in POISON:
+        if (trainer.global_rank, batch_idx) in self.poison:
             batch["image"].fill_(float("nan"))
         self.before = self._flat(pl_module)
 
@@ -84,6 +85,33 @@ class PoisonAndRecord(L.Callback):
             "world_size": trainer.world_size,
         }
         (self.out / f"rank{rank}.json").write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "16-mixed+scaler"])
+def test_skip_under_each_precision_plugin(tmp_path, precision):
+    """One process: the skipped batch moves no weight and takes no optimizer step, also through
+    AMP's GradScaler (unscale, scaler.step, update run only on steps that are taken)."""
+    from lightning.pytorch.plugins import MixedPrecision
+
+    if precision == "16-mixed+scaler":  # fp16 AMP with a GradScaler, on CPU
+        kw = {"plugins": [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]}
+    else:
+        kw = {"precision": precision}
+    record = PoisonAndRecord(str(tmp_path), poison={(0, 2)})
+    trainer = L.Trainer(
+        max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, callbacks=[record], **kw,
+    )  # fmt: skip
+    model = tiny_module(on_nonfinite="skip")
+    trainer.fit(model, DataLoader(RankImages(), batch_size=BATCH))
+    rec = json.loads((tmp_path / "rank0.json").read_text())
+    assert model.skipped_batches == 1 and rec["global_step"] == BATCHES
+    moved = [int(b) for b, m in rec["changed"].items() if m]
+    assert len(rec["changed"]) == BATCHES and 2 not in moved
+    assert rec["adam_steps"] == [len(moved)]  # an optimizer step exactly where weights moved
+    if precision != "16-mixed+scaler":  # (the scaler itself skips its first overflowing steps)
+        assert moved == [b for b in range(BATCHES) if b != 2]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def train_under_ddp_sim(out: Path) -> None:

@@ -1,0 +1,87 @@
+"""The accuracy vs E_O trade-off plot over result rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from winft_lightning.figures.base import (
+    DPI,
+)
+
+# ---------------------------------------------------------------- trade-off
+
+
+def _family(row: Mapping[str, Any]) -> str:
+    return str(
+        row.get("family") or row.get("module") or row.get("method") or row.get("name") or "?"
+    )
+
+
+def _tag(row: Mapping[str, Any]) -> str:
+    parts = []
+    for key, sym in (("alpha", "α"), ("beta", "β")):
+        val = row.get(key)
+        if val is not None and val == val:
+            parts.append(f"{sym}={float(val):g}")
+    return ", ".join(parts)
+
+
+def _number(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def tradeoff_figure(
+    rows: Iterable[Mapping[str, Any]], x: str = "eo", y: str = "top1", log_x: bool = False
+) -> Figure:
+    """Accuracy vs E_O: one marker per setting, one line per method family (``family`` or
+    ``module``; suffixed with img/patch size when the rows mix geometries), each point
+    annotated with its alpha / beta. Rows of one setting (seeds) are averaged, with the
+    sample std of y as an error bar. rows: dicts with ``module``, ``alpha``, ``beta``,
+    ``top1``, ``eo``, ``eo_ratio``; rows whose x or y is missing or NaN are skipped."""
+    rows = [
+        r
+        for r in rows
+        if _number(r.get(x)) == _number(r.get(x)) and _number(r.get(y)) == _number(r.get(y))
+    ]
+    geoms = {(r.get("img_size"), r.get("patch_size")) for r in rows}
+    settings: dict[tuple, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        fam = _family(r)
+        if len(geoms) > 1:
+            fam += f" {r.get('img_size')}px/P{r.get('patch_size')}"
+        settings.setdefault((fam, _tag(r)), []).append(r)
+    fams: dict[str, list[tuple[float, float, float, str]]] = {}
+    for (fam, tag), runs in settings.items():
+        ys = np.array([_number(r[y]) for r in runs])
+        xv = float(np.mean([_number(r[x]) for r in runs]))
+        err = float(ys.std(ddof=1)) if len(ys) > 1 else 0.0
+        fams.setdefault(fam, []).append((xv, float(ys.mean()), err, tag))
+    fig = Figure(figsize=(6.4, 4.6), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    markers = "osD^vP*X"
+    for k, (fam, pts) in enumerate(sorted(fams.items())):
+        pts.sort()
+        xs, ys, errs, tags = zip(*pts, strict=True)
+        ax.errorbar(xs, ys, yerr=errs if any(errs) else None, marker=markers[k % len(markers)],
+                    ms=6, lw=1.2, capsize=3, label=fam)  # fmt: skip
+        for xv, yv, tag in zip(xs, ys, tags, strict=True):
+            if tag:
+                ax.annotate(tag, (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if log_x:
+        ax.set_xscale("log")
+    names = {"eo": "$E_O$ (attention interactions per image)", "eo_ratio": "$E_O / N^2$"}
+    ax.set_xlabel(names.get(x, x))
+    seeds = any(len(v) > 1 for v in settings.values())
+    ax.set_ylabel(("top-1 accuracy (%)" if y == "top1" else y) + (", mean ± std" if seeds else ""))
+    ax.set_title("Accuracy vs attention cost across α and β")
+    ax.grid(alpha=0.3)
+    if fams:
+        ax.legend(fontsize=8, title="method", title_fontsize=8)
+    return fig

@@ -85,8 +85,9 @@ class ArtifactStore:
     def record(self, kind: str, key: str) -> dict[str, Any]:
         return json.loads((self.path(kind, key) / ENTRY).read_text())
 
-    def _complete(self, kind: str, key: str) -> bool:
-        """Is a verified entry there? A corrupt one is moved aside (only under its lock)."""
+    def _complete(self, kind: str, key: str, *, locked: bool) -> bool:
+        """Is a verified entry there? A corrupt one is moved aside, but only by the holder of
+        its lock (``locked``): without it the answer is just no."""
         path = self.path(kind, key)
         if not path.exists():
             return False
@@ -94,6 +95,8 @@ class ArtifactStore:
             verify_entry(path)
             return True
         except CorruptEntry as err:
+            if not locked:
+                return False
             aside = self.root / kind / ".corrupt" / f"{key}-{time.strftime('%Y%m%d-%H%M%S')}"
             log.warning(
                 "%s %s is corrupt: %s; moving it to %s and rebuilding", kind, key, err, aside
@@ -122,10 +125,10 @@ class ArtifactStore:
         start = time.perf_counter()
         lock = None
         if world.is_zero:
-            decision = "reuse" if self._fast_reuse(kind, key) else None
+            decision = "reuse" if self._complete(kind, key, locked=False) else None
             if decision is None:
                 lock = self._acquire(kind, key, what)
-                decision = "reuse" if self._complete(kind, key) else "build"
+                decision = "reuse" if self._complete(kind, key, locked=True) else "build"
                 if decision == "reuse":
                     lock.release()
                     lock = None
@@ -154,16 +157,6 @@ class ArtifactStore:
             if lock is not None:
                 self._release(kind, key, lock)
         return final
-
-    def _fast_reuse(self, kind: str, key: str) -> bool:
-        path = self.path(kind, key)
-        if not path.exists():
-            return False
-        try:
-            verify_entry(path)
-            return True
-        except CorruptEntry:
-            return False  # moved aside and rebuilt under the lock
 
     def _lock_paths(self, kind: str, key: str) -> tuple[Path, Path]:
         locks = self.root / kind / ".locks"

@@ -144,7 +144,7 @@ def test_clis_prepare_then_analyze(tmp_path, teacher_ckpt):
     assert "{'train': 40, 'val': 10, 'test': 10}" in r.stdout
     r = _cli(
         "winft_lightning.analyze",
-        f"teacher={teacher_ckpt}",
+        f"teacher_ckpt={teacher_ckpt}",
         "data=digits",
         f"shards={shards}",
         "alphas=[0.1,0.2]",

@@ -66,13 +66,8 @@ class Command:
 
     @property
     def overrides(self) -> list[str]:
-        """The Hydra overrides: ``-m``/``--multirun`` stripped; the analyze CLI's ``teacher=``
-        spelling mapped onto its key, as ``winft_lightning.analyze._main`` maps it."""
-        out = [a for a in self.args if a not in MULTIRUN_FLAGS]
-        if self.module == "winft_lightning.analyze":
-            out = ["teacher_ckpt=" + a[len("teacher=") :] if a.startswith("teacher=") else a
-                   for a in out]  # fmt: skip
-        return out
+        """The Hydra overrides: ``-m``/``--multirun`` stripped."""
+        return [a for a in self.args if a not in MULTIRUN_FLAGS]
 
     @property
     def id(self) -> str:

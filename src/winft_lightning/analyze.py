@@ -1,5 +1,5 @@
 """Teacher over every split -> AWD windows per alpha + DIP order beside each image:
-``python -m winft_lightning.analyze teacher=CKPT data=NAME``.
+``python -m winft_lightning.analyze teacher_ckpt=CKPT data=NAME``.
 
 Each input shard becomes one output shard of the same name holding the original members plus
 ``awd.aXXXX.i16z`` (``[N, 4]`` int16 per alpha) and ``dip_order.i16z`` (``[N]`` int16).
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -353,11 +352,6 @@ def _main() -> None:
             f"{s['ratio_one_bitpacked_mask_to_all_mask_keys']}x smaller"
         )
 
-    # `teacher` is also the train config's group (conf/teacher/): Hydra would read
-    # `teacher=CKPT` as a group override, so the CLI spelling is mapped onto the plain key.
-    sys.argv = [
-        "teacher_ckpt=" + a.split("=", 1)[1] if a.startswith("teacher=") else a for a in sys.argv
-    ]
     main()
 
 

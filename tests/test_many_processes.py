@@ -86,8 +86,9 @@ def test_torchrun_on_an_empty_cache_three_times_then_warm(tmp_path):
 @pytest.mark.parametrize("jobs", [2, 4])
 def test_parallel_sweep_jobs_on_an_empty_cache_build_the_teacher_once(tmp_path, jobs):
     alphas = ",".join(str(a) for a in (0.05, 0.1, 0.2, 0.5)[:jobs])
+    # a teacher of 8 epochs: long enough that jobs starting together find it being built
     res = run((sys.executable, "-m", "winft_lightning", "-m", "hydra/launcher=parallel", *TINY,
-               f"model.alpha={alphas}"), tmp_path)  # fmt: skip
+               f"model.alpha={alphas}", "teacher.max_epochs=8"), tmp_path)  # fmt: skip
     rows = results(tmp_path / "outputs" / "multirun")
     assert sorted(r["alpha"] for r in rows) == sorted(float(a) for a in alphas.split(","))
     made = builds(tmp_path)

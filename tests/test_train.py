@@ -83,6 +83,26 @@ def test_checkpoint_of_other_geometry_refused(make_cfg, tmp_path, cache_dir):
         validate_config(other)
 
 
+def test_data_config_reaches_the_datamodule_whole(make_cfg, tmp_path):
+    """data.alpha references model.alpha (one owner); name/num_classes/source are not popped."""
+    from winft_lightning.train import make_datamodule
+
+    cfg = make_cfg("experiment=fmnist_awd_vit", "debug=tiny", "model.alpha=0.2")
+    assert cfg.data.alpha == cfg.model.alpha == 0.2
+    dm = make_datamodule(cfg.data, tmp_path, use_masks=True)
+    assert (dm.alpha, dm.use_masks, dm.expected_classes, dm.name) == (0.2, True, 10, "digits")
+    assert dm.hparams.num_classes == 10 and "source" not in dm.hparams
+
+
+def test_wrong_num_classes_refused_in_the_real_path(make_cfg, tmp_path, cache_dir):
+    from winft_lightning.data.errors import DataError
+
+    cfg = make_cfg("experiment=fmnist_vit", "debug=tiny", f"paths.cache_dir={cache_dir}",
+                   "data.num_classes=7", run_dir=tmp_path / "a")  # fmt: skip
+    with pytest.raises(DataError, match=r"data\.num_classes=7 but .* has 10 classes"):
+        run(cfg)
+
+
 class PoisonWeights(L.Callback):
     """Sets one weight to NaN at a given global step (a real divergence, made deterministic)."""
 
@@ -108,7 +128,7 @@ def test_non_finite_loss(make_cfg, tmp_path, cache_dir, mode):
     from winft_lightning.train import make_datamodule
 
     cfg = make_cfg("experiment=fmnist_vit", "debug=tiny", f"paths.cache_dir={cache_dir}")
-    dm = make_datamodule(cfg, ensure_shards(cfg), use_masks=False)
+    dm = make_datamodule(cfg.data, ensure_shards(cfg), use_masks=False)
     ckpt_dir = tmp_path / "ckpt"
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True)
     steps_per_epoch = dm.num_batches("train", 1)

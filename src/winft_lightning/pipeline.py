@@ -72,6 +72,9 @@ def ensure_shards(cfg: DictConfig) -> Path:
 
 def teacher_key(cfg: DictConfig, shards: Path) -> str:
     data_opts = {k: v for k, v in OmegaConf.to_container(cfg.data).items() if k != "root"}
+    # the teacher reads no masks: the mask selection (data.alpha -> model.alpha) is not part of
+    # its identity; keyed as before that selection moved into the data config (same entries)
+    data_opts.update(alpha=None, use_masks=False)
     return config_key(
         cfg.teacher.model,
         cfg.teacher.max_epochs,

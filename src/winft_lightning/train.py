@@ -211,12 +211,11 @@ def instantiate_loggers(cfg: DictConfig, run_dir: Path) -> list:
     return loggers
 
 
-def make_datamodule(cfg: DictConfig, root: Path, use_masks: bool) -> L.LightningDataModule:
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    for key in ("source", "num_classes", "name"):
-        data_cfg.pop(key, None)
-    alpha = cfg.model.get("alpha") if use_masks else None
-    return instantiate(data_cfg, root=str(root), use_masks=use_masks, alpha=alpha, _convert_="all")
+def make_datamodule(data_cfg: DictConfig, root: Path, use_masks: bool) -> L.LightningDataModule:
+    """The whole ``data`` config as given (``data.alpha`` names the stored AWD windows; it
+    references ``model.alpha``) over the shard set at ``root``; ``use_masks``: the module class's
+    ``uses_masks`` (whether its batches carry windows and DIP order)."""
+    return instantiate(data_cfg, root=str(root), use_masks=use_masks, _convert_="all")
 
 
 def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
@@ -273,7 +272,8 @@ def fit_and_test(
     ``run_dir/results.json`` (the row, plus ``extra`` fields). Returns the results row."""
     run_dir.mkdir(parents=True, exist_ok=True)
     cls = module_class(model_cfg)
-    datamodule = make_datamodule(cfg, data_root, use_masks=cls.uses_masks)
+    datamodule = make_datamodule(cfg.data, data_root, use_masks=cls.uses_masks)
+    _ = datamodule.manifest  # before any work: its checks (data.num_classes, masks, views)
     model: L.LightningModule = instantiate(model_cfg, _convert_="all")
     check = getattr(datamodule, "check_geometry", None)
     if cls.uses_masks and check is not None:

@@ -21,17 +21,17 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import flex_attention
 
 from benchlib import cuda_time, local_windows
-from winft_lightning.models import NetContext, awd_block_mask, block_mask_from_dense
+from winft_lightning.models import NetSpec, awd_block_mask, block_mask_from_dense
 from winft_lightning.models.sparse import awd_tables
 
 GRID = (28, 28)
 B, H, D = 32, 12, 64
 
 
-def _ctx(block=128, tile=0) -> NetContext:
-    ctx = NetContext(grid=GRID, num_prefix_tokens=1, attn="awd", sparse=True, tile=tile)
-    ctx.block_size = block
-    return ctx
+def _ctx(block=128, tile=0) -> NetSpec:
+    return NetSpec(
+        grid=GRID, num_prefix_tokens=1, attn="awd", sparse=True, tile=tile, block_size=block
+    )
 
 
 def _mask_mod_int32(tab):

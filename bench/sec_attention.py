@@ -26,7 +26,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import flex_attention
 
 from benchlib import ALPHA, cuda_time, local_windows, timeit
-from winft_lightning.models import NetContext, awd_attn_mask, awd_block_mask, tiled_order
+from winft_lightning.models import NetSpec, awd_attn_mask, awd_block_mask, tiled_order
 from winft_lightning.models.sparse import flex_kernel_options
 
 GRIDS = {"b16_384": (24, 24), "cub_448": (28, 28)}
@@ -48,10 +48,11 @@ def _name(order: str, block) -> str:
     return f"{order}_b{b}"
 
 
-def _ctx(grid, order: str, block) -> NetContext:
-    ctx = NetContext(grid=grid, num_prefix_tokens=1, attn="awd", sparse=True, tile=ORDERS[order])
-    ctx.block_size = block
-    return ctx
+def _ctx(grid, order: str, block) -> NetSpec:
+    tile = ORDERS[order]
+    return NetSpec(
+        grid=grid, num_prefix_tokens=1, attn="awd", sparse=True, tile=tile, block_size=block
+    )
 
 
 def _density(bm) -> tuple[float, float]:

@@ -8,7 +8,6 @@ depth.
 from __future__ import annotations
 
 import argparse
-import contextlib
 from collections.abc import Callable
 
 import torch
@@ -55,25 +54,28 @@ def _attention_layer(net: dict, masks: dict, batch: int, device: torch.device, r
     windows = masks["windows"].to(device)
     row: dict = {"tokens": tokens, "batch": batch}
 
-    def layer_fn(vit) -> Callable[[], None]:
+    def layer_fn(vit, inputs) -> Callable[[], None]:
         layer = vit.to(device).eval().blocks[0].attn
+        kw = {} if inputs is None else {"inputs": inputs}
 
         def run() -> None:
             with _autocast(device):
-                layer(x)
+                layer(x, **kw)
 
         return run
 
-    with torch.inference_mode(), contextlib.ExitStack() as stack:
+    with torch.inference_mode():
+        inputs = {}
         for name in ("awd_dense", "awd_sparse"):
             vit = nets[name].to(device)
             row[f"mask_build_{name[4:]}_s"] = timeit(
-                lambda vit=vit: models.set_batch(vit, windows=windows), repeat
+                lambda vit=vit: models.net_inputs(vit, windows=windows), repeat
             )
-            ctx = stack.enter_context(models.batch_context(vit, windows=windows))
-            if ctx.block_mask is not None:
-                row["block_mask_sparsity_pct"] = round(float(ctx.block_mask.sparsity()), 2)
-        times = timeit_interleaved({k: layer_fn(v) for k, v in nets.items()}, repeat)
+            inputs[name] = models.net_inputs(vit, windows=windows)
+            if inputs[name].block_mask is not None:
+                row["block_mask_sparsity_pct"] = round(float(inputs[name].block_mask.sparsity()), 2)
+        layers = {k: layer_fn(v, inputs.get(k)) for k, v in nets.items()}
+        times = timeit_interleaved(layers, repeat)
     row.update({f"{k}_s": t for k, t in times.items()})
     row["speedup_dense"] = row["full_fused_s"] / row["awd_dense_s"]
     row["speedup_sparse"] = row["full_fused_s"] / row["awd_sparse_s"]

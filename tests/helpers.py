@@ -57,3 +57,23 @@ def untrained_teacher(path: Path, seed: int = 0, **net) -> Path:
     torch.manual_seed(seed)
     cfg = {"_target_": "winft_lightning.modules.ViTModule", "net": {**TINY_NET, **net}}
     return save_untrained(cfg, path)
+
+
+def attention_maps(net: torch.nn.Module, x: torch.Tensor, **inputs) -> list[torch.Tensor]:
+    """Each block's softmax ``[B, H, T, T]`` during one ``net(x, **inputs)`` (the batch's inputs
+    are arguments, so ``capture.iter_block_attention``, which runs ``block(x)``, cannot pass
+    them): hooks on ``attn_drop``, attention unfused, no grad."""
+    from winft_lightning.capture import unfused_attention
+
+    maps: list[torch.Tensor] = []
+    hooks = [
+        b.attn.attn_drop.register_forward_hook(lambda _m, _i, out: maps.append(out))
+        for b in net.blocks
+    ]
+    try:
+        with unfused_attention(net), torch.no_grad():
+            net(x, **inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return maps

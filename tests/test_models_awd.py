@@ -7,15 +7,14 @@ import math
 import pytest
 import torch
 
-from winft_lightning.capture import iter_block_attention
+from helpers import attention_maps
 from winft_lightning.interactions import awd_windows
 from winft_lightning.models import (
-    NetContext,
+    NetSpec,
     awd_attn_mask,
     awd_block_mask,
-    batch_context,
     build_vit,
-    set_batch,
+    net_inputs,
     tiled_order,
 )
 
@@ -77,8 +76,7 @@ def test_probabilities_zero_outside_window():
     x = torch.randn(2, 3, 16, 16)
     win = _windows(2)
     allowed = awd_attn_mask(win, GRID, 1)  # [B, 1, T, T]
-    with batch_context(awd, windows=win):
-        maps = list(iter_block_attention(awd, x, patches_only=False))
+    maps = attention_maps(awd, x, windows=win)
     assert len(maps) == 2
     for attn in maps:
         assert (attn.masked_select(~allowed.expand_as(attn)) == 0).all()
@@ -95,8 +93,8 @@ def test_block_matches_naive_loop():
     attn = awd.blocks[0].attn
     win = _windows(3, alpha=0.05, seed=1)
     x = torch.randn(3, 17, 32)
-    with batch_context(awd, windows=win), torch.no_grad():
-        out = attn(x)
+    with torch.no_grad():
+        out = attn(x, inputs=net_inputs(awd, windows=win))
     heads, d = 2, 16
     ref = torch.empty_like(x)
     with torch.no_grad():
@@ -120,22 +118,21 @@ def test_alpha_one_equals_baseline_exactly():
     assert (win[..., 0] == 0).all() and (win[..., 2] == 3).all()  # full boxes
     with torch.no_grad():
         ref = base(x)
-        with batch_context(awd, windows=win):
-            out = awd(x)
+        out = awd(x, windows=win)
         restricted = awd(x, attn_mask=awd_attn_mask(_windows(2), GRID, 1))
     assert torch.equal(out, ref)
     assert not torch.allclose(restricted, ref)
 
 
-def test_explicit_timm_mask_equals_context():
+def test_explicit_timm_mask_equals_windows():
     _, awd = _pair()
     x = torch.randn(2, 3, 16, 16)
     win = _windows(2)
     with torch.no_grad():
         a = awd(x, attn_mask=awd_attn_mask(win, GRID, 1))
-        with batch_context(awd, windows=win):
-            b = awd(x)
-    assert torch.equal(a, b)
+        b = awd(x, windows=win)
+        c = awd(x, net_inputs(awd, windows=win))
+    assert torch.equal(a, b) and torch.equal(a, c)
 
 
 def test_awd_requires_windows():
@@ -143,7 +140,9 @@ def test_awd_requires_windows():
     with pytest.raises(RuntimeError, match="windows"):
         awd(torch.randn(1, 3, 16, 16))
     with pytest.raises(ValueError, match=r"\[B, 16, 4\]"):
-        set_batch(awd, windows=torch.zeros(1, 9, 4, dtype=torch.long))
+        net_inputs(awd, windows=torch.zeros(1, 9, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="needs the batch's windows"):
+        net_inputs(awd)
 
 
 def test_block_mask_skips_blocks_for_local_windows():
@@ -153,8 +152,8 @@ def test_block_mask_skips_blocks_for_local_windows():
     win = torch.stack(
         ((x - 2).clamp(0), (y - 2).clamp(0), (x + 2).clamp(max=w - 1), (y + 2).clamp(max=h - 1)), -1
     )
-    ctx = NetContext(grid=(h, w), num_prefix_tokens=1, attn="awd", sparse=True)
-    bm = awd_block_mask(win[None], None, ctx)
+    spec = NetSpec(grid=(h, w), num_prefix_tokens=1, attn="awd", sparse=True)
+    bm = awd_block_mask(win[None], None, spec)
     visited = (bm.kv_num_blocks.sum() + bm.full_kv_num_blocks.sum()).item()
     assert visited == 29  # of 49: row-major order (module docstring)
     dense = bm.to_dense()[0, 0]  # [7, 7] blocks
@@ -182,11 +181,10 @@ def test_sparse_matches_dense_forward(tile):
     win = _local_windows(3, (24, 24))
     x = torch.randn(3, 3, 96, 96)
     with torch.no_grad():  # FlexAttention has no CPU backward
-        with batch_context(dense, windows=win):
-            a = dense.forward_features(x)
-        with batch_context(sparse, windows=win) as ctx:
-            b = sparse.forward_features(x)
-            bm = ctx.block_mask
+        a = dense.forward_features(x, inputs=net_inputs(dense, windows=win))
+        inputs = net_inputs(sparse, windows=win)
+        b = sparse.forward_features(x, inputs=inputs)
+        bm = inputs.block_mask
         ref = full.forward_features(x)
     assert (bm.kv_num_blocks + bm.full_kv_num_blocks).sum() < 3 * 5 * 5  # some blocks skipped
     torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
@@ -203,7 +201,6 @@ def test_sparse_matches_dense_gradients_cuda():
     win = _local_windows(3, (24, 24)).cuda()
     x = torch.randn(3, 3, 96, 96, device="cuda")
     for m in (dense, sparse):
-        with batch_context(m, windows=win):
-            m(x).square().sum().backward()
+        m(x, windows=win).square().sum().backward()
     for (name, p), q in zip(dense.named_parameters(), sparse.parameters(), strict=True):
         torch.testing.assert_close(q.grad, p.grad, atol=1e-4, rtol=1e-3, msg=name)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from winft_lightning.interactions import awd_windows, dip_keep, dip_order, responsive_field
-from winft_lightning.models import batch_context, build_vit, collect_winft_outputs, winft_bce_loss
+from winft_lightning.models import build_vit, net_inputs, winft_bce_loss
 
 KW = dict(img_size=16, patch_size=4, num_classes=5, embed_dim=32, depth=2, num_heads=2)
 CASES = [("full", None), ("awd", None), ("awd", "multiply"), ("winft", None), ("winft", "multiply")]
@@ -32,14 +32,17 @@ def _step(net, model, attn, dip):
     x, y, win, order = _batch()
     keep = dip_keep(order, 0.25) if dip else None
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with batch_context(
+    inputs = net_inputs(
         net, windows=win if attn == "awd" else None, keep=keep, collect_winft=attn == "winft"
-    ):
-        loss = F.cross_entropy(net(x), y)
+    )  # built once, outside the compiled region; the network gets it as an argument
+    out = net(x, inputs)
     eo = None
     if attn == "winft":
-        logits, eo = collect_winft_outputs(net)
+        out, logits, eo = out
+        loss = F.cross_entropy(out, y)
         loss = loss + winft_bce_loss(logits, responsive_field(win, order, 0.25, (4, 4)))
+    else:
+        loss = F.cross_entropy(out, y)
     loss.backward()
     opt.step()
     return loss.detach(), eo

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from winft_lightning.capture import iter_block_attention
+from helpers import attention_maps
 from winft_lightning.interactions import awd_windows, dip_keep, dip_order
-from winft_lightning.models import DipBlock, batch_context, build_vit
+from winft_lightning.models import NetBlock, build_vit, net_inputs
 
 KW = dict(img_size=16, patch_size=4, num_classes=5, embed_dim=32, depth=2, num_heads=2)
 
@@ -28,7 +28,7 @@ def _models(attn: str = "awd", **kw):
 
 def test_dropped_tokens_zero_at_every_block():
     _, model = _models("full")
-    assert all(isinstance(b, DipBlock) for b in model.blocks)
+    assert all(isinstance(b, NetBlock) for b in model.blocks)
     keep = _keep(2, 0.25)
     assert (~keep).sum(1).tolist() == [4, 4]
     seen = []
@@ -42,8 +42,8 @@ def test_dropped_tokens_zero_at_every_block():
     for b in model.blocks:
         b.register_forward_pre_hook(grab)
         b.norm1.register_forward_pre_hook(grab_inner)
-    with batch_context(model, keep=keep), torch.no_grad():
-        model(torch.randn(2, 3, 16, 16))
+    with torch.no_grad():
+        model(torch.randn(2, 3, 16, 16), keep=keep)
     assert len(seen) == 4
     for before, inside in zip(seen[0::2], seen[1::2], strict=True):
         assert (inside[:, 1:][~keep] == 0).all()  # dropped patch tokens
@@ -57,30 +57,25 @@ def test_beta_zero_equals_baseline():
     win = awd_windows(torch.rand(2, 16, 16), 0.1, (4, 4))
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
-        with batch_context(base, windows=win):
-            ref = base(x)
-        with batch_context(model, windows=win, keep=_keep(2, 0.0)):
-            out = model(x)
-        with batch_context(model, windows=win, keep=_keep(2, 0.5)):
-            dropped = model.forward_features(x)
-        with batch_context(model, windows=win):
-            none = model.forward_features(x)
+        ref = base(x, windows=win)
+        out = model(x, windows=win, keep=_keep(2, 0.0))
+        dropped = model.forward_features(x, inputs=net_inputs(model, win, _keep(2, 0.5)))
+        none = model.forward_features(x, inputs=net_inputs(model, win))
     assert torch.equal(out, ref)
     assert not torch.allclose(dropped, none, atol=1e-3)
 
 
 def test_keep_needs_dip_model():
     base, _ = _models("full")
-    with pytest.raises(ValueError, match="DIP"), batch_context(base, keep=_keep(1, 0.25)):
-        pass
+    with pytest.raises(ValueError, match="DIP"):
+        net_inputs(base, keep=_keep(1, 0.25))
 
 
 def test_key_mask_ablation_removes_dropped_keys():
     torch.manual_seed(0)
     model = build_vit(attn="full", dip="key_mask", **KW).eval()
     keep = _keep(2, 0.25)
-    with batch_context(model, keep=keep):
-        maps = list(iter_block_attention(model, torch.randn(2, 3, 16, 16), patches_only=False))
+    maps = attention_maps(model, torch.randn(2, 3, 16, 16), keep=keep)
     for attn in maps:  # [B, H, T, T]
         assert (attn[:, :, :, 0] > 0).all()  # CLS stays a key of everyone
         for b in range(2):

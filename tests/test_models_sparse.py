@@ -7,12 +7,12 @@ import torch
 from torch.nn.attention.flex_attention import create_block_mask
 
 from winft_lightning.models import (
-    NetContext,
+    NetSpec,
     awd_block_mask,
-    batch_context,
     block_mask_from_dense,
     build_vit,
     flex_kernel_options,
+    net_inputs,
     tiled_order,
 )
 
@@ -54,9 +54,10 @@ def _same_block_mask(a, b) -> None:
 def test_dense_builder_equals_create_block_mask(tile, block_size, with_keep):
     win = _local_windows(3, GRID, seed=tile + 2)
     keep = torch.rand(3, 576, generator=torch.Generator().manual_seed(1)) > 0.2
-    ctx = NetContext(grid=GRID, num_prefix_tokens=1, attn="awd", sparse=True, tile=tile)
-    ctx.block_size = block_size
-    args = (win, keep if with_keep else None, ctx)
+    spec = NetSpec(
+        grid=GRID, num_prefix_tokens=1, attn="awd", sparse=True, tile=tile, block_size=block_size
+    )
+    args = (win, keep if with_keep else None, spec)
     _same_block_mask(awd_block_mask(*args), awd_block_mask(*args, builder="mask_mod"))
 
 
@@ -109,10 +110,11 @@ def test_sparse_options_match_dense_forward(kw):
     win = _local_windows(2, GRID)
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():  # FlexAttention has no CPU backward
-        with batch_context(dense, windows=win):
-            a = dense.forward_features(x)
-        with batch_context(sparse, windows=win):
-            b = sparse.forward_features(x)
+        a = dense(x, windows=win)
+        b = sparse(x, windows=win)
+        fa = dense.forward_features(x, inputs=net_inputs(dense, windows=win))
+        fb = sparse.forward_features(x, inputs=net_inputs(sparse, windows=win))
+    torch.testing.assert_close(fb, fa, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
 
 
@@ -130,8 +132,7 @@ def test_compiled_sparse_matches_dense_gradients_cuda(kw):
     x = torch.randn(3, 3, 96, 96, device="cuda")
     outs = []
     for m in (dense, sparse):
-        with batch_context(m, windows=win):
-            out = m(x)
+        out = m(x, windows=win)
         out.square().sum().backward()
         outs.append(out.detach())
     torch.testing.assert_close(outs[1], outs[0], atol=1e-4, rtol=1e-4)
@@ -149,8 +150,7 @@ def test_compiled_winft_neg_inf_sparse_matches_dense_cuda():
     sparse.load_state_dict(dense.state_dict())
     x = torch.randn(2, 3, 64, 64, device="cuda")
     for m in (dense, sparse):
-        with batch_context(m):
-            m(x).square().sum().backward()
+        m(x).logits.square().sum().backward()
     for (name, p), q in zip(dense.named_parameters(), sparse.parameters(), strict=True):
         torch.testing.assert_close(q.grad, p.grad, atol=1e-4, rtol=1e-3, msg=name)
 
@@ -161,7 +161,7 @@ def test_compiled_builder_equals_dense_cuda(tile):
     """The CUDA default builder (compiled create_block_mask) gives the dense builder's mask."""
     win = _local_windows(3, GRID, seed=3).cuda()
     keep = (torch.rand(3, 576, generator=torch.Generator().manual_seed(2)) > 0.2).cuda()
-    ctx = NetContext(grid=GRID, num_prefix_tokens=1, attn="awd", sparse=True, tile=tile)
+    spec = NetSpec(grid=GRID, num_prefix_tokens=1, attn="awd", sparse=True, tile=tile)
     for k in (None, keep):
-        a = awd_block_mask(win, k, ctx, builder="compiled")
-        _same_block_mask(a, awd_block_mask(win, k, ctx, builder="dense"))
+        a = awd_block_mask(win, k, spec, builder="compiled")
+        _same_block_mask(a, awd_block_mask(win, k, spec, builder="dense"))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from timm.layers import Attention, resample_abs_pos_embed
 
-from winft_lightning.models import AwdAttention, WinftAttention, build_vit, get_context
+from winft_lightning.models import AwdAttention, WinftAttention, build_vit, net_spec
 
 KW = dict(patch_size=4, num_classes=5, embed_dim=32, depth=2, num_heads=2)
 
@@ -17,8 +17,8 @@ def test_overrides_and_layers():
     assert type(full.blocks[0].attn) is Attention  # baseline keeps timm's fused attention
     assert isinstance(build_vit(img_size=16, attn="awd", **KW).blocks[1].attn, AwdAttention)
     assert isinstance(build_vit(img_size=16, attn="winft", **KW).blocks[1].attn, WinftAttention)
-    ctx = get_context(full)
-    assert ctx.grid == (4, 4) and ctx.num_prefix_tokens == 1
+    spec = net_spec(full)
+    assert spec.grid == (4, 4) and spec.num_prefix_tokens == 1
     tiny = build_vit("vit_tiny_patch16_224", img_size=32, patch_size=16, num_classes=3)
     assert tiny.embed_dim == 192 and len(tiny.blocks) == 12  # no override: the named architecture
     assert tiny.patch_embed.grid_size == (2, 2)

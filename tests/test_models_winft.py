@@ -8,11 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from winft_lightning.capture import iter_block_attention
+from helpers import attention_maps
 from winft_lightning.models import (
-    batch_context,
+    NetInputs,
     build_vit,
-    collect_winft_outputs,
     expand_prefix,
     winft_bce_loss,
     winft_logits,
@@ -82,30 +81,33 @@ def test_block_matches_naive_eq10(mode):
     attn = _model(mode).blocks[0].attn
     x = torch.randn(3, 17, 32) * 3
     with torch.no_grad():
-        out = attn(x)
+        out, winft = attn(x, inputs=NetInputs())
         ref, w = _naive_eq10(attn, x, neg_inf=mode == "neg_inf")
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    assert torch.equal(attn.last_count, w.flatten(1).sum(1))
+    assert torch.equal(attn(x), out)  # timm's call: the output alone
+    assert torch.equal(winft.count, w.flatten(1).sum(1)) and winft.logits is None
     assert 0 < w.sum() < w.numel()
 
 
 def test_neg_inf_zero_outside_window():
     model = _model("neg_inf")
     x = torch.randn(2, 3, 16, 16)
-    with batch_context(model, collect_winft=True):
-        for i, attn in enumerate(iter_block_attention(model, x, patches_only=False)):
-            w = expand_prefix(winft_window(model.blocks[i].attn.last_logits), 1)
-            w = w.unsqueeze(1).expand_as(attn)
-            assert (attn.masked_select(~w) == 0).all()
-            assert (attn.masked_select(w) > 0).all()
-            assert (~w).any()
+    with torch.no_grad():
+        w_logits = model(x, collect_winft=True).w_logits
+    maps = attention_maps(model, x)
+    assert len(maps) == len(w_logits) == 2
+    for attn, logits in zip(maps, w_logits, strict=True):
+        w = expand_prefix(winft_window(logits), 1)
+        w = w.unsqueeze(1).expand_as(attn)
+        assert (attn.masked_select(~w) == 0).all()
+        assert (attn.masked_select(w) > 0).all()
+        assert (~w).any()
 
 
 def test_multiply_mode_is_not_a_restriction():
     model = _model("multiply")
     x = torch.randn(2, 3, 16, 16)
-    with batch_context(model, collect_winft=True):
-        maps = list(iter_block_attention(model, x, patches_only=False))
+    maps = attention_maps(model, x, collect_winft=True)
     assert all((a > 0).all() for a in maps)  # eq. 10: masked logits are 0, not -inf
 
 
@@ -113,9 +115,7 @@ def test_collect_outputs_and_loss():
     model = _model()
     model.train()
     x = torch.randn(2, 3, 16, 16)
-    with batch_context(model, collect_winft=True):
-        model(x)
-    logits, eo = collect_winft_outputs(model)
+    _, logits, eo = model(x, collect_winft=True)
     assert len(logits) == 2 and logits[0].shape == (2, 16, 16) and logits[0].requires_grad
     counts = [winft_window(lg).flatten(1).sum(1).float() for lg in logits]
     torch.testing.assert_close(eo, (counts[0] + counts[1]) / 2)
@@ -125,12 +125,9 @@ def test_collect_outputs_and_loss():
     torch.testing.assert_close(loss, ref)
     loss.backward()
     assert model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
-    with pytest.raises(RuntimeError, match="forward"):
-        collect_winft_outputs(model)  # popped
     with torch.no_grad():
-        model(x)  # no collect flag: E_O only
-    logits, eo = collect_winft_outputs(model)
-    assert logits == [] and eo.shape == (2,)
+        _, logits, eo2 = model(x)  # no collect flag: E_O only
+    assert logits == [] and torch.equal(eo2, eo)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -143,8 +140,9 @@ def test_neg_inf_sparse_matches_dense_forward():
     with torch.no_grad():
         a = dense.forward_features(x)
         b = sparse.forward_features(x)
+        eo_dense, eo_sparse = dense(x).eo, sparse(x).eo
     torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
-    assert torch.equal(collect_winft_outputs(dense)[1], collect_winft_outputs(sparse)[1])
+    assert torch.equal(eo_dense, eo_sparse)
 
 
 def test_sparse_multiply_rejected():

@@ -121,18 +121,25 @@ class ViTModule(L.LightningModule):
 
     # --- what subclasses change -------------------------------------------------------
 
-    def forward(self, images: Tensor, batch: dict[str, Tensor] | None = None) -> Tensor:
-        """images ``[B, 3, H, W]`` -> logits ``[B, classes]``."""
-        return self._forward(images)
+    def run(self, images: Tensor, batch: dict[str, Tensor] | None = None) -> tuple[Tensor, Any]:
+        """images ``[B, 3, H, W]`` (and the batch's masks) -> (logits ``[B, classes]``, what
+        :meth:`interactions` and :meth:`extra_loss` need of this forward, or None)."""
+        return self._forward(images), None
 
-    def interactions(self, batch: dict[str, Tensor]) -> Tensor:
-        """E_O of each image of the last forward, ``[B]`` float."""
+    def interactions(self, batch: dict[str, Tensor], out: Any = None) -> Tensor:
+        """E_O of each image, ``[B]`` float; ``out`` the second value of :meth:`run`."""
         b = batch["image"].shape[0]
         return torch.full((b,), float(self.num_patches**2), device=self.device)
 
-    def extra_loss(self, batch: dict[str, Tensor], stage: str) -> dict[str, Tensor]:
+    def extra_loss(
+        self, batch: dict[str, Tensor], stage: str, out: Any = None
+    ) -> dict[str, Tensor]:
         """Loss terms beyond cross-entropy, already weighted: name -> scalar."""
         return {}
+
+    def forward(self, images: Tensor, batch: dict[str, Tensor] | None = None) -> Tensor:
+        """images ``[B, 3, H, W]`` -> logits ``[B, classes]``."""
+        return self.run(images, batch)[0]
 
     # --- shared ---------------------------------------------------------------------
 
@@ -140,15 +147,15 @@ class ViTModule(L.LightningModule):
     def ce_weight(self) -> float:
         return 1.0
 
-    def model_step(self, batch: dict[str, Tensor], stage: str) -> tuple[Tensor, Tensor, dict]:
-        """-> (loss, logits, weighted loss terms)."""
-        logits = self(batch["image"], batch)
+    def model_step(self, batch: dict[str, Tensor], stage: str) -> tuple[Tensor, Tensor, dict, Any]:
+        """-> (loss, logits, weighted loss terms, the forward's other outputs: see :meth:`run`)."""
+        logits, out = self.run(batch["image"], batch)
         ce = F.cross_entropy(logits, batch["label"], label_smoothing=self.hparams.label_smoothing)
-        terms = {"ce": self.ce_weight * ce, **self.extra_loss(batch, stage)}
-        return sum(terms.values()), logits, terms
+        terms = {"ce": self.ce_weight * ce, **self.extra_loss(batch, stage, out)}
+        return sum(terms.values()), logits, terms, out
 
     def _step(self, batch: dict[str, Tensor], batch_idx: int, stage: str) -> Tensor:
-        loss, logits, terms = self.model_step(batch, stage)
+        loss, logits, terms, out = self.model_step(batch, stage)
         if stage == "train" and self._non_finite(loss, terms, batch, batch_idx):
             self._skip_step = True
             return self._null_loss()
@@ -156,7 +163,7 @@ class ViTModule(L.LightningModule):
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(logits.detach(), batch["label"])
         eo = self.eo["fit" if stage == "train" else stage]
-        eo.update(self.interactions(batch).float())
+        eo.update(self.interactions(batch, out).float())
         on_step = stage == "train"
         self.log(
             f"{stage}/loss",
@@ -289,13 +296,13 @@ class AWDViTModule(ViTModule):
         """DIP mask M ``[B, N]`` of this batch (None: nothing dropped)."""
         return None
 
-    def forward(self, images: Tensor, batch: dict[str, Tensor] | None = None) -> Tensor:
+    def run(self, images: Tensor, batch: dict[str, Tensor] | None = None) -> tuple[Tensor, Any]:
         if batch is None or "windows" not in batch:
             raise KeyError(f"{type(self).__name__} needs the batch's 'windows' [B, N, 4]")
-        with models.batch_context(self.net, windows=batch["windows"], keep=self.keep(batch)):
-            return self._forward(images)
+        inputs = models.net_inputs(self.net, windows=batch["windows"], keep=self.keep(batch))
+        return self._forward(images, inputs), None
 
-    def interactions(self, batch: dict[str, Tensor]) -> Tensor:
+    def interactions(self, batch: dict[str, Tensor], out: Any = None) -> Tensor:
         return I.window_areas(batch["windows"]).sum(dim=1)
 
 
@@ -320,7 +327,7 @@ class AWDDIPViTModule(AWDViTModule):
             raise KeyError(f"{type(self).__name__} needs the batch's 'dip_order' [B, N]")
         return I.dip_keep(batch["dip_order"], self.hparams.beta)
 
-    def interactions(self, batch: dict[str, Tensor]) -> Tensor:
+    def interactions(self, batch: dict[str, Tensor], out: Any = None) -> Tensor:
         field = I.responsive_field(
             batch["windows"], batch["dip_order"], self.hparams.beta, self.grid
         )
@@ -355,33 +362,34 @@ class WinfTModule(ViTModule):
         super().__init__(
             net, *args, alpha=alpha, beta=beta, lambda1=lambda1, lambda2=lambda2, **kwargs
         )
-        self._winft_logits: list[Tensor] = []
-        self._winft_eo: Tensor | None = None
 
-    def forward(self, images: Tensor, batch: dict[str, Tensor] | None = None) -> Tensor:
+    def run(
+        self, images: Tensor, batch: dict[str, Tensor] | None = None
+    ) -> tuple[Tensor, models.WinftOutput]:
+        """The network returns its per-block w' logits (collected when the batch carries the
+        masks of the ground truth) and E_O with the class logits: nothing is kept in between."""
         collect = batch is not None and "windows" in batch and "dip_order" in batch
-        with models.batch_context(self.net, collect_winft=collect):
-            logits = self._forward(images)
-        self._winft_logits, self._winft_eo = models.collect_winft_outputs(self.net)
-        return logits
+        out = self._forward(images, models.net_inputs(self.net, collect_winft=collect))
+        return out.logits, out
 
     @property
     def ce_weight(self) -> float:
         return float(self.hparams.lambda1)
 
-    def interactions(self, batch: dict[str, Tensor]) -> Tensor:
-        return self._winft_eo.float()
+    def interactions(self, batch: dict[str, Tensor], out: Any = None) -> Tensor:
+        return out.eo.float()
 
-    def extra_loss(self, batch: dict[str, Tensor], stage: str) -> dict[str, Tensor]:
-        if not self._winft_logits:
+    def extra_loss(
+        self, batch: dict[str, Tensor], stage: str, out: Any = None
+    ) -> dict[str, Tensor]:
+        if not out.w_logits:
             if stage == "train":
                 raise KeyError("WinfTModule training needs 'windows' and 'dip_order' in the batch")
             return {}
         w_gt = I.responsive_field(
             batch["windows"], batch["dip_order"], self.hparams.beta, self.grid
         )
-        bce = models.winft_bce_loss(self._winft_logits, w_gt)
-        self._winft_logits = []
+        bce = models.winft_bce_loss(out.w_logits, w_gt)
         return {"bce": self.hparams.lambda2 * bce}
 
 

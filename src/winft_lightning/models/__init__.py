@@ -1,8 +1,10 @@
-"""Networks: ``build_vit`` (timm ViT with full / AWD / WinfT attention, DIP) and their inputs."""
+"""Networks: ``build_vit`` (timm ViT with full / AWD / WinfT attention, DIP), called with the
+batch's inputs as arguments (``net(x, windows=..., keep=...)``)."""
 
 from .attention import (
     AwdAttention,
     WinftAttention,
+    WinftBlockOutput,
     awd_attn_mask,
     awd_block_mask,
     expand_prefix,
@@ -10,28 +12,29 @@ from .attention import (
     winft_logits,
     winft_window,
 )
-from .context import NetContext, batch_context, clear_batch, get_context, set_batch
-from .dip import DipBlock
+from .block import NetBlock
+from .inputs import NetInputs, NetSpec, net_inputs, net_spec
 from .sparse import block_mask_from_dense, flex_kernel_options
-from .vit import build_vit, collect_winft_outputs, predicted_window_sum, winft_bce_loss
+from .vit import NetViT, WinftOutput, build_vit, predicted_window_sum, winft_bce_loss
 
 __all__ = [
     "AwdAttention",
-    "DipBlock",
-    "NetContext",
+    "NetBlock",
+    "NetInputs",
+    "NetSpec",
+    "NetViT",
     "WinftAttention",
+    "WinftBlockOutput",
+    "WinftOutput",
     "awd_attn_mask",
     "awd_block_mask",
-    "batch_context",
     "block_mask_from_dense",
     "build_vit",
-    "clear_batch",
-    "collect_winft_outputs",
     "expand_prefix",
     "flex_kernel_options",
-    "get_context",
+    "net_inputs",
+    "net_spec",
     "predicted_window_sum",
-    "set_batch",
     "tiled_order",
     "winft_bce_loss",
     "winft_logits",

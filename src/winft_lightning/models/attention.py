@@ -1,31 +1,37 @@
 """Attention layers: AWD (SPEC 2, dense mask or flex block-sparse) and WinfT (SPEC 5).
 
 Both subclass ``timm.layers.Attention`` (same ``__init__`` and parameters, so timm weights load
-unchanged) and are passed to timm as ``attn_layer``. They read the batch's inputs from the
-network's :class:`~winft_lightning.models.context.NetContext` (``ctx``, attached by
-``build_vit``). Shapes: B images, H heads, T = prefix + N tokens, d head dim.
+unchanged) and are passed to timm as ``attn_layer``. Like timm's ``forward(x, attn_mask=None)``
+they take the call's inputs as an argument, ``forward(x, attn_mask=None, inputs=None)`` with
+``inputs`` a :class:`~winft_lightning.models.inputs.NetInputs`, and keep nothing of a call.
+Their build-time configuration is the network's :class:`~winft_lightning.models.inputs.NetSpec`
+(``spec``, attached by ``build_vit``). Shapes: B images, H heads, T = prefix + N tokens, d head
+dim.
 
-Sparse (flex) path: ``flex_attention`` with a ``BlockMask`` built once per batch by the
-context; token order, block size and mask building are described in :mod:`.sparse`. Per-token
-projections commute with the token permutation, so only the attention core runs permuted, and
-it is undone before the output projection. FlexAttention has no backward on CPU, so the sparse
-path trains on GPU only.
+Sparse (flex) path: ``flex_attention`` with a ``BlockMask`` built once per batch by
+:func:`~winft_lightning.models.inputs.net_inputs`; token order, block size and mask building are
+described in :mod:`.sparse`. Per-token projections commute with the token permutation, so only
+the attention core runs permuted, and it is undone before the output projection. FlexAttention
+has no backward on CPU, so the sparse path trains on GPU only.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from timm.layers import Attention
 from torch import Tensor
 
-from ..interactions import windows_to_mask
-from .context import NetContext
+from .inputs import NetInputs, NetSpec, awd_attn_mask
 from .sparse import awd_block_mask, block_mask_from_dense, flex, tiled_order
 
 __all__ = [
     "AwdAttention",
+    "NetAttention",
     "WinftAttention",
+    "WinftBlockOutput",
     "awd_attn_mask",
     "awd_block_mask",
     "expand_prefix",
@@ -35,32 +41,13 @@ __all__ = [
 ]
 
 
-def _token_mask(
-    windows: Tensor | None, keep: Tensor | None, grid: tuple[int, int], num_prefix_tokens: int
-) -> Tensor:
-    """``[B, T, T]`` bool: patch rows restricted to their windows (all patches when windows is
-    None), prefix rows/columns free, key columns of dropped patches (``keep`` False) removed,
-    diagonal always True."""
-    ref = windows if windows is not None else keep
-    b, n = ref.shape[:2]
-    p = num_prefix_tokens
-    t = p + n
-    mask = torch.ones(b, t, t, dtype=torch.bool, device=ref.device)
-    if windows is not None:
-        mask[:, p:, p:] = windows_to_mask(windows, grid)
-    if keep is not None:
-        mask[:, :, p:] &= keep.to(device=ref.device, dtype=torch.bool).unsqueeze(1)
-    return mask | torch.eye(t, dtype=torch.bool, device=ref.device)
+class WinftBlockOutput(NamedTuple):
+    """What one WinfT attention returns beside its output: ``logits`` ``[B, N, N]`` float32
+    ``mean_h Q_h K_h^T`` with grad (w' = sigmoid(logits)), None unless ``inputs.collect``;
+    ``count`` ``[B]`` True entries of W's patch block (E_O of this block)."""
 
-
-def awd_attn_mask(
-    windows: Tensor, grid: tuple[int, int], num_prefix_tokens: int, keep: Tensor | None = None
-) -> Tensor:
-    """Dense AWD mask for timm's ``model(x, attn_mask=mask)``: ``[B, 1, T, T]`` bool, True =
-    may attend. windows ``[B, N, 4]``; patch p attends to its window (SPEC 2), prefix tokens
-    unrestricted both ways. keep ``[B, N]`` (optional, DIP key-mask ablation) removes dropped
-    patches from every key set. The diagonal is always True, so no row is empty."""
-    return _token_mask(windows, keep, grid, num_prefix_tokens).unsqueeze(1)
+    logits: Tensor | None
+    count: Tensor
 
 
 def _dense_block_mask(mask: Tensor, block_size):
@@ -72,18 +59,18 @@ def _dense_block_mask(mask: Tensor, block_size):
     return block_mask_from_dense(mask, mask_mod, block_size)
 
 
-class _CtxAttention(Attention):
-    """timm ``Attention`` with a :class:`NetContext` slot and split-out projection steps."""
+class NetAttention(Attention):
+    """timm ``Attention`` with the network's :class:`NetSpec` and split-out projection steps."""
 
-    ctx: NetContext | None = None
+    spec: NetSpec | None = None
 
-    def attach(self, ctx: NetContext) -> None:
-        """Share the network's context; the sparse path also gets its token order as
+    def attach(self, spec: NetSpec) -> None:
+        """Take the network's (immutable) spec; the sparse path also gets its token order as
         non-persistent buffers (they follow ``.to(device)``, are not in the state dict); None
         for timm's own order (``tile=-1``), which needs no permutation."""
-        self.ctx = ctx
-        if ctx.sparse:
-            perm = tiled_order(ctx.grid, ctx.num_prefix_tokens, ctx.tile)
+        self.spec = spec
+        if spec.sparse:
+            perm = tiled_order(spec.grid, spec.num_prefix_tokens, spec.tile)
             if torch.equal(perm, torch.arange(len(perm))):
                 perm = None
             self.register_buffer("perm", perm, persistent=False)
@@ -113,32 +100,32 @@ class _CtxAttention(Attention):
         perm = self.perm
         if perm is not None:
             q, k, v = q[:, :, perm], k[:, :, perm], v[:, :, perm]
-        ctx = self.ctx
-        o = flex(q, k, v, block_mask_fn(perm), self.scale, ctx.kernel_options)
+        o = flex(q, k, v, block_mask_fn(perm), self.scale, self.spec.kernel_options)
         return o if perm is None else o[:, :, self.inv_perm]
 
 
-class AwdAttention(_CtxAttention):
+class AwdAttention(NetAttention):
     """AWD attention: each patch attends only inside its window; CLS/registers unrestricted.
 
     An explicit ``attn_mask`` (timm's ``model(x, attn_mask=awd_attn_mask(...))``) wins; otherwise
-    the context's flex ``BlockMask`` (sparse) or dense mask is used."""
+    the call's flex ``inputs.block_mask`` (sparse) or dense ``inputs.attn_mask`` is used."""
 
     def forward(
-        self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False
+        self,
+        x: Tensor,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+        inputs: NetInputs | None = None,
     ) -> Tensor:
-        ctx = self.ctx
-        if attn_mask is None and ctx is not None:
-            if ctx.block_mask is not None:
+        spec = self.spec
+        if attn_mask is None and spec is not None:
+            if inputs is not None and inputs.block_mask is not None:
                 q, k, v = self._qkv(x)
-                o = self._flex(q, k, v, lambda perm: ctx.block_mask)
+                o = self._flex(q, k, v, lambda perm: inputs.block_mask)
                 return self._out(o, x)
-            attn_mask = ctx.attn_mask
-            if attn_mask is None and ctx.attn == "awd":
-                raise RuntimeError(
-                    "AWD attention without windows: run the forward inside "
-                    "batch_context(net, windows=...)"
-                )
+            attn_mask = inputs.attn_mask if inputs is not None else None
+            if attn_mask is None and spec.attn == "awd":
+                raise RuntimeError("AWD attention without windows: call net(x, windows=...)")
         return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
 
 
@@ -168,39 +155,41 @@ def expand_prefix(w: Tensor, num_prefix_tokens: int) -> Tensor:
     return F.pad(w, (num_prefix_tokens, 0, num_prefix_tokens, 0), value=True)
 
 
-class WinftAttention(_CtxAttention):
+class WinftAttention(NetAttention):
     """Window-free multi-head attention (SPEC 5, eq. 8-10).
 
     ``L_h = Q_h K_h^T``; ``W`` from :func:`winft_logits` / :func:`winft_window`; ``mode``:
     "multiply" ``A' = softmax((L_h / sqrt(d)) * W)`` (eq. 10: masked logits become 0) or
-    "neg_inf" (masked logits -inf, true restriction; dense SDPA or flex when ``ctx.sparse``).
-    After each forward: ``last_count`` ``[B]`` = True entries of W's patch block (E_O), and,
-    when the context asks to collect, ``last_logits`` ``[B, N, N]`` (with grad) for the BCE.
+    "neg_inf" (masked logits -inf, true restriction; dense SDPA or flex when ``spec.sparse``).
+    ``attn(x)`` returns the output, as timm's; ``attn(x, inputs=...)`` returns
+    ``(output, WinftBlockOutput(logits, count))``: the logits (with grad) only when
+    ``inputs.collect``, for the BCE; the count (E_O) always.
     """
 
     mode: str = "multiply"
-    last_logits: Tensor | None = None
-    last_count: Tensor | None = None
 
     def _winft_block_mask(self, w: Tensor, perm: Tensor | None):
         """``BlockMask`` of this layer's own ``[B, T, T]`` mask W in the sparse token order."""
         if perm is not None:
             w = w[:, perm][:, :, perm]
-        return _dense_block_mask(w, self.ctx.block_size)
+        return _dense_block_mask(w, self.spec.block_size)
 
     def forward(
-        self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False
-    ) -> Tensor:
+        self,
+        x: Tensor,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+        inputs: NetInputs | None = None,
+    ) -> Tensor | tuple[Tensor, WinftBlockOutput]:
         if attn_mask is not None or is_causal:
             raise ValueError("WinfT attention predicts its own mask; attn_mask is not supported")
-        ctx = self.ctx
-        p = ctx.num_prefix_tokens if ctx is not None else 0
-        sparse = ctx is not None and ctx.sparse
+        spec = self.spec
+        p = spec.num_prefix_tokens if spec is not None else 0
+        sparse = spec is not None and spec.sparse
         q, k, v = self._qkv(x)
         logits = winft_logits(q, k, p)
         w = winft_window(logits)
-        self.last_count = w.flatten(1).sum(dim=1)
-        self.last_logits = logits if ctx is not None and ctx.collect else None
+        count = w.flatten(1).sum(dim=1)
         w = expand_prefix(w, p)  # [B, T, T]
         if self.mode == "multiply":
             attn = (q * self.scale) @ k.transpose(-2, -1)
@@ -217,4 +206,7 @@ class WinftAttention(_CtxAttention):
             attn = (q * self.scale) @ k.transpose(-2, -1)
             attn = attn.masked_fill(~w.unsqueeze(1), float("-inf")).softmax(dim=-1)
             o = self.attn_drop(attn) @ v
-        return self._out(o, x)
+        out = self._out(o, x)
+        if inputs is None:
+            return out
+        return out, WinftBlockOutput(logits if inputs.collect else None, count)

@@ -4,26 +4,28 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import timm
 import torch
 import torch.nn.functional as F
 from timm.layers import Attention
 from timm.models._helpers import load_state_dict
+from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from .attention import AwdAttention, WinftAttention, winft_window
-from .context import CONTEXT_ATTR, NetContext, batch_context
-from .dip import DipBlock
+from .attention import AwdAttention, NetAttention, WinftAttention, WinftBlockOutput, winft_window
+from .block import NetBlock
+from .inputs import SPEC_ATTR, NetInputs, NetSpec, net_inputs
 from .sparse import DEFAULT_BLOCK, block_sizes
 
 __all__ = [
     "ATTN_KINDS",
     "DIP_MODES",
     "WINFT_MODES",
+    "NetViT",
+    "WinftOutput",
     "build_vit",
-    "collect_winft_outputs",
     "predicted_window_sum",
     "winft_bce_loss",
 ]
@@ -43,6 +45,75 @@ def _read_checkpoint(path: str) -> dict[str, Tensor]:
     if any(k.startswith("net.") for k in sd):
         sd = {k[4:]: v for k, v in sd.items() if k.startswith("net.")}
     return sd
+
+
+class WinftOutput(NamedTuple):
+    """What a WinfT network returns: ``logits`` ``[B, classes]``; ``w_logits`` per-block
+    ``[B, N, N]`` float32 ``mean_h Q_h K_h^T`` with grad (``w' = sigmoid``), empty unless called
+    with ``collect_winft=True``; ``eo`` ``[B]`` float = True entries of W's patch block per image,
+    averaged over blocks. The BCE of SPEC 5 is :func:`winft_bce_loss` ``(w_logits, w_gt)``."""
+
+    logits: Tensor
+    w_logits: list[Tensor]
+    eo: Tensor
+
+
+class NetViT(VisionTransformer):
+    """timm's ``VisionTransformer`` whose forward takes the batch's inputs as arguments.
+
+    ``net(x, windows=None, keep=None, collect_winft=False)``, or ``net(x, inputs)`` with
+    ``inputs = net_inputs(net, ...)`` built once per batch. Returns the class logits
+    ``[B, classes]``, or a :class:`WinftOutput` for attn="winft". timm's ``attn_mask`` still
+    works (``net(x, attn_mask=awd_attn_mask(...))``). ``build_vit`` sets this class on the
+    model timm builds (same modules and state dict)."""
+
+    net_spec: NetSpec
+
+    def _features(
+        self, x: Tensor, inputs: NetInputs, attn_mask: Tensor | None, is_causal: bool
+    ) -> tuple[Tensor, list[WinftBlockOutput]]:
+        x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
+        winft = []
+        for blk in self.blocks:
+            x, out = blk(x, inputs, attn_mask=attn_mask, is_causal=is_causal)
+            if out is not None:
+                winft.append(out)
+        return self.norm(x), winft
+
+    def forward_features(
+        self,
+        x: Tensor,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+        inputs: NetInputs | None = None,
+    ) -> Tensor:
+        """timm's features ``[B, T, C]``; ``inputs`` from :func:`net_inputs` (WinfT's
+        per-block outputs are dropped: call the network for them)."""
+        return self._features(x, inputs or NetInputs(), attn_mask, is_causal)[0]
+
+    def forward(
+        self,
+        x: Tensor,
+        inputs: NetInputs | None = None,
+        *,
+        windows: Tensor | None = None,
+        keep: Tensor | None = None,
+        collect_winft: bool = False,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+    ) -> Tensor | WinftOutput:
+        if inputs is None:
+            given = windows is not None or keep is not None or collect_winft
+            inputs = net_inputs(self, windows, keep, collect_winft) if given else NetInputs()
+        elif windows is not None or keep is not None or collect_winft:
+            raise ValueError("give either inputs or windows/keep/collect_winft, not both")
+        x, winft = self._features(x, inputs, attn_mask, is_causal)
+        logits = self.forward_head(x)
+        if self.net_spec.attn != "winft":
+            return logits
+        w_logits = [out.logits for out in winft if out.logits is not None]
+        eo = sum(out.count.float() for out in winft) / len(winft)
+        return WinftOutput(logits, w_logits, eo)
 
 
 def build_vit(
@@ -69,7 +140,7 @@ def build_vit(
     windows (dense SDPA mask, or flex block-sparse with ``sparse=True``); "winft" predicts its own
     mask (``winft_mode`` "multiply" = eq. 10, "neg_inf" = true restriction, flex with
     ``sparse=True``). ``dip`` in {None/"none", "multiply" (SPEC 3), "key_mask" (ablation)}.
-    Per-batch inputs go in with ``batch_context(net, windows=..., keep=...)``.
+    Per-batch inputs are arguments: ``net(x, windows=..., keep=...)`` (see :class:`NetViT`).
 
     ``checkpoint``: a weight file (timm state dict, or Lightning checkpoint with keys ``net.*``)
     loaded through timm's pretrained path, so the pos-embed is resampled to ``img_size`` and
@@ -120,7 +191,7 @@ def build_vit(
         num_classes=num_classes,
         drop_path_rate=drop_path_rate,
         attn_layer=attn_layer,
-        **({"block_fn": DipBlock} if dip == "multiply" else {}),
+        block_fn=NetBlock,
         **kwargs,
     )
     if overlay is not None:  # do not keep a second copy of the weights on the model
@@ -128,7 +199,10 @@ def build_vit(
             if isinstance(cfg, dict):
                 cfg.pop("state_dict", None)
 
-    ctx = NetContext(
+    if type(model) is not VisionTransformer:
+        raise TypeError(f"{model_name} is a {type(model).__name__}, not a timm VisionTransformer")
+    model.__class__ = NetViT  # a subclass: same modules, state dict and initialisation
+    spec = NetSpec(
         grid=tuple(model.patch_embed.grid_size),
         num_prefix_tokens=int(model.num_prefix_tokens),
         attn=attn,
@@ -137,51 +211,27 @@ def build_vit(
         tile=tile,
         block_size=block_size,
     )
-    setattr(model, CONTEXT_ATTR, ctx)
+    setattr(model, SPEC_ATTR, spec)
     for block in model.blocks:
-        if isinstance(block.attn, (AwdAttention, WinftAttention)):
-            block.attn.attach(ctx)
-        if isinstance(block, DipBlock):
-            block.ctx = ctx
+        if isinstance(block.attn, NetAttention):
+            block.attn.attach(spec)
         if attn == "winft":
             block.attn.mode = winft_mode
     return model
-
-
-def collect_winft_outputs(model: nn.Module) -> tuple[list[Tensor], Tensor]:
-    """Pop what the WinfT blocks kept during the last forward.
-
-    Returns (per-block ``[B, N, N]`` float32 logits ``mean_h Q_h K_h^T`` with grad, empty unless
-    the forward ran with ``collect_winft=True``; ``E_O`` ``[B]`` float = True entries of W's patch
-    block per image, averaged over blocks). The BCE of SPEC 5 is
-    ``mean_i binary_cross_entropy_with_logits(logits[i], w_gt.float())``.
-    """
-    layers = [m for m in model.modules() if isinstance(m, WinftAttention)]
-    if not layers:
-        raise TypeError(f"{type(model).__name__} has no WinfT attention layers")
-    if any(m.last_count is None for m in layers):
-        raise RuntimeError("no WinfT outputs: run a forward first (each forward is collected once)")
-    logits = [m.last_logits for m in layers if m.last_logits is not None]
-    eo = sum(m.last_count.float() for m in layers) / len(layers)
-    for m in layers:
-        m.last_logits = m.last_count = None
-    return logits, eo
 
 
 @torch.no_grad()
 def predicted_window_sum(model: nn.Module, images: Tensor) -> Tensor:
     """WinfT's predicted ``sum_l W_l`` (Fig. 10) for ``images`` ``[B, 3, H, W]``: one forward
     with collection on; ``[B, N, N]`` float on the CPU, entries in 0..l."""
-    with batch_context(model, collect_winft=True):
-        model(images)
-    logits, _ = collect_winft_outputs(model)
-    return sum(winft_window(block).float() for block in logits).cpu()
+    out = model(images, collect_winft=True)
+    return sum(winft_window(block).float() for block in out.w_logits).cpu()
 
 
 def winft_bce_loss(logits: list[Tensor], w_gt: Tensor) -> Tensor:
     """SPEC 5 / eq. 12: BCE between ``w' = sigmoid(logits)`` and the responsive field ``w_gt``
     ``[B, N, N]`` bool (``interactions.responsive_field``), mean over images and the N*N entries,
-    then over blocks. logits: the list from :func:`collect_winft_outputs`."""
+    then over blocks. logits: ``WinftOutput.w_logits`` of the network's forward."""
     if not logits:
         raise ValueError("no WinfT logits: run the forward with collect_winft=True")
     target = w_gt.to(device=logits[0].device, dtype=torch.float32)

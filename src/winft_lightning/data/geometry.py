@@ -78,7 +78,7 @@ def check_mask_geometry(
     if not teacher:
         raise MaskError(
             f"{root} carries no masks (its manifest has no 'teacher' block); run "
-            "`python -m winft_lightning.analyze teacher=CKPT` first and point the run at its output"
+            "`python -m winft_lightning.analyze teacher_ckpt=CKPT` first and point the run at its output"
         )
 
     def first(v: Any) -> int:

@@ -7,10 +7,10 @@ import io
 
 import numpy as np
 import pytest
-import timm
 import torch
 from PIL import Image
 
+import helpers
 from test_interactions import naive_rollout
 from winft_lightning import interactions as ia
 from winft_lightning import visualize as V
@@ -24,8 +24,7 @@ N = 16
 
 
 def tiny_vit():
-    torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, **NET).eval()
+    return helpers.tiny_vit(img_size=NET["img_size"], patch_size=NET["patch_size"])
 
 
 def test_rollout_streams_from_capture():

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import timm
 import torch
 from matplotlib.colorbar import Colorbar
 from matplotlib.figure import Figure
@@ -19,6 +18,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.quiver import Quiver
 from PIL import Image
 
+import helpers
 from winft_lightning import figures as F
 from winft_lightning import interactions as ia
 from winft_lightning import visualize as V
@@ -29,8 +29,7 @@ N = 16
 
 
 def tiny_vit():
-    torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, **NET).eval()
+    return helpers.tiny_vit(img_size=NET["img_size"], patch_size=NET["patch_size"])
 
 
 def image(h=32, w=32, seed=0):

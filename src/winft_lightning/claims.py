@@ -1,0 +1,298 @@
+"""Claims tests of SPEC.md 8: intervals, verdicts, the per-image effects of C1-C3. Pure: no
+Lightning, no I/O. Shapes as in :mod:`.interactions` (B images, grid ``(h, w)``, N patches
+row-major, windows ``[B, N, 4]`` long inclusive ``(x_l, y_t, x_r, y_b)``). Random draws take a
+``torch.Generator`` (on the tensors' device) or an integer seed, never global state."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from scipy import stats
+from torch import Tensor, nn
+
+from .interactions import Grid, _check_grid, dip_drop_count, top_interactions
+
+# fmt: off
+__all__ = [
+    "CONTRADICTED", "INCONCLUSIVE", "MIN_RESAMPLES", "SUPPORTED", "FieldGap", "Interval",
+    "LocalityDistances", "centred_windows_like", "dip_keep_highest", "dip_keep_random",
+    "field_size_gap", "grid_distances", "locality_distances", "locality_ratio",
+    "object_patch_mask", "paired_bootstrap_ci", "per_image_correct", "random_hits",
+    "random_windows_like", "t_interval", "verdict",
+]
+# fmt: on
+
+SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
+DIRECTIONS = ("greater", "less")
+MIN_RESAMPLES = 2000  # SPEC 8: ">= 2,000 resamples"
+Sample = Tensor | np.ndarray | list  # one value per image (or seed)
+
+
+# ---- intervals and verdicts ----
+@dataclass(frozen=True)
+class Interval:
+    """An effect's point ``estimate`` (the mean over the n units) and its ``[low, high]``
+    confidence interval; ``method`` says how it was computed."""
+
+    estimate: float
+    low: float
+    high: float
+    n: int
+    method: str
+
+
+def _sample(x: Sample) -> np.ndarray:
+    """A 1-D float64 array of per-unit values (bool correctness becomes 0/1)."""
+    if isinstance(x, Tensor):
+        x = x.detach().to("cpu", torch.float64).numpy()
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 1 or arr.size < 2:
+        raise ValueError(f"need 1-D values, at least 2 (images or seeds), got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError("values must be finite (drop the images without an effect first)")
+    return arr
+
+
+def paired_bootstrap_ci(
+    a: Sample,
+    b: Sample | None = None,
+    *,
+    confidence: float = 0.95,
+    resamples: int = MIN_RESAMPLES,
+    seed: int = 0,
+) -> Interval:
+    """Percentile bootstrap CI of the mean per-image effect (SPEC 8), resampling images.
+
+    ``a`` alone: the per-image effects ``[B]`` (e.g. C1's ratios, C1b's gaps). ``a`` and ``b``:
+    two per-image measurements of the same images (e.g. C2/C3 correctness ``[B]`` bool); the
+    effect is ``a - b`` per image, so each resample keeps an image's pair together, and the
+    mean of the differences is the difference of the accuracies. ``scipy.stats.bootstrap``
+    with ``method="percentile"``, ``resamples`` >= 2000, seeded by ``seed``."""
+    if resamples < MIN_RESAMPLES:
+        raise ValueError(f"SPEC 8 asks for >= {MIN_RESAMPLES} resamples, got {resamples}")
+    effects = _sample(a)
+    if b is not None:
+        other = _sample(b)
+        if other.shape != effects.shape:
+            raise ValueError(f"paired samples differ in size: {effects.size} vs {other.size}")
+        effects = effects - other
+    batch = max(1, (1 << 22) // effects.size)  # ~32 MiB of resampled values at a time
+    opts = dict(confidence_level=confidence, method="percentile", vectorized=True, batch=batch)
+    rng = np.random.default_rng(seed)
+    ci = stats.bootstrap((effects,), np.mean, n_resamples=resamples, rng=rng, **opts)
+    ci = ci.confidence_interval
+    method = f"percentile bootstrap over images ({resamples} resamples, seed {seed})"
+    return Interval(float(effects.mean()), float(ci.low), float(ci.high), effects.size, method)
+
+
+def t_interval(deltas: Sample, confidence: float = 0.95) -> Interval:
+    """Student t interval of the mean of paired per-seed deltas (SPEC 8, trained comparisons):
+    ``mean ± t_{(1+confidence)/2, n-1} * s / sqrt(n)``, s the sample sd (ddof 1)."""
+    x, n = _sample(deltas), len(deltas)
+    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)
+    mean = float(x.mean())
+    return Interval(mean, mean - half, mean + half, n, f"t interval over {n} seeds")
+
+
+def verdict(interval: Interval, null: float = 0.0, direction: str = "greater") -> str:
+    """SPEC 8's rule: "supported" when the CI lies entirely (strictly) on the claimed side of
+    ``null`` (``direction`` "greater": low > null; "less": high < null), "contradicted" when it
+    lies entirely on the other side, "inconclusive" otherwise (a CI touching the null too)."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if not interval.low <= interval.high:  # also catches NaN
+        raise ValueError(f"not an interval: [{interval.low}, {interval.high}]")
+    above, below = interval.low > null, interval.high < null
+    if not (above or below):
+        return INCONCLUSIVE
+    return SUPPORTED if above == (direction == "greater") else CONTRADICTED
+
+
+# ---- C1: locality of U ----
+def _patch_xy(grid: Grid, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    p = torch.arange(grid[0] * grid[1], device=device)
+    return p % grid[1], p // grid[1]
+
+
+def grid_distances(grid: Grid, device: torch.device | None = None) -> Tensor:
+    """Euclidean distance between patch centres in grid units: ``[N, N]`` float64."""
+    x, y = (c.to(torch.float64) for c in _patch_xy(grid, device))
+    return ((x[:, None] - x[None]) ** 2 + (y[:, None] - y[None]) ** 2).sqrt()
+
+
+def random_hits(counts: Tensor, generator: torch.Generator) -> Tensor:
+    """``[B, N, N]`` bool: per image b, ``counts[b, p]`` (``[B, N]`` in 0..N-1) entries of row p
+    minus p, drawn uniformly without replacement (counts on the generator's device)."""
+    b, n = counts.shape
+    if counts.numel() and not 0 <= int(counts.min()) <= int(counts.max()) <= n - 1:
+        raise ValueError(f"counts must lie in 0..{n - 1} (row p minus p)")
+    keys = torch.rand(b, n, n, generator=generator, device=counts.device, dtype=torch.float64)
+    keys.diagonal(dim1=1, dim2=2).fill_(2.0)  # p sorts last, so it is never drawn
+    rank = keys.argsort(dim=-1).argsort(dim=-1)  # a uniform random order of row p minus p
+    return rank < counts.unsqueeze(-1)
+
+
+class LocalityDistances(NamedTuple):
+    """Per image and patch (SPEC 8, C1), ``[B, N]``: ``hit`` = d_p, mean grid distance from p
+    to H_p = {i != p : (p, i) in U'}; ``random`` = r_p, the same for |H_p| entries of row p
+    minus p drawn at random; ``count`` = |H_p| (long). d_p and r_p are NaN where |H_p| = 0."""
+
+    hit: Tensor
+    random: Tensor
+    count: Tensor
+
+
+def locality_distances(
+    u: Tensor, alpha: float, grid: Grid, generator: torch.Generator
+) -> LocalityDistances:
+    """d_p, r_p and |H_p| for U ``[B, N, N]`` at ``alpha`` (see :class:`LocalityDistances`)."""
+    n = u.shape[-1]
+    _check_grid(n, grid)
+    hits = top_interactions(u, alpha) & ~torch.eye(n, dtype=torch.bool, device=u.device)
+    count = hits.sum(dim=-1)
+    dist = grid_distances(grid, u.device)
+    drawn = random_hits(count, generator)
+    hit = (hits * dist).sum(dim=-1) / count  # 0 / 0 = NaN where H_p is empty
+    random = (drawn * dist).sum(dim=-1) / count
+    return LocalityDistances(hit, random, count)
+
+
+def locality_ratio(u: Tensor, alpha: float, grid: Grid, generator: torch.Generator) -> Tensor:
+    """C1's per-image effect ``mean_p d_p / mean_p r_p`` over the patches with |H_p| >= 1:
+    ``[B]`` float64, NaN for an image with no such patch. < 1: U' is more local than chance.
+
+    Reading of SPEC 8: the two means run over the same patches, so the ratio is
+    ``sum_p d_p / sum_p r_p``, one number per image; the CI is over images of the mean of
+    these ratios (``paired_bootstrap_ci(ratios)``), tested against 1."""
+    ld = locality_distances(u, alpha, grid, generator)
+    valid = ld.count >= 1
+    hit = torch.where(valid, ld.hit, 0.0).sum(dim=1)
+    rnd = torch.where(valid, ld.random, 0.0).sum(dim=1)
+    return hit / rnd  # r_p >= 1 on valid patches; 0 / 0 = NaN when none is valid
+
+
+# ---- C1b: field size on object vs background patches ----
+def object_patch_mask(images01: Tensor, grid: Grid, threshold: float = 0.1) -> Tensor:
+    """``[B, N]`` bool, SPEC 8 C1b: a patch is *object* when the mean of its analysed-view pixels
+    (all channels; ``images01`` ``[B, C, H, W]`` in 0..1, before normalisation) > threshold."""
+    if not images01.is_floating_point():
+        raise TypeError(f"images must be floating point in 0..1, got {images01.dtype}")
+    b, c, height, width = images01.shape
+    h, w = grid
+    if height % h or width % w:
+        raise ValueError(f"a {height}x{width} image does not split into a {h}x{w} grid")
+    cells = images01.to(torch.float64).reshape(b, c, h, height // h, w, width // w)
+    return (cells.mean(dim=(1, 3, 5)) > threshold).reshape(b, h * w)
+
+
+class FieldGap(NamedTuple):
+    """``gap`` ``[B']``: per kept image, mean |S_p| over object patches minus the mean over
+    background patches; ``skipped``: images left out because either set was empty."""
+
+    gap: Tensor
+    skipped: int
+
+
+def field_size_gap(field_sizes: Tensor, object_mask: Tensor) -> FieldGap:
+    """C1b's per-image effect. field_sizes ``[B, h, w]`` (``interactions.field_size``) or
+    ``[B, N]``; object_mask ``[B, N]`` bool (:func:`object_patch_mask`)."""
+    sizes = field_sizes.flatten(1).to(torch.float64)
+    obj = object_mask.flatten(1).to(device=sizes.device, dtype=torch.bool)
+    if sizes.shape != obj.shape:
+        raise ValueError(f"field sizes {tuple(sizes.shape)} vs object mask {tuple(obj.shape)}")
+    n_obj, n_bg = obj.sum(dim=1), (~obj).sum(dim=1)
+    mean_obj = (sizes * obj).sum(dim=1) / n_obj
+    mean_bg = (sizes * ~obj).sum(dim=1) / n_bg
+    kept = (n_obj > 0) & (n_bg > 0)
+    return FieldGap((mean_obj - mean_bg)[kept], int((~kept).sum()))
+
+
+# ---- C2: control windows of the same size ----
+def _window_sizes(windows: Tensor, grid: Grid) -> tuple[Tensor, Tensor]:
+    """Widths and heights ``[B, N]`` of valid windows (1..w by 1..h)."""
+    _check_grid(windows.shape[1], grid)
+    win = windows.long()
+    wd, ht = win[..., 2] - win[..., 0] + 1, win[..., 3] - win[..., 1] + 1
+    if not ((wd >= 1) & (ht >= 1) & (wd <= grid[1]) & (ht <= grid[0])).all():
+        raise ValueError(f"windows must have 1 <= width <= {grid[1]} and 1 <= height <= {grid[0]}")
+    return wd, ht
+
+
+def _boxes(x_l: Tensor, y_t: Tensor, wd: Tensor, ht: Tensor) -> Tensor:
+    return torch.stack((x_l, y_t, x_l + wd - 1, y_t + ht - 1), dim=-1)
+
+
+def _uniform_start(pos: Tensor, size: Tensor, length: int, generator: torch.Generator) -> Tensor:
+    """A start, uniform among those whose box of ``size`` holds ``pos`` within 0..length-1."""
+    lo = (pos - size + 1).clamp_min(0)
+    hi = torch.minimum(pos.expand_as(size), length - size)  # inclusive; lo <= hi as size <= length
+    draw = torch.rand(size.shape, generator=generator, device=size.device, dtype=torch.float64)
+    return torch.minimum(lo + (draw * (hi - lo + 1)).long(), hi)
+
+
+def random_windows_like(windows: Tensor, grid: Grid, generator: torch.Generator) -> Tensor:
+    """C2's random control ``[B, N, 4]``: the same w x h as p's window, containing p, uniform
+    among the positions that fit (x and y starts independent: those positions are a product)."""
+    wd, ht = _window_sizes(windows, grid)
+    x, y = _patch_xy(grid, windows.device)
+    x_l = _uniform_start(x, wd, grid[1], generator)
+    y_t = _uniform_start(y, ht, grid[0], generator)
+    return _boxes(x_l, y_t, wd, ht)
+
+
+def centred_windows_like(windows: Tensor, grid: Grid) -> Tensor:
+    """C2's centred control ``[B, N, 4]``: the same w x h as p's window, centred on p (an even
+    side puts p in the later middle cell: start = x_p - w // 2), then shifted to fit."""
+    wd, ht = _window_sizes(windows, grid)
+    x, y = _patch_xy(grid, windows.device)
+    x_l = (x - wd // 2).clamp_min(0).minimum(grid[1] - wd)
+    y_t = (y - ht // 2).clamp_min(0).minimum(grid[0] - ht)
+    return _boxes(x_l, y_t, wd, ht)
+
+
+# ---- C3: control keep masks ----
+def _keep_without(order: Tensor, count: int) -> Tensor:
+    keep = torch.ones(order.shape, dtype=torch.bool, device=order.device)
+    return keep.scatter_(1, order[:, :count].long(), False)
+
+
+def dip_keep_random(n: int, count: int, batch: int, generator: torch.Generator) -> Tensor:
+    """C3's random control: ``[batch, n]`` bool keep mask (as ``interactions.dip_keep``, on the
+    generator's device), ``count`` patches dropped (False) per image, a uniform random subset."""
+    if not 0 <= count <= n:
+        raise ValueError(f"count must be in 0..{n}, got {count}")
+    keys = torch.rand(batch, n, generator=generator, device=generator.device, dtype=torch.float64)
+    return _keep_without(keys.argsort(dim=1), count)
+
+
+def dip_keep_highest(order: Tensor, beta: float) -> Tensor:
+    """C3's second control: drop the floor(beta * N) *last* patches of the DIP ``order``
+    (ascending variance): the highest-variance ones. ``[B, N]`` bool, as ``dip_keep``."""
+    return _keep_without(order.flip(1), dip_drop_count(beta, order.shape[1]))
+
+
+# ---- C2 / C3: per-image correctness of the network ----
+def per_image_correct(
+    net: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    windows: Tensor | None = None,
+    keep: Tensor | None = None,
+) -> Tensor:
+    """Top-1 correctness ``[B]`` bool (CPU) of ``net`` (from ``build_vit``) on ``images``
+    ``[B, 3, H, W]``: ``net(x, windows=..., keep=...)`` (only the given ones) in eval mode under
+    ``torch.inference_mode``, training flag restored after; a WinfT output's ``logits``."""
+    inputs = {k: v for k, v in (("windows", windows), ("keep", keep)) if v is not None}
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.inference_mode():
+            out = net(images, **inputs)
+    finally:
+        net.train(was_training)
+    logits = getattr(out, "logits", out)
+    return (logits.argmax(dim=-1) == labels.to(logits.device)).cpu()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -62,6 +63,11 @@ def test_ddp_sim_three_times_in_a_row(prepared):
             assert len(set(seen0) & set(seen1)) <= len(seen0) + len(seen1) - len(train_keys)
         row = json.loads((run_dir / "results.json").read_text())
         assert row["module"] == "WinfTModule" and 0 < row["eo"] < 16 * 16
+        # fit and test ran in separate spawned processes and still share one metrics.csv
+        with (run_dir / "csv" / "version_0" / "metrics.csv").open(newline="") as f:
+            logged = list(csv.DictReader(f))
+        for key in ("train/bce", "val/top1", "test/top1", "test/eo", "results/top1"):
+            assert any(r.get(key) for r in logged), key
 
     # metrics are synchronised: the 2-rank test top-1 equals a 1-process test of the same weights
     from winft_lightning.modules import WinfTModule

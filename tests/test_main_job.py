@@ -55,6 +55,14 @@ def test_no_argument_job_on_digits(tmp_path):
     teacher_run = Path(teacher["run_dir"])
     assert (teacher_run / "csv" / "version_0" / "metrics.csv").is_file()
     assert (teacher_run / "figures" / "img0_uncertainty_rows.png").is_file()
+    # the teacher was its own job: its config names its own model, seed and run dir
+    job = yaml.safe_load((teacher_run / "job.yaml").read_text())
+    assert job["task_name"] == "teacher" and job["model"]["_target_"].endswith("ViTModule")
+    assert job["seed"] == 0 and job["trainer"]["max_epochs"] == 2  # debug=tiny's teacher
+    built_in = Path(job["paths"]["output_dir"])  # the store's build dir, published as teacher_run
+    assert built_in.name == "run" and built_in.parent.name == f".build-{teacher_run.parent.name}"
+    handed = Path(job["data"]["root"])  # the stage was handed the shard set's path
+    assert handed.parent.name == "shards" and (handed / "manifest.json").is_file()
     assert not (run_dir / "csv" / "version_1").exists()
 
     # a second run reuses the cached shards, teacher and masks, and says so

@@ -80,8 +80,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     L.seed_everything(cfg.seed, workers=True)  # the teacher may have reseeded
     # what the masks came from, for figures and audits
     extra = {"teacher_ckpt": str(teacher), "mask_root": str(data_root)} if teacher else None
-    name = cfg.get("task_name", cls.__name__)
-    row = fit_and_test(cfg, cfg.model, data_root, run_dir, name, extra=extra)
+    row = fit_and_test(cfg, data_root, extra=extra)
     rows.append(row)
     destroy_process_group()  # a torchrun world's group outlives the teacher's run (train.py)
     if not world.is_zero:

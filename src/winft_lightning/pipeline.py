@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from winft_lightning import world as worlds
 from winft_lightning.data.shards import FORMAT_VERSION, MANIFEST
@@ -119,20 +119,44 @@ def ensure_teacher(cfg: DictConfig, shards: Path) -> tuple[Path, dict | None, st
     return final / "teacher.ckpt", row, store.record("teachers", key)["info"]["sha256"]
 
 
+# the groups a teacher job shares with the run that asked for it (how to train and log, on
+# which data); their ${paths.output_dir} resolves to the teacher's own run dir
+SHARED_GROUPS = ("data", "trainer", "callbacks", "logger", "optimizer")
+
+
+def teacher_job(cfg: DictConfig, shards: Path, run_dir: Path) -> DictConfig:
+    """The teacher's own job config: ``teacher.model`` (resolved where it was composed) for
+    ``teacher.max_epochs`` with seed ``teacher.seed``, on the shard set at ``shards``, with the
+    run's trainer, callbacks and loggers, writing under ``run_dir``. Handed a path, not the
+    student's config: no key of the student's model, seed, run dir or task reaches it."""
+    job = {k: OmegaConf.to_container(cfg[k], resolve=False) for k in SHARED_GROUPS if k in cfg}
+    job["data"]["root"] = str(shards)
+    job["trainer"]["max_epochs"] = int(cfg.teacher.max_epochs)
+    if cfg.teacher.get("limit_train_batches") is not None:
+        job["trainer"]["limit_train_batches"] = cfg.teacher.limit_train_batches
+    paths = {k: cfg.paths[k] for k in cfg.paths if k != "output_dir"}
+    job.update(
+        task_name="teacher",
+        tags=[*(cfg.get("tags") or []), "teacher"],
+        seed=int(cfg.teacher.seed),
+        model=OmegaConf.to_container(cfg.teacher.model, resolve=True),
+        paths={**paths, "output_dir": str(run_dir)},
+        train=True,
+        test=True,
+        ckpt_path=None,
+    )
+    return OmegaConf.create(job)
+
+
 def _train_teacher(cfg: DictConfig, shards: Path, out: Path, final: Path) -> dict[str, Any]:
     from winft_lightning.train import fit_and_test
 
     log.info("teacher: training a baseline ViT for %s epochs -> %s", cfg.teacher.max_epochs, out)
-    tcfg = cfg.copy()
-    with open_dict(tcfg):
-        tcfg.seed = cfg.teacher.seed
-        tcfg.ckpt_path = None
-        tcfg.train = True
-        tcfg.test = True
-    overrides: dict[str, Any] = {"max_epochs": int(cfg.teacher.max_epochs)}
-    if cfg.teacher.get("limit_train_batches") is not None:
-        overrides["limit_train_batches"] = cfg.teacher.limit_train_batches
-    row = fit_and_test(tcfg, cfg.teacher.model, shards, out / "run", "teacher ViT", overrides)
+    job = teacher_job(cfg, shards, out / "run")
+    if worlds.current().is_zero:
+        (out / "run").mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(job, out / "run" / "job.yaml")  # what the teacher ran, unresolved
+    row = fit_and_test(job, shards, name="teacher ViT")
     if not worlds.current().is_zero:
         return row
     best = Path(row["best_ckpt"]) if row["best_ckpt"] else None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -17,7 +16,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from winft_lightning import world as worlds
-from winft_lightning.callbacks import InteractionFigures, TrainThroughput
+from winft_lightning.callbacks import TrainThroughput
 from winft_lightning.checkpoints import read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -183,12 +182,6 @@ def instantiate_loggers(cfg: DictConfig, run_dir: Path) -> list:
         if not isinstance(lg, DictConfig) or "_target_" not in lg:
             continue
         lg = lg.copy()
-        # loggers write beside the run they log (a teacher trained inside a student's job
-        # logs into the teacher's own dir, not the student's)
-        out = str(cfg.paths.output_dir)
-        if lg.get("save_dir") and str(lg.save_dir).startswith(out):
-            with open_dict(lg):
-                lg.save_dir = str(run_dir) + str(lg.save_dir)[len(out) :]
         if "WandbLogger" in lg._target_:
             os.environ.setdefault("WANDB_SILENT", "true")
             _wandb_mode(lg)
@@ -238,21 +231,6 @@ def _best_score_in(path: str) -> float | None:
     return None
 
 
-def _continue_csv_header(logger: Any) -> None:
-    """A CSVLogger shipped to fresh (spawned) processes for ``test`` forgets the columns that
-    ``fit`` wrote and fails to rewrite metrics.csv; prime it with the file's header."""
-    if not isinstance(logger, L.pytorch.loggers.CSVLogger):
-        return
-    path = Path(logger.log_dir) / "metrics.csv"
-    if path.is_file():
-        with path.open(newline="") as f:
-            header = next(csv.reader(f), [])
-        writer = logger.experiment
-        if not isinstance(getattr(writer, "metrics_keys", None), list):
-            return  # a rank other than 0 holds Lightning's no-op stand-in
-        writer.metrics_keys = sorted(set(writer.metrics_keys) | set(header))
-
-
 def destroy_process_group() -> None:
     # without it about one DDP run in four aborts at interpreter exit (rc 134)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -260,16 +238,14 @@ def destroy_process_group() -> None:
 
 
 def fit_and_test(
-    cfg: DictConfig,
-    model_cfg: DictConfig,
-    data_root: Path,
-    run_dir: Path,
-    name: str,
-    trainer_overrides: dict[str, Any] | None = None,
-    extra: dict[str, Any] | None = None,
+    cfg: DictConfig, data_root: Path, name: str | None = None, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Train ``model_cfg`` on the shards at ``data_root``, test its best checkpoint, and write
-    ``run_dir/results.json`` (the row, plus ``extra`` fields). Returns the results row."""
+    """One job: train ``cfg.model`` on the shards at ``data_root``, test its best checkpoint,
+    and write ``results.json`` (the row, plus ``extra`` fields) into ``cfg.paths.output_dir``,
+    where the job's callbacks and loggers also write. Returns the results row."""
+    model_cfg = cfg.model
+    run_dir = Path(cfg.paths.output_dir)
+    name = name or cfg.get("task_name") or module_class(model_cfg).__name__
     run_dir.mkdir(parents=True, exist_ok=True)
     cls = module_class(model_cfg)
     datamodule = make_datamodule(cfg.data, data_root, use_masks=cls.uses_masks)
@@ -281,13 +257,6 @@ def fit_and_test(
     callbacks = instantiate_callbacks(cfg)
     loggers = instantiate_loggers(cfg, run_dir)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_cfg["default_root_dir"] = str(run_dir)
-    trainer_cfg.update(trainer_overrides or {})
-    for cb in callbacks:
-        if isinstance(cb, L.pytorch.callbacks.ModelCheckpoint):
-            cb.dirpath = str(run_dir / "checkpoints")
-        elif isinstance(cb, InteractionFigures):
-            cb.dirpath = str(run_dir / "figures")
     trainer: L.Trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(
@@ -317,8 +286,6 @@ def fit_and_test(
             ckpt = str(cfg.ckpt_path)  # test-only run of a given checkpoint
         if ckpt is None:
             log.warning("%s: no best checkpoint, testing the current weights", name)
-        for lg in loggers:
-            _continue_csv_header(lg)
         out = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         tested = {k: float(v) for k, v in (out[0] if out else {}).items()}
     if not worlds.current().distributed:
@@ -353,7 +320,6 @@ def fit_and_test(
     if trainer.is_global_zero:
         (run_dir / "results.json").write_text(json.dumps(row, indent=2))
     for lg in loggers:
-        _continue_csv_header(lg)
         lg.log_metrics({f"results/{k}": row[k] for k in RESULT_KEYS if row[k] == row[k]})
         lg.finalize("success")
         if isinstance(lg, L.pytorch.loggers.WandbLogger):

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from helpers import digits_source
 from winft_lightning.store import BUILDS, ENTRY, ArtifactStore
@@ -158,3 +159,31 @@ def test_same_folder_name_different_shards_get_different_mask_entries(make_cfg, 
     counts = [json.loads((r / "manifest.json").read_text())["splits"]["train"]["count"]
               for r in roots]  # fmt: skip
     assert counts == [120, 80]
+
+
+def test_teacher_source_trains_the_teacher_on_its_own_shards(make_cfg, tmp_path):
+    """teacher.source={limit: {train: null}}: the teacher trains on every train image, the
+    student and its masks on the run's 300-image subset; a second student size reuses the
+    teacher."""
+    from winft_lightning.__main__ import run
+
+    def cfg_for(train: int, name: str):
+        return make_cfg("experiment=fmnist_awd_vit", "debug=tiny", "trainer.max_epochs=1",
+                        "teacher.max_epochs=1", f"data.source.limit.train={train}",
+                        "teacher.source={limit: {train: null}}",
+                        f"paths.cache_dir={tmp_path / 'cache'}", run_dir=tmp_path / name)  # fmt: skip
+
+    teacher_row, student = run(cfg_for(300, "a"))
+    counts = {}
+    for entry in (tmp_path / "cache" / "shards").glob("[!.]*"):
+        counts[entry] = json.loads((entry / "manifest.json").read_text())["splits"]["train"]
+    small, every = sorted(c["count"] for c in counts.values())
+    assert small == 300 and every > 1000  # all of digits' train split (debug=tiny: 600)
+    job = yaml.safe_load((Path(teacher_row["run_dir"]) / "job.yaml").read_text())
+    assert counts[Path(job["data"]["root"])]["count"] == every
+    masks = json.loads((Path(student["mask_root"]) / "manifest.json").read_text())
+    assert masks["splits"]["train"]["count"] == 300
+    _, again = run(cfg_for(200, "b"))
+    cache = tmp_path / "cache"
+    assert len(builds(cache, "teachers")) == 1 and len(builds(cache, "masks")) == 2
+    assert again["teacher_ckpt"] == student["teacher_ckpt"]

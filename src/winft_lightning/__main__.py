@@ -73,7 +73,8 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     rows = []
     data_root, teacher = shards, None
     if cls.uses_masks:
-        teacher, teacher_row, teacher_sha = pipeline.ensure_teacher(cfg, shards)
+        teacher_shards = pipeline.ensure_teacher_shards(cfg, shards)
+        teacher, teacher_row, teacher_sha = pipeline.ensure_teacher(cfg, teacher_shards)
         data_root = pipeline.ensure_masks(cfg, teacher, teacher_sha, shards)
         if cfg.get("compare_teacher", True) and teacher_row is not None:
             rows.append(teacher_row)

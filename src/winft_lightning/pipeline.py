@@ -50,17 +50,18 @@ def store_of(cfg: DictConfig) -> ArtifactStore:
     return ArtifactStore(cfg.paths.cache_dir, worlds.current())
 
 
-def ensure_shards(cfg: DictConfig) -> Path:
-    """The run's WebDataset shards: ``data.root`` if given, else built from ``data.source``."""
+def ensure_shards(cfg: DictConfig, source: DictConfig | None = None) -> Path:
+    """The run's WebDataset shards: ``data.root`` if given, else built from ``data.source``
+    (or from ``source``, e.g. the teacher's)."""
     from winft_lightning.prepare import prepare_shards
 
-    if cfg.data.get("root"):
+    if source is None and cfg.data.get("root"):
         root = Path(cfg.data.root)
         if not (root / MANIFEST).is_file():
             raise FileNotFoundError(f"data.root={root} has no manifest.json (not a shard set)")
         log.info("shards: using data.root=%s", root)
         return root
-    source = cfg.data.source
+    source = cfg.data.source if source is None else source
     key = f"{source.name}-{config_key(FORMAT_VERSION, source)}"
 
     def build(out: Path) -> dict[str, Any]:
@@ -70,11 +71,35 @@ def ensure_shards(cfg: DictConfig) -> Path:
     return store_of(cfg).ensure("shards", key, build, what="shards", resume=True)
 
 
+def teacher_source(cfg: DictConfig) -> DictConfig | None:
+    """``data.source`` with ``teacher.source`` merged over it (e.g. ``{limit: {train: null}}``:
+    the teacher trains on every image while the students train on a subset), or None when the
+    teacher trains on the run's own shards."""
+    override = cfg.teacher.get("source")
+    if not override:
+        return None
+    if cfg.data.get("root") or not cfg.data.get("source"):
+        raise ValueError(
+            "teacher.source overrides part of data.source, but this run reads data.root="
+            f"{cfg.data.get('root')}: give the teacher's shards as teacher.ckpt or drop teacher.source"
+        )
+    return OmegaConf.merge(cfg.data.source, override)
+
+
+def ensure_teacher_shards(cfg: DictConfig, shards: Path) -> Path:
+    """The shard set the teacher trains and is tested on: the run's ``shards``, or its own
+    when ``teacher.source`` is given (the masks are still made on the run's ``shards``)."""
+    source = teacher_source(cfg)
+    return shards if source is None else ensure_shards(cfg, source)
+
+
 def teacher_key(cfg: DictConfig, shards: Path) -> str:
     data_opts = {k: v for k, v in OmegaConf.to_container(cfg.data).items() if k != "root"}
     # the teacher reads no masks: the mask selection (data.alpha -> model.alpha) is not part of
     # its identity; keyed as before that selection moved into the data config (same entries)
     data_opts.update(alpha=None, use_masks=False)
+    if teacher_source(cfg) is not None:  # the students' own subset is not the teacher's
+        data_opts["source"] = OmegaConf.to_container(teacher_source(cfg), resolve=True)
     return config_key(
         cfg.teacher.model,
         cfg.teacher.max_epochs,

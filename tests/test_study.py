@@ -63,6 +63,27 @@ def test_study_runs_and_aggregates(tmp_path):
     assert "38,416" in report  # the paper's column, labelled as the paper's
     assert "(paper)" in report
 
+    # the claims table comes first; each trained verdict is the code's, from its own interval
+    from winft_lightning import claims as C
+
+    assert report.split("\n## ")[1].startswith("Claims")
+    by_id = {r["id"]: r for r in json.loads((study_dir / "comparisons.json").read_text())}
+    top1 = {(r["family"], float(r["alpha"]), int(r["seed"])): float(r["top1"])
+            for r in runs if r["status"] == "ok"}  # fmt: skip
+    deltas = [(top1["awd_vit", 0.1, s] - top1["vit", 1.0, s]) / 100 for s in (0, 1)]
+    want = C.t_interval(deltas)
+    t1 = by_id["T1"]
+    assert t1["n"] == 2 and t1["effect"] == pytest.approx(statistics.fmean(deltas))
+    assert (t1["low"], t1["high"]) == pytest.approx((want.low, want.high))
+    assert t1["verdict"] == C.verdict(want, 0.0, "greater")
+    assert by_id["T2"]["n"] == 0 and by_id["T2"]["verdict"] == C.INCONCLUSIVE  # no AWD+DIP run
+    measured = json.loads((study_dir / "claims" / "claims.json").read_text())
+    assert measured["images"] == 200 and measured["teacher"]["train_images"] == 600
+    for row in [r for r in measured["claims"] if r["headline"]] + list(by_id.values()):
+        assert f"| {row['n']} | {row['verdict']} |" in report
+    assert {p.name for p in (study_dir / "claims").glob("*.png")} == {
+        "claims_locality.png", "claims_alpha.png", "claims_beta.png"}  # fmt: skip
+
     # the paper's figures for fixed test images, with WinfT's predicted W (Fig. 10)
     figs = study_dir / "figures" / "16px_p4"
     names = {p.name for p in figs.glob("*.png")}
@@ -77,6 +98,15 @@ def test_study_runs_and_aggregates(tmp_path):
         ):
             assert f"img{i}_{kind}.png" in names
     assert {"rollout.png", "tradeoff_eo.png"} <= names
+    # Fig. 10 draws the responsive field WinfT was trained on, and results.csv carries the
+    # WinfT runs' own alpha and beta
+    drawn = json.loads((figs / "figures.json").read_text())
+    winft = [r for r in runs if r["family"] == "winft"]
+    assert {(float(r["alpha"]), float(r["beta"])) for r in winft} == {(0.1, 0.0)}
+    assert (drawn["field_alpha"], drawn["field_beta"]) == (0.1, 0.0)
+    best = {json.loads((Path(r["run_dir"]) / "results.json").read_text())["best_ckpt"]
+            for r in winft}  # fmt: skip
+    assert drawn["winft"] in best
     assert len(list((figs / "inputs").iterdir())) == 3
 
 

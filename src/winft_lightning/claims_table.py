@@ -242,7 +242,7 @@ def claims_markdown(result: dict[str, Any], headline_only: bool = True) -> str:
         if headline_only and not r["headline"]:
             continue
         scale, digits, unit = (1.0, 3, "") if r["claim"] in ("C1", "C1b") else (100.0, 2, " %")
-        if r["claim"] in ("C2", "C3"):
+        if r["claim"] in ("C2", "C3") or r["claim"].startswith("T"):  # T: trained comparisons
             unit = " pp"
         effect = f"{_pct(r['effect'], scale, digits)}{unit} [{_pct(r['low'], scale, digits)}, " \
                  f"{_pct(r['high'], scale, digits)}]"  # fmt: skip

@@ -180,7 +180,18 @@ def run(cfg: Mapping[str, Any]) -> list[Path]:
             patches=cfg.get("patches"),
             winft_w=None if winft_w is None else winft_w[start : start + bs],
             display=shown[start : start + bs],
+            field_alpha=cfg.get("field_alpha"),
+            field_beta=cfg.get("field_beta"),
         )
+    drawn = {  # what the figures were drawn with (Fig. 7/10's field, the WinfT run)
+        "ckpt": str(cfg["ckpt"]), "winft": cfg.get("winft"), "images": paths,
+        "alphas": list(cfg["alphas"]), "betas": list(cfg["betas"]),
+        "field_alpha": cfg.get("field_alpha") or cfg["alphas"][0],
+        "field_beta": cfg.get("field_beta") if cfg.get("field_beta") is not None
+        else max(list(cfg["betas"]), default=0.0),
+    }  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "figures.json").write_text(json.dumps(drawn, indent=2))
     if cfg.get("results"):
         rows = read_results(list(cfg["results"]))
         for key in ("eo", "eo_ratio"):

@@ -1,0 +1,287 @@
+"""The study's report: one row per run (``results.csv``), mean ± std per row of Tables I-III
+(``summary.csv``), the trained comparisons paired by seed, and ``report.md`` with the claims
+table first (its verdicts computed from each interval by :func:`winft_lightning.claims.verdict`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from winft_lightning import claims as C
+from winft_lightning.families import BY_MODULE, BY_NAME
+
+log = logging.getLogger(__name__)
+
+FAMILIES = tuple(BY_NAME)  # the table's order is the report's order
+LABELS = {f.name: f.label for f in BY_NAME.values()}
+MODULE_FAMILY = {module: f.name for module, f in BY_MODULE.items()}
+
+# The paper's ImageNet-1k figures (Tables I-III, ViT-B/16 at 224 unless stated), for reference.
+PAPER_TABLE_I = {1.0: (38416, 81.20), 0.5: (38334, 81.62), 0.2: (10283, 81.25),
+                 0.1: (8866, 81.90), 0.05: (6801, 80.60), 0.025: (4971, 78.28)}  # fmt: skip
+PAPER_TABLE_II = {0.0: (8866, 81.90), 0.1: (7982, 82.09), 0.2: (7080, 82.40), 0.5: (4420, 80.62)}
+PAPER_TABLE_III = {("ViT", "B/32", 224): (74.46, 2401), ("ViT", "B/32", 384): (81.28, 20736),
+                   ("ViT", "B/16", 224): (81.20, 38416), ("ViT", "B/16", 384): (83.61, 331776),
+                   ("WinfT", "B/32", 224): (78.74, 906), ("WinfT", "B/32", 384): (84.33, 8638),
+                   ("WinfT", "B/16", 224): (83.11, 16938), ("WinfT", "B/16", 384): (84.62, 136327)}  # fmt: skip
+
+RUN_FIELDS = ["family", "alpha", "beta", "img_size", "patch_size", "seed", "status", "top1",
+              "top5", "val_top1", "eo", "eo_ratio", "num_patches", "images_per_s", "fit_seconds",
+              "run_dir", "error"]  # fmt: skip
+
+
+def collect_runs(study_dir: Path) -> list[dict[str, Any]]:
+    """One row per job dir (``results.json`` or ``failed.json`` + its ``.hydra/config.yaml``)."""
+    rows = []
+    for cfg_file in sorted(study_dir.glob("runs/**/.hydra/config.yaml")):
+        job = cfg_file.parent.parent
+        cfg = yaml.safe_load(cfg_file.read_text())
+        model = cfg["model"]
+        family = MODULE_FAMILY.get(model["_target_"].rsplit(".", 1)[-1], "?")
+        row: dict[str, Any] = {
+            "family": family,
+            # the run's own values; a ViT's full attention is alpha = 1 (the whole grid)
+            "alpha": float(model["alpha"]) if model.get("alpha") is not None else 1.0,
+            "beta": float(model.get("beta") or 0.0),
+            "img_size": int(model["net"]["img_size"]),
+            "patch_size": int(model["net"]["patch_size"]),
+            "seed": int(cfg["seed"]),
+            "run_dir": str(job),
+        }
+        if (job / "results.json").is_file():
+            row.update({k: v for k, v in json.loads((job / "results.json").read_text()).items()
+                        if k in RUN_FIELDS and k not in row})  # fmt: skip
+            row["status"] = "ok"
+        elif (job / "failed.json").is_file():
+            row["status"] = "failed"
+            row["error"] = json.loads((job / "failed.json").read_text())["error"]
+        else:
+            row["status"] = "incomplete"
+        rows.append(row)
+    return rows
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return float("nan"), float("nan")
+    std = statistics.stdev(values) if len(values) > 1 else 0.0  # sample std over seeds
+    return statistics.fmean(values), std
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and sample std over seeds of each (family, alpha, beta, geometry) row."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["family"], r["alpha"], r["beta"], r["img_size"], r["patch_size"])].append(r)
+    out = []
+    for (family, alpha, beta, img, patch), runs in sorted(groups.items(), key=_order):
+        ok = [r for r in runs if r["status"] == "ok"]
+        agg = {"family": family, "alpha": alpha, "beta": beta, "img_size": img,
+               "patch_size": patch, "runs": len(runs), "ok": len(ok),
+               "failed": len(runs) - len(ok)}  # fmt: skip
+        for key in ("top1", "top5", "eo", "eo_ratio", "images_per_s"):
+            agg[f"{key}_mean"], agg[f"{key}_std"] = _mean_std([r.get(key) for r in ok])
+        out.append(agg)
+    return out
+
+
+def _order(item: tuple) -> tuple:
+    (family, alpha, beta, img, patch), _ = item
+    return (img, -patch, FAMILIES.index(family) if family in FAMILIES else 9, -alpha, beta)
+
+
+def _pm(agg: dict, key: str, fmt: str) -> str:
+    mean, std = agg[f"{key}_mean"], agg[f"{key}_std"]
+    if math.isnan(mean):
+        return "-"
+    return f"{fmt.format(mean)} ± {fmt.format(std)}"
+
+
+def _status(agg: dict) -> str:
+    return "" if agg["failed"] == 0 else f" **FAILED {agg['failed']}/{agg['runs']}**"
+
+
+def write_results_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=RUN_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: r.get(k, "") for k in RUN_FIELDS})
+
+
+def report_markdown(aggs: list[dict[str, Any]], title: str, machine: str) -> str:
+    lines = [f"# {title}", "", machine, "",
+             "Ours: Fashion-MNIST, mean ± sample std over seeds (n in brackets). Paper: ImageNet-1k, "
+             "ViT-B/16 at 224 (Tables I-II) and the printed Table III, **for reference only**: "
+             "different data, models and scale.", ""]  # fmt: skip
+    geoms = sorted({(a["img_size"], a["patch_size"]) for a in aggs}, key=lambda g: (g[0], -g[1]))
+    for img, patch in geoms:
+        at = [a for a in aggs if (a["img_size"], a["patch_size"]) == (img, patch)]
+        n = (img // patch) ** 2
+        lines += [f"## {img} px, patch {patch} (N = {n}, N² = {n * n})", ""]
+        lines += ["### Table I: AWD over alpha", "",
+                  "| method | alpha | E_O (ours) | E_O / N² | top-1 % (ours) | E_O (paper) | top-1 % (paper) |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for a in at:
+            if a["family"] in ("vit", "awd_vit") and a["beta"] == 0.0:
+                paper = PAPER_TABLE_I.get(a["alpha"], (None, None))
+                label = LABELS[a["family"]]
+                lines.append(
+                    f"| {label} (n={a['ok']}){_status(a)} | {a['alpha']:g} | {_pm(a, 'eo', '{:,.0f}')} | "
+                    f"{_pm(a, 'eo_ratio', '{:.3f}')} | {_pm(a, 'top1', '{:.2f}')} | "
+                    f"{'-' if paper[0] is None else f'{paper[0]:,}'} | {'-' if paper[1] is None else paper[1]} |"
+                )
+        lines += ["", "### Table II: AWD + DIP over beta", "",
+                  "| method | alpha | beta | E_O (ours) | top-1 % (ours) | E_O (paper) | top-1 % (paper) |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        dip_alpha = {a["alpha"] for a in at if a["family"] == "awd_dip_vit"}
+        for a in at:
+            base = a["family"] == "awd_vit" and a["alpha"] in dip_alpha
+            if a["family"] == "awd_dip_vit" or base:
+                paper = (
+                    PAPER_TABLE_II.get(a["beta"], (None, None))
+                    if a["alpha"] == 0.1
+                    else (None, None)
+                )
+                label = LABELS[a["family"]]
+                lines.append(
+                    f"| {label} (n={a['ok']}){_status(a)} | {a['alpha']:g} | {a['beta']:g} | "
+                    f"{_pm(a, 'eo', '{:,.0f}')} | {_pm(a, 'top1', '{:.2f}')} | "
+                    f"{'-' if paper[0] is None else f'{paper[0]:,}'} | {'-' if paper[1] is None else paper[1]} |"
+                )
+        lines.append("")
+    lines += ["## Table III: ViT vs WinfT across geometries", "",
+              "| method | image | patch | top-1 % (ours) | E_O (ours) | E_O / N² | train img/s |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for a in aggs:
+        if a["family"] in ("vit", "winft"):
+            lines.append(
+                f"| {LABELS[a['family']]} (n={a['ok']}){_status(a)} | {a['img_size']} | "
+                f"{a['patch_size']} | {_pm(a, 'top1', '{:.2f}')} | {_pm(a, 'eo', '{:,.0f}')} | "
+                f"{_pm(a, 'eo_ratio', '{:.3f}')} | {_pm(a, 'images_per_s', '{:.0f}')} |"
+            )
+    lines += ["", "Paper (ImageNet-1k, Table III): "
+              + "; ".join(f"{m}-{p} {r}: {acc:.2f} % (E_O {eo:,})"
+                          for (m, p, r), (acc, eo) in PAPER_TABLE_III.items()), ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+# ---- trained comparisons and the claims table ----------------------------------------
+
+# (id, claim, the paper's figure, treated (family, alpha, beta), control): Tables I-III's rows
+TRAINED_CLAIMS = (
+    ("T1", "AWD (alpha = 0.1) beats ViT", "Table I", "81.90 vs 81.20 % (+0.70)",
+     ("awd_vit", 0.1, 0.0), ("vit", 1.0, 0.0)),
+    ("T2", "DIP (beta = 0.2) improves AWD (alpha = 0.1)", "Table II", "82.40 vs 81.90 % (+0.50)",
+     ("awd_dip_vit", 0.1, 0.2), ("awd_vit", 0.1, 0.0)),
+    ("T3", "WinfT beats ViT", "Table III (B/16, 224)", "83.11 vs 81.20 % (+1.91)",
+     ("winft", 0.1, 0.0), ("vit", 1.0, 0.0)),
+)  # fmt: skip
+
+
+def _runs_of(rows: list[dict], spec: tuple, geometry: tuple) -> dict[int, dict]:
+    family, alpha, beta = spec
+    return {r["seed"]: r for r in rows
+            if r["status"] == "ok" and r["family"] == family
+            and math.isclose(r["alpha"], alpha) and math.isclose(r["beta"], beta)
+            and (r["img_size"], r["patch_size"]) == geometry}  # fmt: skip
+
+
+def trained_comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each trained claim at the first geometry, as a claims-table row: delta top-1 (treated -
+    control, as a fraction) over the seeds where both finished, with a t interval over seeds;
+    fewer than two pairs give no interval and the verdict inconclusive."""
+    if not rows:
+        return []
+    geometry = min({(r["img_size"], r["patch_size"]) for r in rows}, key=lambda g: (g[0], -g[1]))
+    out = []
+    for cid, statement, paper, paper_values, treated, control in TRAINED_CLAIMS:
+        a, b = _runs_of(rows, treated, geometry), _runs_of(rows, control, geometry)
+        seeds = sorted(set(a) & set(b))
+        deltas = [(a[s]["top1"] - b[s]["top1"]) / 100.0 for s in seeds]
+        eo = statistics.fmean(a[s]["eo_ratio"] for s in seeds) if seeds else float("nan")
+        row = {"id": cid, "claim": cid, "paper": paper, "statement": f"{statement}: {paper_values}",
+               "measure": f"Δ top-1 {LABELS[treated[0]]} − {LABELS[control[0]]}, paired by "
+                          f"seed ({LABELS[treated[0]]} E_O / N² = {eo:.3f})",
+               "null": 0.0, "direction": "greater", "n": len(seeds), "headline": True,
+               "details": {"seeds": seeds, "eo_ratio": eo, "geometry": list(geometry)}}  # fmt: skip
+        interval = C.t_interval(deltas) if len(deltas) >= 2 else None
+        if interval is None:
+            row.update(effect=statistics.fmean(deltas) if deltas else float("nan"),
+                       low=float("nan"), high=float("nan"), verdict=C.INCONCLUSIVE,
+                       method="fewer than 2 paired seeds: no interval")  # fmt: skip
+        else:
+            row.update(effect=interval.estimate, low=interval.low, high=interval.high,
+                       method=interval.method, verdict=C.verdict(interval, 0.0, "greater"))  # fmt: skip
+        out.append(row)
+    return out
+
+
+def scale_line(claims: dict[str, Any]) -> str:
+    """The scale the claims were measured at: data, grid, teacher (SPEC 8)."""
+    sc, t = claims["scale"], claims.get("teacher") or {}
+    line = (f"Measured on {sc.get('data') or 'the'} {sc['split']} split ({sc['images']:,} images) "
+            f"at {sc['img_size']} px, patch {sc['patch_size']} (N = {sc['N']}).")  # fmt: skip
+    if t.get("top1") is not None:
+        seen = f"{t['train_images']:,}" if t.get("train_images") else "its"
+        line += (f" Teacher: baseline ViT, {t['top1']:.2f} % test top-1 after {t['epochs']} "
+                 f"epochs on {seen} train images (fit {(t.get('fit_seconds') or 0) / 60:.1f} "
+                 "min).")  # fmt: skip
+    return line + " Trained comparisons: students on the study's train subset, paired by seed."
+
+
+def claims_section(claim_rows: list[dict[str, Any]], scale: str) -> str:
+    from winft_lightning.claims_table import claims_markdown
+
+    return "\n".join(["## Claims", "", scale, "", claims_markdown({"claims": claim_rows}),
+                      "Verdicts are computed by the code from each 95 % CI (SPEC 8): supported "
+                      "when it lies entirely on the claimed side of the null, contradicted when "
+                      "entirely on the other side, else inconclusive.", ""])  # fmt: skip
+
+
+def write_report(
+    study_dir: Path, title: str, machine: str, claims: dict[str, Any] | None = None
+) -> dict[str, Path]:
+    """Aggregate the study dir's runs into results.csv, summary.csv, comparisons.json and
+    report.md (claims table first: ``claims``' training-free rows, then the trained ones)."""
+    rows = collect_runs(study_dir)
+    if not rows:
+        raise FileNotFoundError(f"no runs under {study_dir / 'runs'}")
+    aggs = aggregate(rows)
+    paths = {"results": study_dir / "results.csv", "summary": study_dir / "summary.csv",
+             "report": study_dir / "report.md", "comparisons": study_dir / "comparisons.json"}  # fmt: skip
+    write_results_csv(rows, paths["results"])
+    with paths["summary"].open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(aggs[0]))
+        writer.writeheader()
+        writer.writerows(aggs)
+    trained = trained_comparisons(rows)
+    paths["comparisons"].write_text(json.dumps(trained, indent=2))  # NaN where no interval
+    claim_rows = [*(claims or {}).get("claims", []), *trained]
+    scale = scale_line(claims) if claims else "Trained comparisons only (no training-free claims)."
+    report = report_markdown(aggs, title, machine)
+    head, _, rest = report.partition("\n\n")  # the title, then the claims table
+    report = f"{head}\n\n{claims_section(claim_rows, scale)}\n{rest}"
+    try:
+        from winft_lightning import figures
+
+        fig = figures.tradeoff_figure([r for r in rows if r["status"] == "ok"])
+        paths["tradeoff"] = study_dir / "tradeoff.png"
+        figures.save(fig, paths["tradeoff"])
+        report += "\n![accuracy vs E_O](tradeoff.png)\n"
+    except (ImportError, AttributeError) as err:  # figures are optional for the numbers
+        log.warning("no trade-off plot: %s", err)
+    for png in sorted((study_dir / "claims").glob("*.png")) if claims else []:
+        report += f"\n![{png.stem}]({png.relative_to(study_dir)})\n"
+    paths["report"].write_text(report)
+    return paths

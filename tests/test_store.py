@@ -181,6 +181,7 @@ def test_teacher_source_trains_the_teacher_on_its_own_shards(make_cfg, tmp_path)
     assert small == 300 and every > 1000  # all of digits' train split (debug=tiny: 600)
     job = yaml.safe_load((Path(teacher_row["run_dir"]) / "job.yaml").read_text())
     assert counts[Path(job["data"]["root"])]["count"] == every
+    assert job["data"]["source"]["limit"]["train"] is None  # what the teacher's shards came from
     masks = json.loads((Path(student["mask_root"]) / "manifest.json").read_text())
     assert masks["splits"]["train"]["count"] == 300
     _, again = run(cfg_for(200, "b"))

@@ -46,6 +46,17 @@ def compose_config(
     return cfg
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny ViTs run ~100x slower when 2 intra-op threads contend with other work on 2 cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     def make(*overrides: str, run_dir: Path | None = None) -> DictConfig:

@@ -17,14 +17,7 @@ from winft_lightning import claims as C
 from winft_lightning import interactions as I
 from winft_lightning.models import build_vit
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # the tiny ViT is ~100x slower when 2 intra-op threads contend with other work on 2 cores
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def gen(seed: int = 0) -> torch.Generator:

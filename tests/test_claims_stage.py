@@ -25,13 +25,7 @@ MEAN, STD = [0.3053] * 3, [0.3759] * 3
 ALPHAS, BETAS = (0.05, 0.1, 0.5), (0.2, 0.5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # the tiny ViT is far slower when 2 intra-op threads contend with other work on 2 cores
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _loader(root, split, batch_size=32):

@@ -184,7 +184,8 @@ def collect_claims(
     num_workers: int = 1,
 ) -> tuple[PerImage, dict[str, Any]]:
     """One pass over the test split (or its first ``limit`` images, in stream order):
-    ``(PerImage, facts)``, facts = what the pass ran on (teacher, view, grid, seconds)."""
+    ``(PerImage, facts)``, facts = what the pass ran on (teacher, view, grid, seconds).
+    ``device`` "auto": CUDA when present."""
     start = time.perf_counter()
     ckpt = Path(teacher_ckpt).expanduser()
     dev = torch.device(
@@ -249,35 +250,25 @@ def measure_claims(
     teacher_ckpt: str | Path,
     shards_root: str | Path,
     *,
-    alphas: Sequence[float] = (0.025, 0.05, 0.1, 0.2, 0.5),
-    betas: Sequence[float] = (0.1, 0.2, 0.3, 0.5),
-    locality_alpha: float = 0.1,
-    object_threshold: float = 0.1,
-    batch_size: int = 256,
     resamples: int = 2000,
-    seed: int = 0,
-    limit: int | None = None,
-    progress: bool = False,
-    device: str = "auto",
-    num_workers: int = 1,
     keep_tolerance: float = 0.05,
+    **collect_options: Any,
 ) -> dict[str, Any]:
     """The claims of SPEC 8 measured on ``teacher_ckpt`` (a Lightning checkpoint of our
     modules) over the test split of the shard set ``shards_root`` (prepared or analysed):
     a JSON-serialisable dict (see :func:`claims_table.summarise_claims` for its keys and each
-    verdict rule). ``resamples``: bootstrap resamples (>= 2000), seeded by ``seed``, which
+    verdict rule). ``collect_options``: :func:`collect_claims`'s keyword arguments (alphas,
+    betas, locality_alpha, object_threshold, batch_size, seed, limit, progress, device,
+    num_workers). ``resamples``: bootstrap resamples (>= 2000), seeded by ``seed``, which
     also seeds the random controls. ``keep_tolerance``: half-width of the band around the
     paper's 8,866 / 38,416 = 0.2308 for "AWD alpha = 0.1 keeps ~23 % of interactions": that
     row's effect is the mean over images of the AWD(0.1) window-mask count / N^2, and its
     verdict is "supported" when its CI lies strictly inside 0.2308 ± tolerance,
-    "contradicted" when it lies entirely outside, "inconclusive" when it straddles an edge. ``device`` "auto": CUDA when present.
+    "contradicted" when it lies entirely outside, "inconclusive" when it straddles an edge.
     Images per second counts the whole stage (loading the networks, the pass, the intervals)."""
     start = time.perf_counter()
-    per, facts = collect_claims(
-        teacher_ckpt, shards_root, alphas=alphas, betas=betas, locality_alpha=locality_alpha,
-        object_threshold=object_threshold, batch_size=batch_size, seed=seed, limit=limit,
-        progress=progress, device=device, num_workers=num_workers,
-    )  # fmt: skip
+    per, facts = collect_claims(teacher_ckpt, shards_root, **collect_options)
+    seed = facts["settings"]["seed"]
     result = summarise_claims(
         per, facts, resamples=resamples, seed=seed, keep_tolerance=keep_tolerance
     )

@@ -194,23 +194,27 @@ def test_rollout_figure(tmp_path):
 def test_tradeoff_figure(tmp_path):
     rows = [
         dict(module="ViTModule", alpha=None, beta=None, top1=81.2, eo=38416.0),
-        dict(module="AWDModule", alpha=0.2, beta=0.0, top1=81.5, eo=15000.0),
-        dict(module="AWDModule", alpha=0.1, beta=0.0, top1=81.9, eo=8866.0),
-        dict(module="AWDModule", alpha=0.1, beta=0.0, top1=80.9, eo=8866.0),  # 2nd seed
-        dict(module="AWDDIPModule", alpha=0.1, beta=0.2, top1=82.4, eo=7080.0),
-        dict(module="AWDModule", alpha=0.3, beta=0.0, top1=float("nan"), eo=2e4),  # skipped
+        dict(family="awd_vit", alpha=0.2, beta=0.0, top1=81.5, eo=15000.0),
+        dict(module="AWDViTModule", alpha=0.1, beta=0.0, top1=81.9, eo=8866.0),
+        dict(family="awd_vit", alpha=0.1, beta=0.0, top1=80.9, eo=8866.0),  # 2nd seed
+        dict(module="AWDDIPViTModule", alpha=0.1, beta=0.2, top1=82.4, eo=7080.0),
+        dict(method="my_rule", alpha=0.3, beta=0.0, top1=79.0, eo=9000.0),  # not in the table
+        dict(module="AWDViTModule", alpha=0.3, beta=0.0, top1=float("nan"), eo=2e4),  # skipped
         dict(family="winft", alpha=1.0, beta=0.0, top1="", eo=2e4),  # failed run: skipped
     ]
     fig = F.tradeoff_figure(rows, log_x=True)
     (ax,) = fig.axes
     assert ax.get_xscale() == "log" and ax.get_xlabel() and ax.get_ylabel() and ax.get_title()
     lines = {c.get_label(): c.lines[0] for c in ax.containers}
-    assert set(lines) == {"ViTModule", "AWDModule", "AWDDIPModule"}
-    np.testing.assert_array_equal(lines["AWDModule"].get_xdata(), [8866.0, 15000.0])  # sorted
+    # one line per family, labelled from the family table (families.py); a row of a rule the
+    # table does not know keeps its own name
+    assert set(lines) == {"ViT", "AWD-ViT", "AWD+DIP ViT", "my_rule"}
+    np.testing.assert_array_equal(lines["AWD-ViT"].get_xdata(), [8866.0, 15000.0])  # sorted
     np.testing.assert_allclose(
-        np.asarray(lines["AWDModule"].get_ydata(), float), [81.4, 81.5]
+        np.asarray(lines["AWD-ViT"].get_ydata(), float), [81.4, 81.5]
     )  # seed mean
-    assert sorted(t.get_text() for t in ax.texts) == ["α=0.1, β=0", "α=0.1, β=0.2", "α=0.2, β=0"]
+    texts = sorted(t.get_text() for t in ax.texts)
+    assert texts == ["α=0.1, β=0", "α=0.1, β=0.2", "α=0.2, β=0", "α=0.3, β=0"]
     fig.canvas.draw()
     path = F.save(fig, tmp_path / "sub" / "tradeoff.png")
     with Image.open(path) as im:

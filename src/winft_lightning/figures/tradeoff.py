@@ -8,14 +8,18 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from winft_lightning.figures.base import (
-    DPI,
-)
+from winft_lightning.families import BY_MODULE, BY_NAME
+from winft_lightning.figures.base import DPI
 
 # ---------------------------------------------------------------- trade-off
 
 
 def _family(row: Mapping[str, Any]) -> str:
+    """The legend label of a result row: the family table's label for its ``family`` or
+    ``module``, else whatever names the row (``method``, ``name``)."""
+    known = BY_NAME.get(str(row.get("family"))) or BY_MODULE.get(str(row.get("module")))
+    if known is not None:
+        return known.label
     return str(
         row.get("family") or row.get("module") or row.get("method") or row.get("name") or "?"
     )

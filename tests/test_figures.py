@@ -278,10 +278,15 @@ def test_cli_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     names = sorted(p.name for p in out.iterdir())
     want = [f"img0_{k}.png" for k in FIGS] + ["rollout.png", "tradeoff_eo.png"]
-    assert names == sorted([*want, "tradeoff_eo_ratio.png"])
+    assert names == sorted([*want, "tradeoff_eo_ratio.png", "figures.json"])
     for name in names:
-        with Image.open(out / name) as im:
-            im.verify()
+        if name.endswith(".png"):
+            with Image.open(out / name) as im:
+                im.verify()
+    drawn = json.loads((out / "figures.json").read_text())  # what the figures were drawn with
+    assert drawn["ckpt"] == str(ckpt) and drawn["winft"] is None
+    assert (drawn["alphas"], drawn["betas"]) == ([0.1], [0.25])
+    assert (drawn["field_alpha"], drawn["field_beta"]) == (0.1, 0.25)  # defaults: first / largest
 
 
 def test_run_batches_bundled_photos(tmp_path, monkeypatch):

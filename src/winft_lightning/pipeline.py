@@ -156,8 +156,9 @@ def teacher_job(cfg: DictConfig, shards: Path, run_dir: Path) -> DictConfig:
     student's config: no key of the student's model, seed, run dir or task reaches it."""
     job = {k: OmegaConf.to_container(cfg[k], resolve=False) for k in SHARED_GROUPS if k in cfg}
     job["data"]["root"] = str(shards)
-    if teacher_source(cfg) is not None:  # what those shards were built from
-        job["data"]["source"] = OmegaConf.to_container(teacher_source(cfg), resolve=True)
+    source = teacher_source(cfg)
+    if source is not None:  # what those shards were built from
+        job["data"]["source"] = OmegaConf.to_container(source, resolve=True)
     job["trainer"]["max_epochs"] = int(cfg.teacher.max_epochs)
     if cfg.teacher.get("limit_train_batches") is not None:
         job["trainer"]["limit_train_batches"] = cfg.teacher.limit_train_batches

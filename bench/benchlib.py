@@ -1,13 +1,11 @@
-"""Shared pieces of ``make bench`` (``bench/run.py``): constants, timers, the machine record,
+"""Shared pieces of ``make bench`` (``bench/run.py``): constants, timers,
 synthetic teacher-like windows, modules and their training steps."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import platform
 import statistics
-import subprocess
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -85,48 +83,6 @@ def timeit(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def _versions() -> dict:
-    out = {}
-    for name in ("timm", "lightning", "triton", "numpy"):
-        try:
-            out[name] = __import__(name).__version__
-        except Exception:
-            out[name] = None
-    return out
-
-
-def machine() -> dict:
-    info = {
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        **_versions(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
-        info["gpu_sms"] = props.multi_processor_count
-        info["cuda_runtime"] = torch.version.cuda
-        info["cudnn"] = torch.backends.cudnn.version()
-        try:
-            query = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
-            info["driver"] = subprocess.run(query, capture_output=True, text=True, timeout=30)
-            info["driver"] = info["driver"].stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            info["driver"] = None
-    return info
 
 
 def _sync() -> None:

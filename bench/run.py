@@ -35,13 +35,13 @@ from pathlib import Path
 
 import torch
 
-from benchlib import machine
 from sec_analysis import analysis_section
 from sec_attention import ALPHA, attention_section
 from sec_data import data_section
 from sec_memory import memory_section
 from sec_overhead import overhead_section
 from sec_train import train_section
+from winft_lightning.machine import describe
 
 SECTIONS = {
     "attention": attention_section,
@@ -88,11 +88,13 @@ def main(argv: list[str] | None = None) -> dict:
     for name in names:
         if name not in SECTIONS:
             sys.exit(f"unknown section {name!r}; choose from {sorted(SECTIONS)}")
-    result = {"machine": machine(), "device": str(device), "quick": args.quick}
+    result = {"machine": describe(gpu_driver=True), "device": str(device), "quick": args.quick}
     if args.update:
         old = json.loads(Path(args.update).read_text())
         if old.get("machine"):
-            old.setdefault("updates", []).append({"machine": machine(), "sections": names})
+            old.setdefault("updates", []).append(
+                {"machine": describe(gpu_driver=True), "sections": names}
+            )
             result = old
     out = Path(
         args.out

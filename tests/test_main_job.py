@@ -10,10 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from PIL import Image
 
 from conftest import cli
+from winft_lightning.machine import summary
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +45,12 @@ def test_no_argument_job_on_digits(tmp_path):
     for row in rows:
         assert 0 <= row["top1"] <= row["top5"] <= 100 and row["images_per_s"] > 0
     md = (run_dir / "results.md").read_text().splitlines()
-    assert md[0].startswith("| run | top-1 %") and len(md) == 2 + len(rows)
+    assert md[0].startswith("| run | top-1 %") and md[2 + len(rows)] == ""
+    # the same seeds give other numbers on another CPU: every row says which machine it ran on
+    isa = torch.backends.cpu.get_cpu_capability()
+    assert all(row["machine"]["cpu_isa"] == isa for row in rows)
+    assert md[3 + len(rows) :] == [f"Measured on {summary(winft['machine'])}."]
+    assert f", {isa}), " in md[-1] and md[-1] in res.stdout.splitlines()
     assert Path(winft["best_ckpt"]).is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
     metrics = (run_dir / "csv" / "version_0" / "metrics.csv").read_text()
     assert "train/bce" in metrics and "test/eo" in metrics

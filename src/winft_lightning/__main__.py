@@ -23,6 +23,7 @@ from rich.table import Table
 
 from winft_lightning import pipeline
 from winft_lightning import world as worlds
+from winft_lightning.machine import summary
 from winft_lightning.train import (
     destroy_process_group,
     fit_and_test,
@@ -59,6 +60,15 @@ def results_table(rows: list[dict[str, Any]]) -> tuple[Table, str]:
     return table, "\n".join(md) + "\n"
 
 
+def machine_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Where each row was measured: one line when every row ran on the same machine (a cached
+    teacher may have been trained on another, whose CPU gives other numbers)."""
+    described = {row["name"]: summary(row["machine"]) for row in rows if row.get("machine")}
+    if len(set(described.values())) == 1:
+        return [f"Measured on {next(iter(described.values()))}."]
+    return [f"{name}: measured on {line}." for name, line in described.items()]
+
+
 def run(cfg: DictConfig) -> list[dict[str, Any]]:
     validate_config(cfg)
     world = worlds.current()
@@ -87,10 +97,13 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     if not world.is_zero:
         return rows
     table, md = results_table(rows)
-    (run_dir / "results.md").write_text(md)
+    measured_on = machine_lines(rows)
+    (run_dir / "results.md").write_text(md + "\n" + "\n".join(measured_on) + "\n")
     (run_dir / "results_table.json").write_text(json.dumps(rows, indent=2))
     console = Console()
     console.print(table)
+    for line in measured_on:
+        console.print(line, soft_wrap=True)
     console.print(f"run dir: {run_dir}  (results.json, results.md, checkpoints/, logs)")
     return rows
 

@@ -129,15 +129,9 @@ def study_figures(study_dir: Path, count: int = 3) -> list[Path]:
 
 
 def machine_line() -> str:
-    import platform
+    from winft_lightning.machine import summary
 
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    return (
-        f"Measured {time.strftime('%Y-%m-%d')} on {cpu}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}."
-    )
+    return f"Measured {time.strftime('%Y-%m-%d')} on {summary()}."
 
 
 def claims_inputs(study_dir: Path) -> tuple[Path, Path] | None:

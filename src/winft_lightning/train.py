@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from winft_lightning import world as worlds
 from winft_lightning.callbacks import TrainThroughput
 from winft_lightning.checkpoints import read_checkpoint
+from winft_lightning.machine import describe
 
 log = logging.getLogger(__name__)
 
@@ -315,6 +316,7 @@ def fit_and_test(
         "epochs": trainer.current_epoch,
         "best_ckpt": best,
         "run_dir": str(run_dir),
+        "machine": describe(),  # the same seeds give other numbers on another CPU (machine.py)
         **(extra or {}),
     }
     if trainer.is_global_zero:

@@ -1,0 +1,139 @@
+"""Train-step ratios of this tree against another checkout of the project, paired in time.
+
+    python bench/ab.py --base PATH [--pairs 6] [--repeat 10] [--out PATH]
+
+One bench process per tree and pair, base first, so that the machine's drift (a neighbour's
+load, clocks) falls on both trees of a pair alike. Each process times one SGD step of every
+dense variant of the train section (``benchlib.VARIANTS``) in round-robin rounds at B/16 384
+with vit_tiny widths and reports each variant's step over the ViT step: the ratios
+``make bench`` holds to its targets. A single process measures them only to about +-5 % on a
+2-core VM, which is more than most code changes move them; the pairs give the difference
+(this tree - base) a t interval over pairs, and a verdict computed from it.
+
+``--base`` is a checkout of the project (e.g. ``git worktree add /tmp/base REV``); its own
+``src`` and ``bench`` are imported in its processes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DENSE = ("vit", "awd_dense", "awd_dip_dense", "winft_dense", "winft_neg_inf_dense")
+
+
+def measure(repeat: int) -> dict[str, float]:
+    """Step / ViT step of every dense variant, in this process's tree (``sys.path``)."""
+    import torch
+
+    from benchlib import (
+        B16_384,
+        WIDTHS,
+        _grid,
+        build_module,
+        local_masks,
+        synthetic_batch,
+        timeit_interleaved,
+        train_step,
+    )
+
+    device = torch.device("cpu")
+    net = {**B16_384, **WIDTHS["vit_tiny"]}
+    masks, _ = local_masks(2, _grid(B16_384))
+    data = synthetic_batch(2, net, masks, device)
+    steps = {v: train_step(build_module(v, net, device), data, device) for v in DENSE}
+    seconds = timeit_interleaved(steps, repeat)
+    return {"vit_step_s": seconds["vit"], **{v: seconds[v] / seconds["vit"] for v in DENSE[1:]}}
+
+
+def run_in(tree: Path, repeat: int) -> dict[str, float]:
+    """``measure`` in a fresh process that imports ``tree``'s package and bench modules."""
+    env = {**os.environ, "PYTHONPATH": str(tree / "src")}
+    code = (
+        f"import sys, json; sys.path[:0] = [{str(tree / 'bench')!r}, {str(HERE)!r}]; "
+        f"import ab; print('AB ' + json.dumps(ab.measure({repeat})))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tree, env=env, capture_output=True, text=True
+    )
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("AB ")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"bench process in {tree} failed:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1][3:])
+
+
+def compare(base: list[dict], this: list[dict]) -> dict:
+    """Per variant: both trees' ratios, the paired difference's t interval and its verdict
+    on "this tree's ratio is higher" (a slower masked step relative to the ViT step)."""
+    from winft_lightning.claims import t_interval, verdict
+
+    out = {}
+    for v in DENSE[1:]:
+        deltas = [t[v] - b[v] for b, t in zip(base, this, strict=True)]
+        ci = t_interval(deltas)
+        out[v] = {
+            "base": [round(b[v], 4) for b in base],
+            "this": [round(t[v], 4) for t in this],
+            "difference": {"mean": ci.estimate, "low": ci.low, "high": ci.high},
+            "this_higher": verdict(ci, null=0.0, direction="greater"),
+        }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", required=True, type=Path, help="another checkout of the project")
+    parser.add_argument("--pairs", type=int, default=6)
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if not (args.base / "bench" / "benchlib.py").is_file():
+        raise SystemExit(
+            f"--base {args.base}: not a checkout of this project (no bench/benchlib.py)"
+        )
+    sys.path.insert(0, str(HERE.parent / "src"))
+    from winft_lightning.machine import describe
+
+    base_rev = subprocess.run(
+        ["git", "-C", str(args.base), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    base, this = [], []
+    for i in range(args.pairs):
+        base.append(run_in(args.base.resolve(), args.repeat))
+        this.append(run_in(HERE.parent, args.repeat))
+        print(
+            f"pair {i + 1}/{args.pairs}: base {base[-1]}\n            this {this[-1]}", flush=True
+        )
+    result = {
+        "machine": describe(),
+        "base": {"path": str(args.base), "rev": base_rev or None},
+        "pairs": args.pairs,
+        "repeat": args.repeat,
+        "vit_step_s": {
+            "base": [b["vit_step_s"] for b in base],
+            "this": [t["vit_step_s"] for t in this],
+        },
+        "ratios_to_vit": compare(base, this),
+    }
+    for v, row in result["ratios_to_vit"].items():
+        d = row["difference"]
+        print(
+            f"{v}: this - base {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] -> {row['this_higher']}"
+        )
+    out = (
+        args.out or HERE.parent / "outputs" / "bench" / f"ab_{time.strftime('%Y-%m-%d_%H-%M')}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""bench/ab.py's comparison: paired differences of the step ratios, their t interval and the
+verdict computed from it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import ab
+
+
+def _runs(awd: list[float]) -> list[dict[str, float]]:
+    return [{"vit_step_s": 0.5, **{v: 1.0 for v in ab.DENSE[1:]}, "awd_dense": a} for a in awd]
+
+
+def test_paired_difference_interval_and_verdict():
+    base = _runs([1.00, 1.04, 0.98, 1.02])
+    this = _runs([1.10, 1.15, 1.07, 1.13])  # slower by 0.10 +- 0.01 in every pair
+    row = ab.compare(base, this)["awd_dense"]
+    deltas = [0.10, 0.11, 0.09, 0.11]
+    half = stats.t.ppf(0.975, 3) * stats.tstd(deltas) / 2
+    assert row["difference"]["mean"] == pytest.approx(0.1025)
+    assert row["difference"]["low"] == pytest.approx(0.1025 - half)
+    assert row["difference"]["high"] == pytest.approx(0.1025 + half)
+    assert row["this_higher"] == "supported"
+    assert row["base"] == [1.0, 1.04, 0.98, 1.02] and row["this"][0] == 1.1
+    # the same runs the other way round: the verdict turns with the sign
+    assert ab.compare(this, base)["awd_dense"]["this_higher"] == "contradicted"
+
+
+def test_noise_larger_than_the_change_is_inconclusive():
+    base = _runs([1.00, 1.06, 0.95, 1.03])
+    this = _runs([1.05, 0.99, 1.04, 1.00])
+    assert ab.compare(base, this)["awd_dense"]["this_higher"] == "inconclusive"
+
+
+def test_unpaired_runs_are_refused():
+    with pytest.raises(ValueError):
+        ab.compare(_runs([1.0, 1.0]), _runs([1.0, 1.0, 1.0]))

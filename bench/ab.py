@@ -1,6 +1,6 @@
 """Train-step ratios of this tree against another checkout of the project, paired in time.
 
-    python bench/ab.py --base PATH [--pairs 6] [--repeat 10] [--out PATH]
+    python bench/ab.py --base PATH [--pairs 6] [--repeat 10] [--one-process] [--out PATH]
 
 One bench process per tree and pair, base first, so that the machine's drift (a neighbour's
 load, clocks) falls on both trees of a pair alike. Each process times one SGD step of every
@@ -9,6 +9,12 @@ with vit_tiny widths and reports each variant's step over the ViT step: the rati
 ``make bench`` holds to its targets. A single process measures them only to about +-5 % on a
 2-core VM, which is more than most code changes move them; the pairs give the difference
 (this tree - base) a t interval over pairs, and a verdict computed from it.
+
+``--one-process`` times both trees in the same processes instead: the base's package is
+copied under another name (``winft_base``), both trees' modules are built in one process and
+their steps interleaved in the same rounds, so that what one process does to timings (memory
+layout, a neighbour's load while it runs) falls on both; ``--pairs`` is then the number of
+processes, each giving one difference.
 
 ``--base`` is a checkout of the project (e.g. ``git worktree add /tmp/base REV``); its own
 ``src`` and ``bench`` are imported in its processes."""
@@ -20,6 +26,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -67,6 +74,79 @@ def run_in(tree: Path, repeat: int) -> dict[str, float]:
     return json.loads(lines[-1][3:])
 
 
+BASE_PACKAGE = "winft_base"
+
+
+def base_package(base: Path, into: Path) -> Path:
+    """``base``'s ``winft_lightning`` copied to ``into/winft_base`` with its own imports
+    renamed, so that it imports beside this tree's package; returns ``into``."""
+    import shutil
+
+    target = into / BASE_PACKAGE
+    shutil.copytree(
+        base / "src" / "winft_lightning", target, ignore=shutil.ignore_patterns("*.pyc")
+    )
+    for path in target.rglob("*.py"):
+        path.write_text(path.read_text().replace("winft_lightning", BASE_PACKAGE))
+    return into
+
+
+def measure_both(repeat: int) -> dict[str, dict[str, float]]:
+    """Both trees' step / ViT step in one process, every step of both in the same rounds."""
+    import importlib
+
+    import torch
+
+    from benchlib import (
+        B16_384,
+        VARIANTS,
+        WIDTHS,
+        _grid,
+        local_masks,
+        synthetic_batch,
+        timeit_interleaved,
+        train_step,
+    )
+
+    device = torch.device("cpu")
+    net = {**B16_384, **WIDTHS["vit_tiny"]}
+    masks, _ = local_masks(2, _grid(B16_384))
+    data = synthetic_batch(2, net, masks, device)
+    steps = {}
+    for tree, package in (("base", BASE_PACKAGE), ("this", "winft_lightning")):
+        modules = importlib.import_module(f"{package}.modules").MODULES
+        for v in DENSE:
+            kind, options = VARIANTS[v]
+            torch.manual_seed(0)
+            module = modules[kind](net=net, **options).to(device).train()
+            steps[(tree, v)] = train_step(module, data, device)
+    order = [(tree, v) for v in DENSE for tree in ("base", "this")]
+    seconds = timeit_interleaved({f"{t}/{v}": steps[(t, v)] for t, v in order}, repeat)
+    return {
+        tree: {
+            "vit_step_s": seconds[f"{tree}/vit"],
+            **{v: seconds[f"{tree}/{v}"] / seconds[f"{tree}/vit"] for v in DENSE[1:]},
+        }
+        for tree in ("base", "this")
+    }
+
+
+def run_both(base_dir: Path, repeat: int) -> dict[str, dict[str, float]]:
+    """``measure_both`` in a fresh process."""
+    env = {**os.environ, "PYTHONPATH": f"{HERE.parent / 'src'}{os.pathsep}{base_dir}"}
+    code = (
+        f"import sys, json; sys.path[:0] = [{str(HERE)!r}]; "
+        f"import ab; print('AB ' + json.dumps(ab.measure_both({repeat})))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=HERE.parent, env=env, capture_output=True, text=True
+    )
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("AB ")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"one-process bench failed:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1][3:])
+
+
 def compare(base: list[dict], this: list[dict]) -> dict:
     """Per variant: both trees' ratios, the paired difference's t interval and its verdict
     on "this tree's ratio is higher" (a slower masked step relative to the ViT step)."""
@@ -90,6 +170,7 @@ def main() -> None:
     parser.add_argument("--base", required=True, type=Path, help="another checkout of the project")
     parser.add_argument("--pairs", type=int, default=6)
     parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--one-process", action="store_true", help="both trees in each process")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if not (args.base / "bench" / "benchlib.py").is_file():
@@ -105,16 +186,22 @@ def main() -> None:
         text=True,
     ).stdout.strip()
     base, this = [], []
-    for i in range(args.pairs):
-        base.append(run_in(args.base.resolve(), args.repeat))
-        this.append(run_in(HERE.parent, args.repeat))
-        print(
-            f"pair {i + 1}/{args.pairs}: base {base[-1]}\n            this {this[-1]}", flush=True
-        )
+    with tempfile.TemporaryDirectory() as tmp:
+        copied = base_package(args.base.resolve(), Path(tmp)) if args.one_process else None
+        for i in range(args.pairs):
+            if copied is not None:
+                both = run_both(copied, args.repeat)
+                base.append(both["base"])
+                this.append(both["this"])
+            else:
+                base.append(run_in(args.base.resolve(), args.repeat))
+                this.append(run_in(HERE.parent, args.repeat))
+            print(f"pair {i + 1}/{args.pairs}: base {base[-1]}\n  this {this[-1]}", flush=True)
     result = {
         "machine": describe(),
         "base": {"path": str(args.base), "rev": base_rev or None},
         "pairs": args.pairs,
+        "design": "both trees in each process" if args.one_process else "alternating processes",
         "repeat": args.repeat,
         "vit_step_s": {
             "base": [b["vit_step_s"] for b in base],

@@ -41,3 +41,21 @@ def test_noise_larger_than_the_change_is_inconclusive():
 def test_unpaired_runs_are_refused():
     with pytest.raises(ValueError):
         ab.compare(_runs([1.0, 1.0]), _runs([1.0, 1.0, 1.0]))
+
+
+def test_base_package_imports_beside_this_tree(tmp_path, monkeypatch):
+    """--one-process: a checkout's package, copied as winft_base, imports next to
+    winft_lightning and builds its own modules (none of its imports reach this tree's)."""
+    import importlib
+
+    import winft_lightning.modules
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.syspath_prepend(str(ab.base_package(root, tmp_path)))
+    base = importlib.import_module(f"{ab.BASE_PACKAGE}.modules")
+    assert Path(base.__file__).is_relative_to(tmp_path)
+    assert base.MODULES.keys() == winft_lightning.modules.MODULES.keys()
+    assert base.MODULES["vit"] is not winft_lightning.modules.MODULES["vit"]
+    copied = sys.modules[f"{ab.BASE_PACKAGE}.models"]
+    assert Path(copied.__file__).is_relative_to(tmp_path)
+    assert not any("winft_lightning" in p.read_text() for p in tmp_path.rglob("*.py"))

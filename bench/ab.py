@@ -29,49 +29,57 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 HERE = Path(__file__).resolve().parent
 DENSE = ("vit", "awd_dense", "awd_dip_dense", "winft_dense", "winft_neg_inf_dense")
 
 
-def measure(repeat: int) -> dict[str, float]:
-    """Step / ViT step of every dense variant, in this process's tree (``sys.path``)."""
+def _setting() -> tuple[dict, dict, torch.device]:
+    """The train section's CPU setting: B/16 384 geometry at vit_tiny widths, batch 2, local
+    teacher-like windows."""
     import torch
 
-    from benchlib import (
-        B16_384,
-        WIDTHS,
-        _grid,
-        build_module,
-        local_masks,
-        synthetic_batch,
-        timeit_interleaved,
-        train_step,
-    )
+    from benchlib import B16_384, WIDTHS, _grid, local_masks, synthetic_batch
 
     device = torch.device("cpu")
     net = {**B16_384, **WIDTHS["vit_tiny"]}
     masks, _ = local_masks(2, _grid(B16_384))
-    data = synthetic_batch(2, net, masks, device)
+    return net, synthetic_batch(2, net, masks, device), device
+
+
+def measure(repeat: int) -> dict[str, float]:
+    """Step / ViT step of every dense variant, in this process's tree (``sys.path``)."""
+    from benchlib import build_module, timeit_interleaved, train_step
+
+    net, data, device = _setting()
     steps = {v: train_step(build_module(v, net, device), data, device) for v in DENSE}
     seconds = timeit_interleaved(steps, repeat)
     return {"vit_step_s": seconds["vit"], **{v: seconds[v] / seconds["vit"] for v in DENSE[1:]}}
 
 
-def run_in(tree: Path, repeat: int) -> dict[str, float]:
-    """``measure`` in a fresh process that imports ``tree``'s package and bench modules."""
-    env = {**os.environ, "PYTHONPATH": str(tree / "src")}
+def _in_process(call: str, cwd: Path, sys_path: list[Path], pythonpath: list[Path]) -> dict:
+    """``ab.<call>`` in a fresh Python process; its printed JSON."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, pythonpath))}
     code = (
-        f"import sys, json; sys.path[:0] = [{str(tree / 'bench')!r}, {str(HERE)!r}]; "
-        f"import ab; print('AB ' + json.dumps(ab.measure({repeat})))"
+        f"import sys, json; sys.path[:0] = {[str(p) for p in sys_path]!r}; "
+        f"import ab; print('AB ' + json.dumps(ab.{call}))"
     )
     done = subprocess.run(
-        [sys.executable, "-c", code], cwd=tree, env=env, capture_output=True, text=True
+        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True
     )
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("AB ")]
     if done.returncode != 0 or not lines:
-        raise RuntimeError(f"bench process in {tree} failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"bench process ({call} in {cwd}) failed:\n{done.stderr[-3000:]}")
     return json.loads(lines[-1][3:])
+
+
+def run_in(tree: Path, repeat: int) -> dict[str, float]:
+    """``measure`` in a fresh process that imports ``tree``'s package and bench modules."""
+    return _in_process(f"measure({repeat})", tree, [tree / "bench", HERE], [tree / "src"])
 
 
 BASE_PACKAGE = "winft_base"
@@ -97,21 +105,9 @@ def measure_both(repeat: int) -> dict[str, dict[str, float]]:
 
     import torch
 
-    from benchlib import (
-        B16_384,
-        VARIANTS,
-        WIDTHS,
-        _grid,
-        local_masks,
-        synthetic_batch,
-        timeit_interleaved,
-        train_step,
-    )
+    from benchlib import VARIANTS, timeit_interleaved, train_step
 
-    device = torch.device("cpu")
-    net = {**B16_384, **WIDTHS["vit_tiny"]}
-    masks, _ = local_masks(2, _grid(B16_384))
-    data = synthetic_batch(2, net, masks, device)
+    net, data, device = _setting()
     steps = {}
     for tree, package in (("base", BASE_PACKAGE), ("this", "winft_lightning")):
         modules = importlib.import_module(f"{package}.modules").MODULES
@@ -132,19 +128,10 @@ def measure_both(repeat: int) -> dict[str, dict[str, float]]:
 
 
 def run_both(base_dir: Path, repeat: int) -> dict[str, dict[str, float]]:
-    """``measure_both`` in a fresh process."""
-    env = {**os.environ, "PYTHONPATH": f"{HERE.parent / 'src'}{os.pathsep}{base_dir}"}
-    code = (
-        f"import sys, json; sys.path[:0] = [{str(HERE)!r}]; "
-        f"import ab; print('AB ' + json.dumps(ab.measure_both({repeat})))"
+    """``measure_both`` in a fresh process (``base_dir`` holds the copied base package)."""
+    return _in_process(
+        f"measure_both({repeat})", HERE.parent, [HERE], [HERE.parent / "src", base_dir]
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=HERE.parent, env=env, capture_output=True, text=True
-    )
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("AB ")]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"one-process bench failed:\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1][3:])
 
 
 def compare(base: list[dict], this: list[dict]) -> dict:

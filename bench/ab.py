@@ -103,18 +103,14 @@ def measure_both(repeat: int) -> dict[str, dict[str, float]]:
     """Both trees' step / ViT step in one process, every step of both in the same rounds."""
     import importlib
 
-    import torch
-
-    from benchlib import VARIANTS, timeit_interleaved, train_step
+    from benchlib import build_module, timeit_interleaved, train_step
 
     net, data, device = _setting()
     steps = {}
     for tree, package in (("base", BASE_PACKAGE), ("this", "winft_lightning")):
         modules = importlib.import_module(f"{package}.modules").MODULES
         for v in DENSE:
-            kind, options = VARIANTS[v]
-            torch.manual_seed(0)
-            module = modules[kind](net=net, **options).to(device).train()
+            module = build_module(v, net, device, modules=modules)
             steps[(tree, v)] = train_step(module, data, device)
     order = [(tree, v) for v in DENSE for tree in ("base", "this")]
     seconds = timeit_interleaved({f"{t}/{v}": steps[(t, v)] for t, v in order}, repeat)

@@ -194,17 +194,25 @@ def synthetic_batch(batch: int, net: dict, masks: dict | None, device: torch.dev
     return {k: v.to(device) for k, v in out.items()}
 
 
-def build_module(variant: str, net: dict, device: torch.device, variants: dict | None = None):
+def build_module(
+    variant: str,
+    net: dict,
+    device: torch.device,
+    variants: dict | None = None,
+    modules: dict | None = None,
+):
     """The LightningModule of ``variants[variant]`` (default ``VARIANTS``; options may carry a
-    ``block_size`` for the net) on ``device``, train mode, seeded init."""
-    from winft_lightning.modules import MODULES
+    ``block_size`` for the net) on ``device``, train mode, seeded init; ``modules`` the module
+    table to build from (default ``winft_lightning.modules.MODULES``)."""
+    if modules is None:
+        from winft_lightning.modules import MODULES as modules
 
     kind, options = (variants or VARIANTS)[variant]
     options = dict(options)
     if "block_size" in options:
         net = {**net, "block_size": options.pop("block_size")}
     torch.manual_seed(0)
-    return MODULES[kind](net=net, **options).to(device).train()
+    return modules[kind](net=net, **options).to(device).train()
 
 
 def train_step(module, batch: dict, device: torch.device) -> Callable[[], None]:

@@ -133,7 +133,7 @@ def run_both(base_dir: Path, repeat: int) -> dict[str, dict[str, float]]:
 def compare(base: list[dict], this: list[dict]) -> dict:
     """Per variant: both trees' ratios, the paired difference's t interval and its verdict
     on "this tree's ratio is higher" (a slower masked step relative to the ViT step)."""
-    from winft_lightning.claims import t_interval, verdict
+    from winft_lightning.core.claims import t_interval, verdict
 
     out = {}
     for v in DENSE[1:]:
@@ -161,7 +161,7 @@ def main() -> None:
             f"--base {args.base}: not a checkout of this project (no bench/benchlib.py)"
         )
     sys.path.insert(0, str(HERE.parent / "src"))
-    from winft_lightning.machine import describe
+    from winft_lightning.runtime.machine import describe
 
     base_rev = subprocess.run(
         ["git", "-C", str(args.base), "rev-parse", "--short", "HEAD"],

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 import winft_lightning
-from winft_lightning import interactions as I
+from winft_lightning.core import interactions as I
 
 ALPHAS = (0.025, 0.05, 0.1, 0.2, 0.5)
 ALPHA = 0.1  # the alpha the paper's speed claims are stated at
@@ -203,9 +203,9 @@ def build_module(
 ):
     """The LightningModule of ``variants[variant]`` (default ``VARIANTS``; options may carry a
     ``block_size`` for the net) on ``device``, train mode, seeded init; ``modules`` the module
-    table to build from (default ``winft_lightning.modules.MODULES``)."""
+    table to build from (default ``winft_lightning.lit.modules.MODULES``)."""
     if modules is None:
-        from winft_lightning.modules import MODULES as modules
+        from winft_lightning.lit.modules import MODULES as modules
 
     kind, options = (variants or VARIANTS)[variant]
     options = dict(options)

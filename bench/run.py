@@ -41,7 +41,7 @@ from sec_data import data_section
 from sec_memory import memory_section
 from sec_overhead import overhead_section
 from sec_train import train_section
-from winft_lightning.machine import describe
+from winft_lightning.runtime.machine import describe
 
 SECTIONS = {
     "attention": attention_section,

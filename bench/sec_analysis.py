@@ -14,7 +14,7 @@ import time
 import torch
 
 from benchlib import ANALYZE_YAML, _sync, timeit
-from winft_lightning import interactions as I
+from winft_lightning.core import interactions as I
 
 IMAGENET_TRAIN = 1_281_167
 
@@ -42,7 +42,7 @@ def _end_to_end(img: int, device: torch.device, batch: int, opts: argparse.Names
     over CPU batches; TF32 matmuls beside it."""
     import timm
 
-    from winft_lightning.analyze import analyze_split
+    from winft_lightning.stages.analyze import analyze_split
 
     model = timm.create_model(f"vit_base_patch16_{img}", pretrained=False).to(device).eval()
     grid = (img // 16, img // 16)
@@ -87,7 +87,7 @@ def _end_to_end(img: int, device: torch.device, batch: int, opts: argparse.Names
 def _analysis_at(img: int, device: torch.device, batch: int, repeat: int) -> dict:
     import timm
 
-    from winft_lightning.capture import unfused_attention
+    from winft_lightning.core.capture import unfused_attention
 
     grid = (img // 16, img // 16)
     n = grid[0] * grid[1]

@@ -23,11 +23,11 @@ from benchlib import (
 
 def _random_teacher(path: Path) -> Path:
     """A randomly initialised fmnist-sized ViTModule saved as a Lightning checkpoint."""
-    from winft_lightning.teacher import save_untrained
+    from winft_lightning.models.teacher import save_untrained
 
     torch.manual_seed(0)
     return save_untrained(
-        {"_target_": "winft_lightning.modules.ViTModule", "net": FMNIST_NET}, path
+        {"_target_": "winft_lightning.lit.modules.ViTModule", "net": FMNIST_NET}, path
     )
 
 
@@ -36,8 +36,8 @@ def digits_mask_set(tmp: Path, device: torch.device) -> tuple[Path, dict]:
     (``analyze_shards``) under ``tmp``. Returns (mask set root, timings)."""
     from omegaconf import OmegaConf
 
-    from winft_lightning.analyze import analyze_shards
-    from winft_lightning.prepare import prepare_shards
+    from winft_lightning.stages.analyze import analyze_shards
+    from winft_lightning.stages.prepare import prepare_shards
 
     cfg = OmegaConf.load(DIGITS_YAML)
     cfg.source.limit = {"train": None, "val": 128, "test": 128}  # the loader reads train only

@@ -78,7 +78,7 @@ def lightning_loop(
     ``batches`` (one epoch) after ``warmup`` steps."""
     import lightning as L
 
-    from winft_lightning.modules import ViTModule
+    from winft_lightning.lit.modules import ViTModule
 
     torch.manual_seed(0)
     module = ViTModule(net=net, optimizer=functools.partial(torch.optim.SGD, **SGD))

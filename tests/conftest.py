@@ -82,7 +82,7 @@ def cli(*args: str, module: str = "winft_lightning", timeout: float = 300, **pop
 def digits_shards(tmp_path_factory) -> Path:
     """200/40/60 digits in shards of 25: 8 train, 2 val, 3 test shards."""
     from helpers import DIGITS
-    from winft_lightning.prepare import prepare_shards
+    from winft_lightning.stages.prepare import prepare_shards
 
     out = tmp_path_factory.mktemp("digits") / "shards"
     prepare_shards(DIGITS, out, progress=False)
@@ -108,7 +108,7 @@ def teacher_ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def analyzed_shards(tmp_path_factory, digits_shards, teacher_ckpt) -> Path:
     """The digits shard set analysed by ``teacher_ckpt`` at alphas 0.1 and 0.5."""
-    from winft_lightning.analyze import analyze_shards
+    from winft_lightning.stages.analyze import analyze_shards
 
     out = tmp_path_factory.mktemp("analyzed") / "masks"
     analyze_shards(

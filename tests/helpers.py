@@ -52,10 +52,10 @@ TINY_NET = dict(model_name="vit_tiny_patch16_224", img_size=16, patch_size=4, nu
 def untrained_teacher(path: Path, seed: int = 0, **net) -> Path:
     """An untrained ``ViTModule`` teacher saved by ``teacher.save_untrained`` (as the pipeline
     saves one), net ``TINY_NET`` updated by ``net``: the weights of ``tiny_vit(seed=seed, **net)``."""
-    from winft_lightning.teacher import save_untrained
+    from winft_lightning.models.teacher import save_untrained
 
     torch.manual_seed(seed)
-    cfg = {"_target_": "winft_lightning.modules.ViTModule", "net": {**TINY_NET, **net}}
+    cfg = {"_target_": "winft_lightning.lit.modules.ViTModule", "net": {**TINY_NET, **net}}
     return save_untrained(cfg, path)
 
 
@@ -63,7 +63,7 @@ def attention_maps(net: torch.nn.Module, x: torch.Tensor, **inputs) -> list[torc
     """Each block's softmax ``[B, H, T, T]`` during one ``net(x, **inputs)`` (the batch's inputs
     are arguments, so ``capture.iter_block_attention``, which runs ``block(x)``, cannot pass
     them): hooks on ``attn_drop``, attention unfused, no grad."""
-    from winft_lightning.capture import unfused_attention
+    from winft_lightning.core.capture import unfused_attention
 
     maps: list[torch.Tensor] = []
     hooks = [

@@ -12,11 +12,11 @@ from PIL import Image
 
 import helpers
 from test_interactions import naive_rollout
-from winft_lightning import interactions as ia
-from winft_lightning import visualize as V
-from winft_lightning.analysis import Analysis, analyse, default_patches
-from winft_lightning.capture import iter_block_attention
+from winft_lightning.core import interactions as ia
+from winft_lightning.core.analysis import Analysis, analyse, default_patches
+from winft_lightning.core.capture import iter_block_attention
 from winft_lightning.data.loading import SampleDecoder
+from winft_lightning.stages import visualize as V
 
 NET = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10)
 GRID = (4, 4)
@@ -116,8 +116,8 @@ def test_run_figure_callback_draws_the_analysis(family):
     (analyse), and a WinfT model's batch masks with its predicted W beside the fields."""
     from matplotlib.colorbar import Colorbar
 
-    from winft_lightning.callbacks import interaction_figures
-    from winft_lightning.modules import MODULES
+    from winft_lightning.lit.callbacks import interaction_figures
+    from winft_lightning.lit.modules import MODULES
 
     net = dict(model_name="vit_tiny_patch16_224", **NET)
     torch.manual_seed(0)

@@ -9,15 +9,15 @@ import torch
 
 from helpers import digits_source, untrained_teacher
 from winft_lightning import __version__
-from winft_lightning.analyze import analyze_shards, analyzed_dir
-from winft_lightning.capture import iter_block_attention
+from winft_lightning.core.capture import iter_block_attention
+from winft_lightning.core.interactions import awd_windows, dip_order, uncertainty_map
 from winft_lightning.data.datamodule import ShardDataModule
 from winft_lightning.data.errors import DataError, MaskError
 from winft_lightning.data.masks import decode_mask
 from winft_lightning.data.shards import iter_tar, read_manifest
-from winft_lightning.interactions import awd_windows, dip_order, uncertainty_map
-from winft_lightning.prepare import prepare_shards
-from winft_lightning.teacher import file_sha256, load_teacher
+from winft_lightning.models.teacher import file_sha256, load_teacher
+from winft_lightning.stages.analyze import analyze_shards, analyzed_dir
+from winft_lightning.stages.prepare import prepare_shards
 
 MEAN, STD = (0.3053,) * 3, (0.3759,) * 3
 

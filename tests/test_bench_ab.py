@@ -48,16 +48,16 @@ def test_base_package_imports_beside_this_tree(tmp_path, monkeypatch):
     winft_lightning and builds its own modules (none of its imports reach this tree's)."""
     import importlib
 
-    import winft_lightning.modules
-    from winft_lightning.resolvers import register
+    import winft_lightning.lit.modules
+    from winft_lightning.runtime.resolvers import register
 
     root = Path(__file__).resolve().parents[1]
     monkeypatch.syspath_prepend(str(ab.base_package(root, tmp_path)))
     try:
         base = importlib.import_module(f"{ab.BASE_PACKAGE}.modules")
         assert Path(base.__file__).is_relative_to(tmp_path)
-        assert base.MODULES.keys() == winft_lightning.modules.MODULES.keys()
-        assert base.MODULES["vit"] is not winft_lightning.modules.MODULES["vit"]
+        assert base.MODULES.keys() == winft_lightning.lit.modules.MODULES.keys()
+        assert base.MODULES["vit"] is not winft_lightning.lit.modules.MODULES["vit"]
         copied = sys.modules[f"{ab.BASE_PACKAGE}.models"]
         assert Path(copied.__file__).is_relative_to(tmp_path)
         assert not any("winft_lightning" in p.read_text() for p in tmp_path.rglob("*.py"))

@@ -6,8 +6,8 @@ import pytest
 import timm
 import torch
 
-from winft_lightning.capture import iter_block_attention
-from winft_lightning.interactions import uncertainty_map
+from winft_lightning.core.capture import iter_block_attention
+from winft_lightning.core.interactions import uncertainty_map
 
 
 def tiny_vit(**kw):

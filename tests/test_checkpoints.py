@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from helpers import tiny_vit
-from winft_lightning.checkpoints import UntrustedCheckpoint, read_checkpoint
-from winft_lightning.teacher import TeacherError, load_teacher
+from winft_lightning.models.teacher import TeacherError, load_teacher
+from winft_lightning.runtime.checkpoints import UntrustedCheckpoint, read_checkpoint
 
 
 class Payload:

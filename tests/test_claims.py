@@ -13,8 +13,8 @@ import torch
 from scipy import stats
 
 from helpers import TINY_NET
-from winft_lightning import claims as C
-from winft_lightning import interactions as I
+from winft_lightning.core import claims as C
+from winft_lightning.core import interactions as I
 from winft_lightning.models import build_vit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from helpers import TINY_NET, untrained_teacher
-from winft_lightning import claims as C
-from winft_lightning.claims_stage import collect_claims, measure_claims, write_claims
-from winft_lightning.claims_table import KEEP_PAPER, band_verdict, claims_markdown
+from winft_lightning.core import claims as C
+from winft_lightning.core.claims_table import KEEP_PAPER, band_verdict, claims_markdown
 from winft_lightning.data.datamodule import ShardDataModule
 from winft_lightning.models import awd_attn_mask, build_vit
-from winft_lightning.teacher import load_teacher
+from winft_lightning.models.teacher import load_teacher
+from winft_lightning.stages.claims import collect_claims, measure_claims, write_claims
 
 MEAN, STD = [0.3053] * 3, [0.3759] * 3
 ALPHAS, BETAS = (0.05, 0.1, 0.5), (0.2, 0.5)
@@ -120,7 +120,7 @@ def test_band_verdict_on_planted_intervals():
 def test_accuracies_equal_plain_forward_loops(result, teacher, digits_shards):
     """Unrestricted top-1 from the timm teacher; AWD(0.1) top-1 through timm's attn_mask path,
     windows from a separate analysis: both as the stage's curves say."""
-    from winft_lightning.analysis import analyse
+    from winft_lightning.core.analysis import analyse
 
     model, info = load_teacher(teacher)
     awd = build_vit(**TINY_NET, attn="awd", checkpoint=str(teacher)).eval()

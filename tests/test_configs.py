@@ -7,8 +7,8 @@ from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
 from conftest import CONF_DIR, EXPERIMENTS
-from winft_lightning.families import BY_NAME
-from winft_lightning.train import ConfigError, module_class, validate_config
+from winft_lightning.core.families import BY_NAME
+from winft_lightning.stages.train import ConfigError, module_class, validate_config
 
 PAPER_ROWS = [f"{m}_b{p}_{r}" for m in BY_NAME for p in (16, 32) for r in (224, 384)] + [
     "vit_b16_448_cub",
@@ -75,7 +75,7 @@ def test_unknown_experiment_is_named(make_cfg):
 
 
 def test_unknown_model_target_is_named(make_cfg):
-    cfg = make_cfg("experiment=fmnist_vit", "model._target_=winft_lightning.modules.Nope")
+    cfg = make_cfg("experiment=fmnist_vit", "model._target_=winft_lightning.lit.modules.Nope")
     with pytest.raises(ConfigError, match=r"model\._target_"):
         validate_config(cfg)
 
@@ -137,7 +137,7 @@ PAPER_BACKBONES = {
     "b16_448": ("vit_base_patch16_384", 448, 16, "WINFT_PRETRAINED_B16_384"),
 }
 # method -> the row's alpha / beta / lambdas (absent keys are absent from the config); the
-# method's module is the family table's (winft_lightning.families)
+# method's module is the family table's (winft_lightning.core.families)
 PAPER_METHODS = {
     "vit": {},
     "awd_vit": {"alpha": 0.1},
@@ -165,7 +165,7 @@ def paper_row_expected(name: str, env: dict[str, str]) -> dict:
     return {
         "task_name": name,
         "tags": [rec["data"]["name"], method, *backbone.split("_")],
-        "module": f"winft_lightning.modules.{module}",
+        "module": f"winft_lightning.lit.modules.{module}",
         "net": net,
         "teacher_net": net,
         "optimizer": rec["optimizer"],
@@ -222,9 +222,9 @@ def test_experiment_files_are_thin(name):
 
 
 def test_one_family_table():
-    """modules.MODULES and the study read the family table (winft_lightning.families)."""
-    from winft_lightning import study
-    from winft_lightning.modules import MODULES, ViTModule
+    """modules.MODULES and the study read the family table (winft_lightning.core.families)."""
+    from winft_lightning.lit.modules import MODULES, ViTModule
+    from winft_lightning.stages import study
 
     assert list(MODULES) == list(BY_NAME) == ["vit", "awd_vit", "awd_dip_vit", "winft"]
     for name, cls in MODULES.items():

@@ -9,7 +9,8 @@ from skimage import data as skdata
 from torchvision.transforms.v2 import functional as TF
 
 from helpers import tiny_vit
-from winft_lightning.capture import iter_block_attention
+from winft_lightning.core.capture import iter_block_attention
+from winft_lightning.core.interactions import awd_windows, dip_keep, dip_order, uncertainty_map
 from winft_lightning.data.datamodule import ShardDataModule
 from winft_lightning.data.errors import MaskError
 from winft_lightning.data.geometry import (
@@ -19,7 +20,6 @@ from winft_lightning.data.geometry import (
     hflip_windows,
     mirror_index,
 )
-from winft_lightning.interactions import awd_windows, dip_keep, dip_order, uncertainty_map
 
 GRID = (8, 8)  # 32 px, patch 4
 P = 4

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-import winft_lightning.analyze as analyze_mod
-import winft_lightning.prepare as prepare_mod
+import winft_lightning.stages.analyze as analyze_mod
+import winft_lightning.stages.prepare as prepare_mod
 from helpers import DIGITS
-from winft_lightning.analyze import analyze_shards
 from winft_lightning.data.errors import ManifestError
 from winft_lightning.data.shards import JOURNAL, MANIFEST, read_manifest
-from winft_lightning.prepare import prepare_shards
+from winft_lightning.stages.analyze import analyze_shards
+from winft_lightning.stages.prepare import prepare_shards
 
 
 class Killed(BaseException):

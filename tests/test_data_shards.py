@@ -15,7 +15,7 @@ from helpers import DIGITS, decode_png, digits_source
 from winft_lightning.data.errors import DataError, SourceError
 from winft_lightning.data.shards import iter_tar, read_manifest
 from winft_lightning.data.sources import FASHION_MNIST_DIR, load_source, read_idx
-from winft_lightning.prepare import prepare_shards
+from winft_lightning.stages.prepare import prepare_shards
 
 
 def read_split(root: Path, split: str) -> list[tuple[str, dict]]:

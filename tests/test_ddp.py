@@ -70,7 +70,7 @@ def test_ddp_sim_three_times_in_a_row(prepared):
             assert any(r.get(key) for r in logged), key
 
     # metrics are synchronised: the 2-rank test top-1 equals a 1-process test of the same weights
-    from winft_lightning.modules import WinfTModule
+    from winft_lightning.lit.modules import WinfTModule
 
     row = json.loads((prepared / "ddp2" / "results.json").read_text())
     single = cli(

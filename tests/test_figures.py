@@ -20,8 +20,8 @@ from PIL import Image
 
 import helpers
 from winft_lightning import figures as F
-from winft_lightning import interactions as ia
-from winft_lightning import visualize as V
+from winft_lightning.core import interactions as ia
+from winft_lightning.stages import visualize as V
 
 NET = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10)
 GRID = (4, 4)

@@ -13,8 +13,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from winft_lightning import analyze, pipeline, prepare, teacher
-from winft_lightning.hashing import file_sha256, json_digest
+from winft_lightning import pipeline
+from winft_lightning.models import teacher
+from winft_lightning.runtime.hashing import file_sha256, json_digest
+from winft_lightning.stages import analyze, prepare
 
 MANIFEST = {
     "splits": {"train": {"count": 3}},

@@ -10,7 +10,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from winft_lightning import interactions as I
+from winft_lightning.core import interactions as I
 
 GRIDS = [(3, 4), (4, 4), (2, 5), (5, 3)]
 

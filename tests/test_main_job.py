@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 from conftest import cli
-from winft_lightning.machine import summary
+from winft_lightning.runtime.machine import summary
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from helpers import attention_maps
-from winft_lightning.interactions import awd_windows
+from winft_lightning.core.interactions import awd_windows
 from winft_lightning.models import (
     NetSpec,
     awd_attn_mask,

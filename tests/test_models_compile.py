@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from winft_lightning.interactions import awd_windows, dip_keep, dip_order, responsive_field
+from winft_lightning.core.interactions import awd_windows, dip_keep, dip_order, responsive_field
 from winft_lightning.models import build_vit, net_inputs, winft_bce_loss
 
 KW = dict(img_size=16, patch_size=4, num_classes=5, embed_dim=32, depth=2, num_heads=2)

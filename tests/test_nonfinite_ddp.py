@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from winft_lightning.modules import ViTModule
+from winft_lightning.lit.modules import ViTModule
 
 BATCHES, BATCH = 6, 4
 POISON = {(1, 1), (0, 4)}  # (rank, batch index): that rank's images are set to NaN there

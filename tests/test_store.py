@@ -16,14 +16,14 @@ import pytest
 import yaml
 
 from helpers import digits_source
-from winft_lightning.store import BUILDS, ENTRY, ArtifactStore
+from winft_lightning.runtime.store import BUILDS, ENTRY, ArtifactStore
 
 # a process that asks the store for one entry; its builder writes a file, then sleeps
 WORKER = textwrap.dedent(
     """
     import logging, os, sys, time
     from pathlib import Path
-    from winft_lightning.store import ArtifactStore
+    from winft_lightning.runtime.store import ArtifactStore
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
     root, key, sleep = sys.argv[1], sys.argv[2], float(sys.argv[3])
 
@@ -137,8 +137,8 @@ def test_corrupt_entry_is_moved_aside_and_rebuilt(tmp_path, caplog):
 
 def test_same_folder_name_different_shards_get_different_mask_entries(make_cfg, tmp_path):
     from winft_lightning import pipeline
-    from winft_lightning.prepare import prepare_shards
-    from winft_lightning.teacher import file_sha256, save_untrained
+    from winft_lightning.models.teacher import file_sha256, save_untrained
+    from winft_lightning.stages.prepare import prepare_shards
 
     cfg = make_cfg("experiment=fmnist_awd_vit", "debug=tiny")
     teacher = save_untrained(cfg.teacher.model, tmp_path / "teacher.ckpt")

@@ -64,7 +64,7 @@ def test_study_runs_and_aggregates(tmp_path):
     assert "(paper)" in report
 
     # the claims table comes first; each trained verdict is the code's, from its own interval
-    from winft_lightning import claims as C
+    from winft_lightning.core import claims as C
 
     assert report.split("\n## ")[1].startswith("Claims")
     by_id = {r["id"]: r for r in json.loads((study_dir / "comparisons.json").read_text())}
@@ -115,8 +115,8 @@ def test_every_study_job_composes(make_cfg, tmp_path, variant):
     """Each job of each sweep of the shipped studies composes and validates (first value of
     every swept option), so a long study cannot die on a config typo."""
     from conftest import compose_config
-    from winft_lightning.study import sweep_commands
-    from winft_lightning.train import validate_config
+    from winft_lightning.stages.study import sweep_commands
+    from winft_lightning.stages.train import validate_config
 
     study = compose_config([f"study={variant}"], tmp_path, config_name="study").study
     commands = sweep_commands(study, tmp_path / "study")

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from helpers import tiny_vit
-from winft_lightning.teacher import TeacherError, file_sha256, load_teacher, timm_kwargs
+from winft_lightning.models.teacher import TeacherError, file_sha256, load_teacher, timm_kwargs
 
 TINY = dict(
     model_name="vit_tiny_patch16_224",

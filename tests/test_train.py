@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from winft_lightning.__main__ import run
-from winft_lightning.modules import MODULES, NonFiniteLossError, ViTModule
-from winft_lightning.train import ConfigError, validate_config
+from winft_lightning.lit.modules import MODULES, NonFiniteLossError, ViTModule
+from winft_lightning.stages.train import ConfigError, validate_config
 
 N = 16  # debug=tiny: 16 px, patch 4
 
@@ -85,7 +85,7 @@ def test_checkpoint_of_other_geometry_refused(make_cfg, tmp_path, cache_dir):
 
 def test_data_config_reaches_the_datamodule_whole(make_cfg, tmp_path):
     """data.alpha references model.alpha (one owner); name/num_classes/source are not popped."""
-    from winft_lightning.train import make_datamodule
+    from winft_lightning.stages.train import make_datamodule
 
     cfg = make_cfg("experiment=fmnist_awd_vit", "debug=tiny", "model.alpha=0.2")
     assert cfg.data.alpha == cfg.model.alpha == 0.2
@@ -125,7 +125,7 @@ def _tiny_module(**kw) -> ViTModule:
 @pytest.mark.parametrize("mode", ["raise", "skip"])
 def test_non_finite_loss(make_cfg, tmp_path, cache_dir, mode):
     from winft_lightning.pipeline import ensure_shards
-    from winft_lightning.train import make_datamodule
+    from winft_lightning.stages.train import make_datamodule
 
     cfg = make_cfg("experiment=fmnist_vit", "debug=tiny", f"paths.cache_dir={cache_dir}")
     dm = make_datamodule(cfg.data, ensure_shards(cfg), use_masks=False)

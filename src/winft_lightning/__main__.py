@@ -22,9 +22,9 @@ from rich.console import Console
 from rich.table import Table
 
 from winft_lightning import pipeline
-from winft_lightning import world as worlds
-from winft_lightning.machine import summary
-from winft_lightning.train import (
+from winft_lightning.runtime import world as worlds
+from winft_lightning.runtime.machine import summary
+from winft_lightning.stages.train import (
     destroy_process_group,
     fit_and_test,
     module_class,

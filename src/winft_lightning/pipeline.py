@@ -1,6 +1,6 @@
 """Prerequisites that build themselves: shards -> teacher -> masks.
 
-Each is an entry of the :class:`~winft_lightning.store.ArtifactStore` under
+Each is an entry of the :class:`~winft_lightning.runtime.store.ArtifactStore` under
 ``paths.cache_dir``, keyed by the content of what made it (the source config, the shard
 manifest's content hash, the teacher file's hash), built once however many processes ask for
 it at the same time, and reused by every later run (which says so). Inside a torchrun/SLURM
@@ -19,10 +19,10 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from winft_lightning import world as worlds
 from winft_lightning.data.shards import FORMAT_VERSION, MANIFEST
-from winft_lightning.hashing import json_digest
-from winft_lightning.store import ArtifactStore
+from winft_lightning.runtime import world as worlds
+from winft_lightning.runtime.hashing import json_digest
+from winft_lightning.runtime.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def store_of(cfg: DictConfig) -> ArtifactStore:
 def ensure_shards(cfg: DictConfig, source: DictConfig | None = None) -> Path:
     """The run's WebDataset shards: ``data.root`` if given, else built from ``data.source``
     (or from ``source``, e.g. the teacher's)."""
-    from winft_lightning.prepare import prepare_shards
+    from winft_lightning.stages.prepare import prepare_shards
 
     if source is None and cfg.data.get("root"):
         root = Path(cfg.data.root)
@@ -114,7 +114,7 @@ def ensure_teacher(cfg: DictConfig, shards: Path) -> tuple[Path, dict | None, st
     """The teacher checkpoint: ``teacher.ckpt`` if given, else a cached or freshly trained
     baseline ViT (``teacher.model`` for ``teacher.max_epochs``; under DDP one run over every
     rank). Returns (path, its results row or None, the file's sha256)."""
-    from winft_lightning.teacher import file_sha256
+    from winft_lightning.models.teacher import file_sha256
 
     if cfg.teacher.get("ckpt"):
         path = Path(cfg.teacher.ckpt)
@@ -177,7 +177,7 @@ def teacher_job(cfg: DictConfig, shards: Path, run_dir: Path) -> DictConfig:
 
 
 def _train_teacher(cfg: DictConfig, shards: Path, out: Path, final: Path) -> dict[str, Any]:
-    from winft_lightning.train import fit_and_test
+    from winft_lightning.stages.train import fit_and_test
 
     log.info("teacher: training a baseline ViT for %s epochs -> %s", cfg.teacher.max_epochs, out)
     job = teacher_job(cfg, shards, out / "run")
@@ -200,7 +200,7 @@ def _train_teacher(cfg: DictConfig, shards: Path, out: Path, final: Path) -> dic
 
 def _untrained_teacher(cfg: DictConfig, ckpt: Path) -> Path:
     """teacher.max_epochs=0: a randomly initialised ViT, saved as a Lightning checkpoint."""
-    from winft_lightning.teacher import save_untrained
+    from winft_lightning.models.teacher import save_untrained
 
     log.info("teacher: teacher.max_epochs=0, saving a randomly initialised ViT -> %s", ckpt)
     return save_untrained(cfg.teacher.model, ckpt)
@@ -213,7 +213,7 @@ def mask_key(cfg: DictConfig, teacher_sha256: str, shards: Path) -> str:
 def ensure_masks(cfg: DictConfig, teacher: Path, teacher_sha256: str, shards: Path) -> Path:
     """Shards with AWD windows (every ``analyze.alphas``) and DIP order beside each image;
     under DDP each rank analyses its share of the shards."""
-    from winft_lightning.analyze import analyze_shards
+    from winft_lightning.stages.analyze import analyze_shards
 
     if cfg.analyze.get("mask_root"):
         root = Path(cfg.analyze.mask_root)

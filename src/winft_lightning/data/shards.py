@@ -12,7 +12,6 @@ last. A directory without ``manifest.json`` is never a shard set.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import tarfile
@@ -23,8 +22,8 @@ from typing import Any
 
 import webdataset as wds
 
-from winft_lightning import __version__
 from winft_lightning.data.errors import ManifestError, ShardError
+from winft_lightning.runtime.files import CODE_VERSION, now_iso, write_json_atomic
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -50,21 +49,6 @@ def members_crc(key: str, members: Mapping[str, bytes]) -> str:
             crc = zlib.crc32(ext.encode() + b"\0", crc)
             crc = zlib.crc32(members[ext], crc)
     return f"{crc:08x}"
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temp name, fsync, rename: readers see the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 class Journal:
@@ -201,9 +185,11 @@ def split_entry(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def base_manifest(**fields: Any) -> dict[str, Any]:
-    return {"format_version": FORMAT_VERSION, "code_version": __version__, "created": now_iso()} | (
-        fields
-    )
+    return {
+        "format_version": FORMAT_VERSION,
+        "code_version": CODE_VERSION,
+        "created": now_iso(),
+    } | (fields)
 
 
 def read_manifest(root: str | Path, *, check_files: bool = True) -> dict[str, Any]:

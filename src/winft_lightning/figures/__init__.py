@@ -1,7 +1,7 @@
 """The paper's figures (Fig. 3-7, 10), attention rollout, the accuracy/E_O trade-off and the
 claims figures (locality histogram, perturbation curves).
 
-Pure plotting: the numbers come from :mod:`winft_lightning.analysis` (U, windows, DIP order,
+Pure plotting: the numbers come from :mod:`winft_lightning.core.analysis` (U, windows, DIP order,
 rollout, fields); every function takes tensors or arrays for ONE image (unless stated) and
 returns a :class:`matplotlib.figure.Figure` (no pyplot state, Agg-safe); :func:`save` writes
 it atomically. Shapes: image ``[3, H, W]`` in [0, 1] (tensor or array) or uint8 ``[H, W, 3]``;

@@ -11,7 +11,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from winft_lightning import interactions as ia
+from winft_lightning.core import interactions as ia
 from winft_lightning.figures.base import (
     DPI,
     PANEL,

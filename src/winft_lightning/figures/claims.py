@@ -1,7 +1,7 @@
 """Figures of the claims tests (SPEC.md 8): the histogram of U' hit distances against random
 draws (C1) and the perturbation curves, accuracy vs alpha (C2) and vs beta (C3), with
 confidence bands. Drawing only: arrays in, a :class:`matplotlib.figure.Figure` out (the numbers
-come from :mod:`winft_lightning.claims_stage`)."""
+come from :mod:`winft_lightning.stages.claims`)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from winft_lightning.families import BY_MODULE, BY_NAME
+from winft_lightning.core.families import BY_MODULE, BY_NAME
 from winft_lightning.figures.base import DPI
 
 # ---------------------------------------------------------------- trade-off

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from winft_lightning import interactions as ia
+from winft_lightning.core import interactions as ia
 from winft_lightning.figures.base import (
     PANEL,
     ArrayLike,

@@ -23,7 +23,7 @@ __all__ = ["NetBlock"]
 class NetBlock(Block):
     """timm ``Block`` with the call's inputs as an argument.
 
-    ``block(x)`` (timm's call, e.g. :func:`~winft_lightning.capture.iter_block_attention`)
+    ``block(x)`` (timm's call, e.g. :func:`~winft_lightning.core.capture.iter_block_attention`)
     returns ``[B, T, C]``; ``block(x, inputs)`` (the network's own loop) returns
     ``(x, winft)``: ``winft`` the :class:`~.attention.WinftBlockOutput` of a WinfT attention,
     else None."""

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..interactions import windows_to_mask
+from winft_lightning.core.interactions import windows_to_mask
+
 from .sparse import DEFAULT_BLOCK, awd_block_mask, flex_kernel_options
 
 __all__ = ["NetInputs", "NetSpec", "awd_attn_mask", "net_inputs", "net_spec"]

@@ -22,9 +22,9 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from winft_lightning import interactions as I
 from winft_lightning import models
-from winft_lightning.families import FAMILIES
+from winft_lightning.core import interactions as I
+from winft_lightning.core.families import FAMILIES
 
 STAGES = ("train", "val", "test")
 

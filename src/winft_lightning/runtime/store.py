@@ -34,8 +34,8 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from winft_lightning.data.shards import now_iso, write_json_atomic
-from winft_lightning.world import World
+from winft_lightning.runtime.files import now_iso, write_json_atomic
+from winft_lightning.runtime.world import World
 
 log = logging.getLogger(__name__)
 

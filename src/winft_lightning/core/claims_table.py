@@ -1,6 +1,6 @@
 """The claims table of SPEC.md 8 from one pass's per-image measurements
-(:class:`winft_lightning.claims_stage.PerImage`): every interval, every verdict (computed by
-:func:`winft_lightning.claims.verdict` from the interval, never by hand), the perturbation
+(:class:`winft_lightning.stages.claims.PerImage`): every interval, every verdict (computed by
+:func:`winft_lightning.core.claims.verdict` from the interval, never by hand), the perturbation
 curves, as one JSON-serialisable dict (:func:`summarise_claims`), and its markdown table
 (:func:`claims_markdown`)."""
 
@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from winft_lightning import claims as C
-from winft_lightning import interactions as ia
+from winft_lightning.core import claims as C
+from winft_lightning.core import interactions as ia
 
 __all__ = [
     "KEEP_ALPHA",

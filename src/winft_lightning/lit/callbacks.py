@@ -131,7 +131,7 @@ def interaction_figures(module: L.LightningModule, batch: dict[str, Any]) -> dic
     the batch's own masks as an :class:`analysis.Analysis`, and for full-attention models the
     model's own U from :func:`analysis.analyse`."""
     from winft_lightning import figures
-    from winft_lightning.analysis import Analysis, analyse, default_patches
+    from winft_lightning.core.analysis import Analysis, analyse, default_patches
     from winft_lightning.models import predicted_window_sum
 
     grid = tuple(module.grid)

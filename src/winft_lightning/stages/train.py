@@ -15,10 +15,10 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from winft_lightning import world as worlds
-from winft_lightning.callbacks import TrainThroughput
-from winft_lightning.checkpoints import read_checkpoint
-from winft_lightning.machine import describe
+from winft_lightning.lit.callbacks import TrainThroughput
+from winft_lightning.runtime import world as worlds
+from winft_lightning.runtime.checkpoints import read_checkpoint
+from winft_lightning.runtime.machine import describe
 
 log = logging.getLogger(__name__)
 

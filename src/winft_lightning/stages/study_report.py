@@ -1,6 +1,6 @@
 """The study's report: one row per run (``results.csv``), mean ± std per row of Tables I-III
 (``summary.csv``), the trained comparisons paired by seed, and ``report.md`` with the claims
-table first (its verdicts computed from each interval by :func:`winft_lightning.claims.verdict`).
+table first (its verdicts computed from each interval by :func:`winft_lightning.core.claims.verdict`).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from winft_lightning import claims as C
-from winft_lightning.families import BY_MODULE, BY_NAME
+from winft_lightning.core import claims as C
+from winft_lightning.core.families import BY_MODULE, BY_NAME
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ def scale_line(claims: dict[str, Any]) -> str:
 
 
 def claims_section(claim_rows: list[dict[str, Any]], scale: str) -> str:
-    from winft_lightning.claims_table import claims_markdown
+    from winft_lightning.core.claims_table import claims_markdown
 
     return "\n".join(["## Claims", "", scale, "", claims_markdown({"claims": claim_rows}),
                       "Verdicts are computed by the code from each 95 % CI (SPEC 8): supported "

@@ -2,8 +2,8 @@
 attention rollout, responsive fields, as one :class:`Analysis` from :func:`analyse`.
 
 ``analyze`` (the mask shards), ``visualize`` (the paper's figures), the run-figure callback and
-the study's figures all go through here. The math is :mod:`winft_lightning.interactions`, the
-capture :mod:`winft_lightning.capture`; this module only wires them in one pass over the
+the study's figures all go through here. The math is :mod:`winft_lightning.core.interactions`, the
+capture :mod:`winft_lightning.core.capture`; this module only wires them in one pass over the
 blocks (SPEC.md 1-4).
 """
 
@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor, nn
 
-from winft_lightning import interactions as ia
-from winft_lightning.capture import iter_block_attention
+from winft_lightning.core import interactions as ia
+from winft_lightning.core.capture import iter_block_attention
 
 Grid = tuple[int, int]
 

@@ -20,8 +20,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from winft_lightning.checkpoints import UntrustedCheckpoint, read_checkpoint
-from winft_lightning.hashing import file_sha256  # also imported from here
+from winft_lightning.runtime.checkpoints import UntrustedCheckpoint, read_checkpoint
+from winft_lightning.runtime.hashing import file_sha256  # also imported from here
 
 log = logging.getLogger(__name__)
 

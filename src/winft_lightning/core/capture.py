@@ -35,7 +35,7 @@ def iter_block_attention(
     softmax attention ``[B, k, N, N]`` (patch-to-patch, prefix tokens removed) as soon as
     that block has run. With ``patches_only=False`` the full ``[B, k, T, T]`` map
     (T = prefix + N) is yielded. Only one block's map is alive at a time if the consumer
-    drops it, as :func:`winft_lightning.interactions.uncertainty_map` does.
+    drops it, as :func:`winft_lightning.core.interactions.uncertainty_map` does.
 
     The model's ``fused_attn`` flags are restored when the generator finishes or is closed.
     """

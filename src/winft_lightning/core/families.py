@@ -1,5 +1,5 @@
 """The method families, one table for the whole project (no heavy imports, so the study, the
-figures and the tests read it as cheaply as :mod:`winft_lightning.modules` does)."""
+figures and the tests read it as cheaply as :mod:`winft_lightning.lit.modules` does)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ __all__ = ["BY_MODULE", "BY_NAME", "FAMILIES", "Family"]
 class Family(NamedTuple):
     """name: the config spelling (``experiment=fmnist_<name>``, ``modules.MODULES`` key, the
     study's ``family`` column); module: its LightningModule class in
-    :mod:`winft_lightning.modules`; label: as the paper's tables print it."""
+    :mod:`winft_lightning.lit.modules`; label: as the paper's tables print it."""
 
     name: str
     module: str

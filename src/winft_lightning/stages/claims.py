@@ -4,7 +4,7 @@
 :func:`collect_claims` streams the test split once in the analysed view (the teacher's
 ``img_size``, resize + centre crop, the teacher's normalisation), in batches, and keeps one
 value per image and condition (:class:`PerImage`); :func:`measure_claims` adds the intervals
-and verdicts of :mod:`winft_lightning.claims_table`; :func:`write_claims` saves ``claims.json``
+and verdicts of :mod:`winft_lightning.core.claims_table`; :func:`write_claims` saves ``claims.json``
 and the claims figures. Per batch: U from :func:`analysis.analyse` on the timm teacher; the
 same weights built three times with :func:`models.build_vit` (full attention; ``attn="awd"``;
 ``dip="multiply"``) give the per-image correctness under every condition. Every random
@@ -27,15 +27,15 @@ import torch
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
-from winft_lightning import claims as C
-from winft_lightning import interactions as ia
-from winft_lightning.analysis import analyse
-from winft_lightning.checkpoints import read_checkpoint
-from winft_lightning.claims_table import KEEP_ALPHA, summarise_claims
+from winft_lightning.core import claims as C
+from winft_lightning.core import interactions as ia
+from winft_lightning.core.analysis import analyse
+from winft_lightning.core.claims_table import KEEP_ALPHA, summarise_claims
 from winft_lightning.data.datamodule import ShardDataModule
 from winft_lightning.data.progress import image_progress
 from winft_lightning.models import build_vit
-from winft_lightning.teacher import TeacherError, load_teacher
+from winft_lightning.models.teacher import TeacherError, load_teacher
+from winft_lightning.runtime.checkpoints import read_checkpoint
 
 __all__ = ["PerImage", "collect_claims", "measure_claims", "write_claims"]
 

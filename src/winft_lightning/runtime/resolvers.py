@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 
 def run_stamp(pattern: str = "%Y-%m-%d_%H-%M-%S") -> str:
-    from winft_lightning import world as worlds
+    from winft_lightning.runtime import world as worlds
 
     world = worlds.current()
     mine = f"{time.strftime(pattern)}_{secrets.token_hex(2)}" if world.is_zero else None
@@ -27,7 +27,7 @@ def run_stamp(pattern: str = "%Y-%m-%d_%H-%M-%S") -> str:
 
 
 def rank_suffix() -> str:
-    from winft_lightning import world as worlds
+    from winft_lightning.runtime import world as worlds
 
     rank = worlds.current().rank
     return f".rank{rank}" if rank else ""

@@ -1,0 +1,1 @@
+"""Hydra configs (a package so that `pkg://winft_lightning.conf` resolves from any stage)."""

@@ -1,0 +1,1 @@
+"""The Lightning parts: the four LightningModules, callbacks, loggers, optimiser schedules."""

@@ -1,0 +1,359 @@
+"""Teacher over every split -> AWD windows per alpha + DIP order beside each image:
+``python -m winft_lightning.analyze teacher_ckpt=CKPT data=NAME``.
+
+Each input shard becomes one output shard of the same name holding the original members plus
+``awd.aXXXX.i16z`` (``[N, 4]`` int16 per alpha) and ``dip_order.i16z`` (``[N]`` int16).
+U is computed streaming, block by block, batched, on the GPU when there is one; no N x N
+matrix is stored. Completed shards are journalled, so a killed run resumes after them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from winft_lightning.core.analysis import analyse
+from winft_lightning.data.errors import DataError
+from winft_lightning.data.loading import SampleDecoder, collate
+from winft_lightning.data.masks import (
+    ENCODINGS,
+    MaskStats,
+    awd_member,
+    check_alphas,
+    dip_member,
+    encode_mask,
+)
+from winft_lightning.data.progress import image_progress
+from winft_lightning.data.shards import (
+    JOURNAL,
+    MANIFEST,
+    SPLITS,
+    Journal,
+    base_manifest,
+    check_crc,
+    iter_tar,
+    read_manifest,
+    split_entry,
+    write_json_atomic,
+    write_shard,
+)
+from winft_lightning.models.teacher import TeacherInfo, load_teacher
+from winft_lightning.runtime.files import CODE_VERSION
+from winft_lightning.runtime.hashing import file_sha256, json_digest
+from winft_lightning.runtime.world import World
+
+log = logging.getLogger(__name__)
+
+__all__ = ["analyze_shards", "analyze_split", "analyzed_dir", "file_sha256"]
+
+Grid = tuple[int, int]
+
+
+def analyze_split(
+    model: nn.Module,
+    loader: Iterable[dict],
+    alphas: Sequence[float],
+    grid: Grid,
+    device: str | torch.device = "cpu",
+) -> Iterator[tuple[str, dict[float, np.ndarray], np.ndarray]]:
+    """For each image of each batch ``{"image" [B,3,H,W], "key"}``: ``(key, {alpha: windows
+    [N, 4] int16}, dip_order [N] int16)``, from :func:`analysis.analyse` (U computed block by
+    block) on ``device``."""
+    for batch in loader:
+        images = batch["image"].to(device, non_blocking=True)
+        result = analyse(model, images, alphas, grid)  # U [B, N, N] -> windows, DIP order
+        order = result.order.to(torch.int16).cpu().numpy()
+        wins = {a: w.to(torch.int16).cpu().numpy() for a, w in result.windows.items()}
+        del result
+        for i, key in enumerate(batch["key"]):
+            yield key, {a: wins[a][i] for a in alphas}, order[i]
+
+
+def alphas_hash(alphas: Sequence[float]) -> str:
+    return json_digest([float(a) for a in alphas], length=8)
+
+
+def analyzed_dir(shards: str | Path, teacher_sha256: str, alphas: Sequence[float]) -> Path:
+    """Default output: ``<shards>/analyzed/<teacher sha[:12]>-<alphas hash>``."""
+    return Path(shards) / "analyzed" / f"{teacher_sha256[:12]}-{alphas_hash(alphas)}"
+
+
+def mask_members(
+    wins: dict[float, np.ndarray], order: np.ndarray, alphas: Sequence[float], encoding: str
+) -> dict[str, bytes]:
+    """Shard members of one image's masks (see :mod:`winft_lightning.data.masks`)."""
+    out = {awd_member(a, encoding): encode_mask(wins[a], encoding) for a in alphas}
+    out[dip_member(encoding)] = encode_mask(order, encoding)
+    return out
+
+
+def _batches(
+    samples: list[tuple[str, dict]], shard: str, decoder: SampleDecoder, bs: int, pool
+) -> Iterator[dict]:
+    def decode(item: tuple[str, dict]) -> dict:
+        key, members = item
+        check_crc(shard, key, members)
+        return decoder({"__key__": key, "__shard__": shard, "__seed__": 0, "members": members})
+
+    for i in range(0, len(samples), bs):
+        yield collate(list(pool.map(decode, samples[i : i + bs])))
+
+
+def analyze_shards(
+    teacher: str | Path,
+    shards: str | Path,
+    out_dir: str | Path | None = None,
+    alphas: Sequence[float] = (0.1,),
+    batch_size: int = 64,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    device: str = "auto",
+    teacher_kwargs: dict[str, Any] | None = None,
+    encoding: str = "i16z",
+    workers: int = 2,
+    progress: bool = True,
+    world: World | None = None,
+) -> dict[str, Any] | None:
+    """Analyse every split of the shard set ``shards`` with ``teacher``; returns the new
+    manifest. The view is the teacher's: resize to its img_size + centre crop, normalised with
+    ``mean``/``std`` (default: the teacher's pretrained config, else 0.5).
+
+    In a ``world`` of several ranks each rank analyses every ``world_size``-th shard into
+    ``out_dir`` (a shared directory) and rank 0 writes the one manifest once all are done;
+    the other ranks return ``None``."""
+    world = world or World()
+    alphas = check_alphas(list(alphas))
+    if encoding not in ENCODINGS:
+        raise ValueError(f"analyze encoding={encoding!r} is not one of {ENCODINGS}")
+    src = read_manifest(shards)
+    if device == "auto":
+        device = f"cuda:{world.local_rank}" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    model, info = load_teacher(teacher, device=dev, **(teacher_kwargs or {}))
+    mean, std = _norm(model, info, mean, std)
+    out = Path(out_dir) if out_dir else analyzed_dir(src["root"], info.sha256, alphas)
+    out = out.expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    fp = json_digest([src["fingerprint"], src["created"], info.sha256, alphas, mean, std, encoding])
+    if (out / MANIFEST).is_file():
+        old = json.loads((out / MANIFEST).read_text())
+        if old.get("fingerprint") == fp:
+            log.info("analyze: %s is complete already (same teacher, shards, alphas)", out)
+            return read_manifest(out)
+        raise DataError(
+            f"{out} already holds a mask set of another teacher/shards/alphas; choose another "
+            "out_dir or delete it"
+        )
+    # one journal per rank: a killed run resumes after each rank's finished shards
+    journal = Journal(out, f"{fp}-{world.rank}-{world.world_size}", _journal_name(world))
+    if journal.stale:
+        log.warning("analyze: discarding the unfinished mask set of another config in %s", out)
+
+    decoder = SampleDecoder(
+        img_size=info.img_size,
+        mean=tuple(mean),
+        std=tuple(std),
+        num_classes=int(src["num_classes"]),
+    )
+    tasks = [
+        (split, name, count)
+        for split in SPLITS
+        for name, count in zip(
+            src["splits"][split]["shards"], src["splits"][split]["shard_counts"], strict=True
+        )
+    ]
+    mine = tasks[world.rank :: world.world_size]
+    done_before = {r["name"]: r for split in SPLITS for r in journal.done(split)}
+    log.info(
+        "analyze: rank %d of %d analyses %d of %d shards: %s",
+        world.rank, world.world_size, len(mine), len(tasks), [t[1] for t in mine],
+    )  # fmt: skip
+    stats = MaskStats(alphas, encoding)
+    start, done = time.perf_counter(), 0
+    records: list[dict[str, Any]] = []
+    with (
+        image_progress(disable=not progress) as bar,
+        ThreadPoolExecutor(max(workers, 1)) as pool,
+    ):
+        task_bar = bar.add_task("shards", total=sum(c for _, _, c in mine))
+        for split, name, count in mine:
+            if name in done_before:
+                records.append({"split": split, **done_before[name]})
+                bar.advance(task_bar, count)
+                continue
+            shard = str(Path(src["root"]) / name)
+            samples = list(iter_tar(shard, count))
+            results = analyze_split(
+                model, _batches(samples, shard, decoder, batch_size, pool), alphas, info.grid, dev
+            )
+
+            def analysed(samples=samples, results=results, shard=shard):
+                for (key, members), (rkey, wins, order) in zip(samples, results, strict=True):
+                    if key != rkey:  # pragma: no cover - analyze_split keeps batch order
+                        raise RuntimeError(f"analysis out of order at {shard}: {key} vs {rkey}")
+                    new = {k: v for k, v in members.items() if k != "crc"}
+                    new |= mask_members(wins, order, alphas, encoding)
+                    stats.add(new)
+                    bar.advance(task_bar)
+                    yield key, new
+
+            record = write_shard(out, name, analysed())
+            journal.add(split, record)
+            records.append({"split": split, **record})
+            done += record["count"]
+    gathered = world.gather(
+        "analyze/shards", {"records": records, "stats": stats.state(), "done": done}
+    )
+    if not world.is_zero:
+        journal.remove()
+        return None
+    by_name = {r["name"]: r for part in gathered for r in part["records"]}
+    splits = {
+        split: split_entry([by_name[name] for name in src["splits"][split]["shards"]])
+        for split in SPLITS
+    }
+    for part in gathered[1:]:
+        stats.merge(part["stats"])
+    done = sum(part["done"] for part in gathered)
+    seconds = time.perf_counter() - start
+    n = info.grid[0] * info.grid[1]
+    storage = stats.report(n, alphas)
+    manifest = base_manifest(
+        kind="masks",
+        source=src.get("source"),
+        fingerprint=fp,
+        classes=src["classes"],
+        num_classes=src["num_classes"],
+        splits=splits,
+        parent={"root": src["root"], "fingerprint": src.get("fingerprint")},
+        teacher={k: v for k, v in info.as_dict().items() if k != "path"} | {"path": info.path},
+        view={
+            "img_size": info.img_size,
+            "resize": "shorter side + centre crop",
+            "mean": list(mean),
+            "std": list(std),
+        },
+        alphas=alphas,
+        mask_members={
+            "awd": {str(a): awd_member(a, encoding) for a in alphas},
+            "dip_order": dip_member(encoding),
+            "encoding": encoding,
+        },
+        code_version=CODE_VERSION,
+        mask_bytes_per_image=storage["mask_bytes_per_image"],
+        bitpacked_mask_bytes_per_image=storage["bitpacked_mask_bytes_per_image"],
+        mask_storage=storage,
+        analyze_seconds=round(seconds, 2),
+        device=str(dev),
+        ranks={str(r): [rec["name"] for rec in part["records"]] for r, part in enumerate(gathered)},
+    )
+    write_json_atomic(out / MANIFEST, manifest)
+    journal.remove()
+    for leftover in out.glob(".journal*.json"):
+        leftover.unlink()  # the other ranks' journals: their shards are in the manifest now
+    log.info(
+        "analyze: %s -> %s with %s (%s, grid %s): %d images now in %.1f s (%.1f img/s) on %s x %d",
+        src["root"],
+        out,
+        info.model_name,
+        info.sha256[:12],
+        info.grid,
+        done,
+        seconds,
+        done / max(seconds, 1e-9),
+        dev,
+        world.world_size,
+    )
+    log.info(
+        "analyze: mask keys %.0f B/image (%d alphas + DIP order, in tar %.0f B) vs one N x N "
+        "bit-packed mask %d B at N=%d: %.1fx smaller (per alpha incl. DIP: >= %.1fx)",
+        storage["mask_bytes_per_image"],
+        len(alphas),
+        storage["mask_tar_bytes_per_image"],
+        storage["bitpacked_mask_bytes_per_image"],
+        n,
+        storage["ratio_one_bitpacked_mask_to_all_mask_keys"],
+        storage["ratio_per_alpha_min"],
+    )
+    return read_manifest(out)
+
+
+def _journal_name(world: World) -> str:
+    return JOURNAL if not world.distributed else f".journal.rank{world.rank}.json"
+
+
+def _norm(
+    model: nn.Module, info: TeacherInfo, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> tuple[list[float], list[float]]:
+    """Normalisation of the analysed view: given, else the one the teacher was trained with
+    (its checkpoint's datamodule hyperparameters), else its timm pretrained config."""
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    if mean is None:
+        mean = info.mean or cfg.get("mean", (0.5, 0.5, 0.5))
+    if std is None:
+        std = info.std or cfg.get("std", (0.5, 0.5, 0.5))
+    return [float(m) for m in mean], [float(s) for s in std]
+
+
+def main() -> None:
+    import hydra
+    from omegaconf import DictConfig, OmegaConf
+
+    @hydra.main(config_path="../conf", config_name="analyze", version_base="1.3")
+    def cli(cfg: DictConfig) -> None:
+        from winft_lightning.runtime import world as worlds
+        from winft_lightning.stages.prepare import default_out_dir, prepare_shards
+
+        world = worlds.current()
+        shards = Path(cfg.shards) if cfg.get("shards") else default_out_dir(cfg)
+        if world.is_zero and not (shards / MANIFEST).is_file():
+            log.info("analyze: no shard set at %s; preparing it from data.source first", shards)
+            prepare_shards(cfg.data.source, shards, progress=bool(cfg.progress))
+        world.barrier("analyze/prepared")
+        tk = (
+            OmegaConf.to_container(cfg.teacher_model, resolve=True)
+            if cfg.get("teacher_model")
+            else {}
+        )
+        tk = {k: v for k, v in (tk or {}).items() if v is not None}
+        tk["trust_pickle"] = bool(cfg.get("trust_pickle", False))
+        manifest = analyze_shards(
+            teacher=cfg.teacher_ckpt,
+            shards=shards,
+            out_dir=cfg.get("out_dir"),
+            alphas=list(cfg.alphas),
+            batch_size=int(cfg.batch_size),
+            mean=list(cfg.mean) if cfg.get("mean") is not None else None,
+            std=list(cfg.std) if cfg.get("std") is not None else None,
+            device=str(cfg.device),
+            teacher_kwargs=tk,
+            encoding=str(cfg.encoding),
+            workers=int(cfg.workers),
+            progress=bool(cfg.progress),
+            world=world,
+        )
+        if manifest is None:  # a rank other than 0: rank 0 reports
+            return
+        s = manifest["mask_storage"]
+        print(
+            f"masks: {manifest['root']}\n"
+            f"mask keys {s['mask_bytes_per_image']} B/image vs N x N bit-packed "
+            f"{s['bitpacked_mask_bytes_per_image']} B (N={s['num_patches']}): "
+            f"{s['ratio_one_bitpacked_mask_to_all_mask_keys']}x smaller"
+        )
+
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Sources -> WebDataset shards: ``python -m winft_lightning.prepare data=NAME``.
+
+Writes ``<out_dir>/<split>-%06d.tar`` for train, val and test, then ``manifest.json``. A killed
+run resumes after its last complete shard; a finished shard set is left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from winft_lightning.data.errors import DataError
+from winft_lightning.data.progress import image_progress
+from winft_lightning.data.shards import (
+    FORMAT_VERSION,
+    JOURNAL,
+    MANIFEST,
+    SPLITS,
+    Journal,
+    SplitWriter,
+    base_manifest,
+    read_manifest,
+    sample_key,
+    split_entry,
+    write_json_atomic,
+)
+from winft_lightning.data.sources import load_source
+from winft_lightning.runtime.hashing import json_digest
+
+log = logging.getLogger(__name__)
+
+_OWN_FILES = re.compile(r"^(\.)?(train|val|test)-\d{6}\.tar(\.tmp)?$")
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return dict(cfg)
+
+
+def fingerprint(obj: Any) -> str:
+    return json_digest([FORMAT_VERSION, obj])
+
+
+def remove_shard_set(root: Path, keep: set[str] = frozenset()) -> None:
+    """Delete this layer's files in ``root`` (shards, temp shards, journal, manifest), except
+    the names in ``keep``. Other files are never touched."""
+    for f in root.iterdir():
+        if f.name in keep:
+            continue
+        if _OWN_FILES.match(f.name) or f.name in (MANIFEST, JOURNAL):
+            f.unlink()
+
+
+def prepare_shards(
+    source: Mapping[str, Any],
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write the shard set of ``source`` (a ``data.source`` config) into ``out_dir``.
+
+    Shard size: ``source.maxcount`` samples / ``source.maxsize`` bytes. Returns the manifest.
+    An existing complete set of the same config is returned as is; one of another config is
+    refused unless ``overwrite``."""
+    cfg = _plain(source)
+    maxcount = int(cfg.get("maxcount") or 10000)
+    maxsize = int(cfg.get("maxsize") or 1_000_000_000)
+    fp = fingerprint(cfg)
+    out = Path(out_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / MANIFEST).is_file() and not overwrite:
+        old = json.loads((out / MANIFEST).read_text())
+        if old.get("fingerprint") == fp:
+            log.info("prepare: %s is complete already (same source config), nothing to do", out)
+            return read_manifest(out)
+        raise DataError(
+            f"{out} already holds a shard set of another source config ({old.get('source')}); "
+            "pass overwrite=true or choose another out_dir"
+        )
+    if overwrite:
+        remove_shard_set(out)
+
+    start = time.perf_counter()
+    data = load_source(cfg)
+    journal = Journal(out, fp)
+    if journal.stale:
+        log.warning("prepare: discarding the unfinished shard set of another config in %s", out)
+    splits: dict[str, Any] = {}
+    written = 0
+    with image_progress(disable=not progress) as bar:
+        for split in SPLITS:
+            items = data.splits[split]
+            writer = SplitWriter(out, split, journal, maxcount=maxcount, maxsize=maxsize)
+            skip = writer.samples_done
+            if skip:
+                log.info("prepare: %s resumes after %d complete shards", split, writer.index)
+            task = bar.add_task(split, total=len(items), completed=skip)
+            for i in range(skip, len(items)):
+                ext, payload = items[i].load()
+                writer.write(sample_key(split, i), {ext: payload, "cls": b"%d" % items[i].label})
+                bar.advance(task)
+                written += 1
+            records = writer.finish()
+            if sum(r["count"] for r in records) != len(items):
+                raise DataError(
+                    f"{out}: split {split} has {sum(r['count'] for r in records)} samples in "
+                    f"shards, the source has {len(items)} (journal out of date?); rerun with "
+                    "overwrite=true"
+                )
+            splits[split] = split_entry(records)
+    seconds = time.perf_counter() - start
+    manifest = base_manifest(
+        kind="images",
+        source=cfg,
+        fingerprint=fp,
+        classes=data.classes,
+        num_classes=len(data.classes),
+        splits=splits,
+        prepare_seconds=round(seconds, 2),
+    )
+    write_json_atomic(out / MANIFEST, manifest)
+    journal.remove()
+    listed = {n for e in splits.values() for n in e["shards"]} | {MANIFEST}
+    remove_shard_set(out, keep=listed)  # leftovers of an abandoned other-config run
+    total = sum(e["count"] for e in splits.values())
+    size = sum(sum(e["shard_bytes"]) for e in splits.values())
+    log.info(
+        "prepare: %s -> %s: %s samples (%s), %d shards, %.1f MB, %.1f s (%d written now, %.0f img/s)",
+        cfg.get("name"),
+        out,
+        total,
+        ", ".join(f"{s} {e['count']}" for s, e in splits.items()),
+        sum(len(e["shards"]) for e in splits.values()),
+        size / 1e6,
+        seconds,
+        written,
+        written / max(seconds, 1e-9),
+    )
+    return read_manifest(out)
+
+
+def default_out_dir(cfg: Any) -> Path:
+    """``out_dir`` if set, else ``data.root``, else ``outputs/shards/<source name>``."""
+    if cfg.get("out_dir"):
+        return Path(cfg.out_dir)
+    if cfg.data.get("root"):
+        return Path(cfg.data.root)
+    return Path("outputs") / "shards" / str(cfg.data.source.name)
+
+
+def main() -> None:
+    import hydra
+    from omegaconf import DictConfig
+
+    @hydra.main(config_path="../conf", config_name="prepare", version_base="1.3")
+    def cli(cfg: DictConfig) -> None:
+        out = default_out_dir(cfg)
+        manifest = prepare_shards(
+            cfg.data.source, out, overwrite=bool(cfg.overwrite), progress=bool(cfg.progress)
+        )
+        counts = {s: e["count"] for s, e in manifest["splits"].items()}
+        print(f"shards: {manifest['root']}  {counts}")
+
+    cli()
+
+
+if __name__ == "__main__":
+    main()

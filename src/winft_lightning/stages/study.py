@@ -1,0 +1,209 @@
+"""``python -m winft_lightning.study [study=quick]``: the paper's study at small scale.
+
+One Hydra multirun per method family and geometry (ViT; AWD-ViT over alpha; AWD+DIP over
+beta; WinfT) x seeds, all sharing the cached shards, teacher and masks; then the
+aggregation step: ``results.csv`` (one row per run), ``report.md`` (Tables I-III laid out as
+in the paper, the paper's ImageNet figures beside ours) and the trade-off plot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from winft_lightning.stages.study_report import (
+    FAMILIES,
+    LABELS,
+    MODULE_FAMILY,
+    collect_runs,
+    write_report,
+)
+
+__all__ = ["FAMILIES", "LABELS", "MODULE_FAMILY", "main", "run_study", "sweep_commands"]
+
+log = logging.getLogger(__name__)
+
+# ---- running -------------------------------------------------------------------------
+
+
+def sweep_commands(study: DictConfig, study_dir: Path) -> list[tuple[str, list[str]]]:
+    """(name, argv) of each Hydra multirun of the study."""
+    seeds = ",".join(str(s) for s in study.seeds)
+    commands = []
+    for geom in study.geometries:
+        tag = f"{geom.img_size}px_p{geom.patch_size}"
+        for family in study.families:
+            sweep = {
+                "vit": [],
+                "awd_vit": [f"model.alpha={','.join(str(a) for a in study.alphas)}"],
+                "awd_dip_vit": [
+                    f"model.alpha={study.dip_alpha}",
+                    f"model.beta={','.join(str(b) for b in study.betas)}",
+                ],
+                "winft": [f"model.alpha={study.winft_alpha}", f"model.beta={study.winft_beta}"],
+            }[family]
+            argv = [
+                sys.executable, "-m", "winft_lightning", "--multirun",
+                f"experiment={study.experiment_prefix}{family}",
+                f"seed={seeds}",
+                f"model.net.img_size={geom.img_size}",
+                f"model.net.patch_size={geom.patch_size}",
+                *sweep,
+                f"hydra.sweep.dir={study_dir}/runs/{family}_{tag}",
+                "hydra.sweep.subdir=${hydra.job.num}",
+                "compare_teacher=false",
+                "skip_if_done=true",
+                f"task_name=study_{family}",
+                *study.overrides,
+            ]  # fmt: skip
+            commands.append((f"{family}_{tag}", argv))
+    return commands
+
+
+def run_study(study: DictConfig, study_dir: Path, root_dir: Path) -> dict[str, int]:
+    """Run every sweep (a failing job is recorded by the job itself; the sweep goes on). The
+    jobs write under the study's own ``root_dir`` (its cache and runs), wherever started."""
+    study_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "WINFT_ROOT": str(root_dir)}
+    codes = {}
+    for name, argv in sweep_commands(study, study_dir):
+        log.info("study: sweep %s", name)
+        start = time.perf_counter()
+        codes[name] = subprocess.run(argv, check=False, env=env).returncode
+        log.info("study: sweep %s rc=%s in %.0f s", name, codes[name], time.perf_counter() - start)
+    return codes
+
+
+def study_figures(study_dir: Path, count: int = 3) -> list[Path]:
+    """The paper's figures for the first ``count`` test images of each geometry's first
+    finished WinfT run: its teacher's U, windows, DIP, fields and rollout, with WinfT's
+    predicted W beside the ground-truth responsive fields, under ``figures/<geometry>/``."""
+    from winft_lightning.data.shards import IMAGE_EXTS, iter_tar, read_manifest
+    from winft_lightning.stages import visualize
+
+    written: list[Path] = []
+    done: set[tuple] = set()
+    for row in collect_runs(study_dir):
+        geometry = (row.get("img_size"), row.get("patch_size"))
+        if row["family"] != "winft" or row["status"] != "ok" or geometry in done:
+            continue
+        per_run = json.loads((Path(row["run_dir"]) / "results.json").read_text())
+        if not per_run.get("teacher_ckpt") or not Path(per_run.get("best_ckpt", "")).is_file():
+            continue
+        done.add(geometry)
+        out = study_dir / "figures" / f"{geometry[0]}px_p{geometry[1]}"
+        manifest = read_manifest(per_run["mask_root"])
+        test = manifest["splits"]["test"]
+        images = []
+        for key, members in iter_tar(
+            Path(manifest["root"]) / test["shards"][0], test["shard_counts"][0]
+        ):
+            ext = next(e for e in IMAGE_EXTS if e in members)
+            path = out / "inputs" / f"{key}.{ext}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(members[ext])
+            images.append(str(path))
+            if len(images) == count:
+                break
+        written += visualize.run(
+            {
+                "ckpt": per_run["teacher_ckpt"],
+                "winft": per_run["best_ckpt"],
+                "images": images,
+                "out_dir": str(out),
+                "alphas": sorted({0.05, 0.1, 0.2, row["alpha"]}),
+                "betas": [0.1, 0.2, 0.5],
+                # Fig. 10: WinfT's W beside the responsive field it was trained on
+                "field_alpha": row["alpha"],
+                "field_beta": row["beta"],
+                "batch_size": count,
+                "results": [str(study_dir / "runs")],
+                "log_x": True,
+            }
+        )
+    return written
+
+
+def machine_line() -> str:
+    from winft_lightning.runtime.machine import summary
+
+    return f"Measured {time.strftime('%Y-%m-%d')} on {summary()}."
+
+
+def claims_inputs(study_dir: Path) -> tuple[Path, Path] | None:
+    """(teacher checkpoint, analysed shard set) of the study's first finished masked run."""
+    for row in collect_runs(study_dir):
+        if row["status"] == "ok":
+            per_run = json.loads((Path(row["run_dir"]) / "results.json").read_text())
+            if per_run.get("teacher_ckpt") and per_run.get("mask_root"):
+                return Path(per_run["teacher_ckpt"]), Path(per_run["mask_root"])
+    return None
+
+
+def teacher_record(teacher: Path) -> dict[str, Any]:
+    """The cached teacher's own results row and how many images it trained on."""
+    results = teacher.parent / "results.json"
+    row = json.loads(results.read_text()) if results.is_file() else {}
+    job = teacher.parent / "run" / "job.yaml"
+    train = None
+    if job.is_file():
+        root = Path(yaml.safe_load(job.read_text())["data"]["root"])
+        train = json.loads((root / "manifest.json").read_text())["splits"]["train"]["count"]
+    return {"top1": row.get("top1"), "fit_seconds": row.get("fit_seconds"),
+            "epochs": row.get("epochs"), "train_images": train, "ckpt": str(teacher)}  # fmt: skip
+
+
+def run_claims(study: DictConfig, study_dir: Path) -> dict[str, Any] | None:
+    """SPEC 8's training-free claims on the study's teacher (cached in ``claims/claims.json``
+    for that teacher file and settings)."""
+    from winft_lightning.models.teacher import file_sha256
+    from winft_lightning.stages import claims as claims_stage
+
+    found = claims_inputs(study_dir)
+    if found is None:
+        log.warning("study: no finished masked run, so no teacher to test the claims on")
+        return None
+    teacher, shards = found
+    settings = OmegaConf.to_container(study.claims, resolve=True)
+    stamp = {"teacher_sha256": file_sha256(teacher), "settings": settings}
+    cached = study_dir / "claims" / "claims.json"
+    if cached.is_file():
+        result = json.loads(cached.read_text())
+        if {k: result.get(k) for k in stamp} == stamp:
+            log.info("study: claims reusing %s", cached)
+            return result
+    start = time.perf_counter()
+    result = claims_stage.measure_claims(teacher, shards, **settings)
+    result.update(stamp, teacher=teacher_record(teacher), shards=str(shards))
+    result["stage_seconds"] = round(time.perf_counter() - start, 1)
+    claims_stage.write_claims(result, study_dir / "claims")
+    return json.loads(cached.read_text())
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="study")
+def main(cfg: DictConfig) -> None:
+    study_dir = Path(cfg.study_dir)
+    start = time.perf_counter()
+    if cfg.run:
+        run_study(cfg.study, study_dir, Path(cfg.paths.root_dir))
+    claims = run_claims(cfg.study, study_dir) if cfg.study.get("claims") else None
+    title = f"winft_lightning study: {cfg.study.name}"
+    paths = write_report(study_dir, title, machine_line(), claims=claims)
+    figs = study_figures(study_dir)
+    log.info("study figures: %d PNGs under %s", len(figs), study_dir / "figures")
+    log.info("study done in %.0f s: %s", time.perf_counter() - start, paths["report"])
+    print(paths["report"].read_text())
+
+
+if __name__ == "__main__":
+    main()

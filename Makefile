@@ -31,7 +31,7 @@ test: lint  ## lint, then the whole test suite
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -q
 
 bench:  ## benchmarks -> outputs/bench/bench_<date>.json
-	$(PY) bench/run.py
+	$(PY) -m bench
 
 run:  ## the main job: python -m winft_lightning
 	$(PY) -m winft_lightning

@@ -1,6 +1,6 @@
 """Train-step ratios of this tree against another checkout of the project, paired in time.
 
-    python bench/ab.py --base PATH [--pairs 6] [--repeat 10] [--one-process] [--out PATH]
+    python -m bench.ab --base PATH [--pairs 6] [--repeat 10] [--one-process] [--out PATH]
 
 One bench process per tree and pair, base first, so that the machine's drift (a neighbour's
 load, clocks) falls on both trees of a pair alike. Each process times one SGD step of every
@@ -17,7 +17,8 @@ layout, a neighbour's load while it runs) falls on both; ``--pairs`` is then the
 processes, each giving one difference.
 
 ``--base`` is a checkout of the project (e.g. ``git worktree add /tmp/base REV``); its own
-``src`` and ``bench`` are imported in its processes."""
+``src`` and ``bench/benchlib.py`` are imported in its processes, whichever layout it has (the
+package split into subpackages or flat before, bench a package or flat scripts)."""
 
 from __future__ import annotations
 
@@ -29,57 +30,69 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
 
-HERE = Path(__file__).resolve().parent
+THIS_TREE = Path(__file__).resolve().parents[1]
 DENSE = ("vit", "awd_dense", "awd_dip_dense", "winft_dense", "winft_neg_inf_dense")
 
 
-def _setting() -> tuple[dict, dict, torch.device]:
+def _setting(benchlib: ModuleType) -> tuple[dict, dict, torch.device]:
     """The train section's CPU setting: B/16 384 geometry at vit_tiny widths, batch 2, local
     teacher-like windows."""
     import torch
 
-    from benchlib import B16_384, WIDTHS, _grid, local_masks, synthetic_batch
-
     device = torch.device("cpu")
-    net = {**B16_384, **WIDTHS["vit_tiny"]}
-    masks, _ = local_masks(2, _grid(B16_384))
-    return net, synthetic_batch(2, net, masks, device), device
+    net = {**benchlib.B16_384, **benchlib.WIDTHS["vit_tiny"]}
+    masks, _ = benchlib.local_masks(2, benchlib._grid(benchlib.B16_384))
+    return net, benchlib.synthetic_batch(2, net, masks, device), device
 
 
-def measure(repeat: int) -> dict[str, float]:
-    """Step / ViT step of every dense variant, in this process's tree (``sys.path``)."""
-    from benchlib import build_module, timeit_interleaved, train_step
+def tree_benchlib(tree: Path) -> ModuleType:
+    """``tree``'s ``bench/benchlib.py`` loaded from its file as a module of its own name, so
+    that either bench layout (flat scripts or the ``bench`` package) loads beside this tree's
+    ``bench``, which runs the measurement; it imports the first ``winft_lightning`` on
+    ``sys.path`` (``tree``'s in ``run_in``'s process)."""
+    import importlib.util
 
-    net, data, device = _setting()
-    steps = {v: train_step(build_module(v, net, device), data, device) for v in DENSE}
-    seconds = timeit_interleaved(steps, repeat)
+    spec = importlib.util.spec_from_file_location("tree_benchlib", tree / "bench" / "benchlib.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def measure(tree: str, repeat: int) -> dict[str, float]:
+    """Step / ViT step of every dense variant, built by ``tree``'s benchlib."""
+    benchlib = tree_benchlib(Path(tree))
+    net, data, device = _setting(benchlib)
+    steps = {
+        v: benchlib.train_step(benchlib.build_module(v, net, device), data, device) for v in DENSE
+    }
+    seconds = benchlib.timeit_interleaved(steps, repeat)
     return {"vit_step_s": seconds["vit"], **{v: seconds[v] / seconds["vit"] for v in DENSE[1:]}}
 
 
-def _in_process(call: str, cwd: Path, sys_path: list[Path], pythonpath: list[Path]) -> dict:
-    """``ab.<call>`` in a fresh Python process; its printed JSON."""
+def _in_process(call: str, pythonpath: list[Path]) -> dict:
+    """``bench.ab.<call>`` in a fresh Python process started in this tree, ``pythonpath`` its
+    ``PYTHONPATH`` (where ``winft_lightning`` and ``winft_base`` are found); its printed JSON."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, pythonpath))}
-    code = (
-        f"import sys, json; sys.path[:0] = {[str(p) for p in sys_path]!r}; "
-        f"import ab; print('AB ' + json.dumps(ab.{call}))"
-    )
+    code = f"import json; from bench import ab; print('AB ' + json.dumps(ab.{call}))"
     done = subprocess.run(
-        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True
+        [sys.executable, "-c", code], cwd=THIS_TREE, env=env, capture_output=True, text=True
     )
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("AB ")]
     if done.returncode != 0 or not lines:
-        raise RuntimeError(f"bench process ({call} in {cwd}) failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"bench process ({call}) failed:\n{done.stderr[-3000:]}")
     return json.loads(lines[-1][3:])
 
 
 def run_in(tree: Path, repeat: int) -> dict[str, float]:
-    """``measure`` in a fresh process that imports ``tree``'s package and bench modules."""
-    return _in_process(f"measure({repeat})", tree, [tree / "bench", HERE], [tree / "src"])
+    """``measure`` in a fresh process that imports ``tree``'s package and benchlib."""
+    return _in_process(f"measure({str(tree)!r}, {repeat})", [tree / "src"])
 
 
 BASE_PACKAGE = "winft_base"
@@ -99,21 +112,29 @@ def base_package(base: Path, into: Path) -> Path:
     return into
 
 
+def modules_of(package: str) -> ModuleType:
+    """``package``'s module holding the ``MODULES`` table, in either layout of the project:
+    ``lit/modules.py`` (the package by subpackages) or ``modules.py`` (flat, before them)."""
+    import importlib
+    import importlib.util
+
+    layout = "lit.modules" if importlib.util.find_spec(f"{package}.lit") else "modules"
+    return importlib.import_module(f"{package}.{layout}")
+
+
 def measure_both(repeat: int) -> dict[str, dict[str, float]]:
     """Both trees' step / ViT step in one process, every step of both in the same rounds."""
-    import importlib
+    from bench import benchlib
 
-    from benchlib import build_module, timeit_interleaved, train_step
-
-    net, data, device = _setting()
+    net, data, device = _setting(benchlib)
     steps = {}
     for tree, package in (("base", BASE_PACKAGE), ("this", "winft_lightning")):
-        modules = importlib.import_module(f"{package}.modules").MODULES
+        modules = modules_of(package).MODULES
         for v in DENSE:
-            module = build_module(v, net, device, modules=modules)
-            steps[(tree, v)] = train_step(module, data, device)
+            module = benchlib.build_module(v, net, device, modules=modules)
+            steps[(tree, v)] = benchlib.train_step(module, data, device)
     order = [(tree, v) for v in DENSE for tree in ("base", "this")]
-    seconds = timeit_interleaved({f"{t}/{v}": steps[(t, v)] for t, v in order}, repeat)
+    seconds = benchlib.timeit_interleaved({f"{t}/{v}": steps[(t, v)] for t, v in order}, repeat)
     return {
         tree: {
             "vit_step_s": seconds[f"{tree}/vit"],
@@ -125,9 +146,7 @@ def measure_both(repeat: int) -> dict[str, dict[str, float]]:
 
 def run_both(base_dir: Path, repeat: int) -> dict[str, dict[str, float]]:
     """``measure_both`` in a fresh process (``base_dir`` holds the copied base package)."""
-    return _in_process(
-        f"measure_both({repeat})", HERE.parent, [HERE], [HERE.parent / "src", base_dir]
-    )
+    return _in_process(f"measure_both({repeat})", [THIS_TREE / "src", base_dir])
 
 
 def compare(base: list[dict], this: list[dict]) -> dict:
@@ -149,7 +168,9 @@ def compare(base: list[dict], this: list[dict]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--base", required=True, type=Path, help="another checkout of the project")
     parser.add_argument("--pairs", type=int, default=6)
     parser.add_argument("--repeat", type=int, default=10)
@@ -160,7 +181,7 @@ def main() -> None:
         raise SystemExit(
             f"--base {args.base}: not a checkout of this project (no bench/benchlib.py)"
         )
-    sys.path.insert(0, str(HERE.parent / "src"))
+    sys.path.insert(0, str(THIS_TREE / "src"))
     from winft_lightning.runtime.machine import describe
 
     base_rev = subprocess.run(
@@ -178,7 +199,7 @@ def main() -> None:
                 this.append(both["this"])
             else:
                 base.append(run_in(args.base.resolve(), args.repeat))
-                this.append(run_in(HERE.parent, args.repeat))
+                this.append(run_in(THIS_TREE, args.repeat))
             print(f"pair {i + 1}/{args.pairs}: base {base[-1]}\n  this {this[-1]}", flush=True)
     result = {
         "machine": describe(),
@@ -197,9 +218,7 @@ def main() -> None:
         print(
             f"{v}: this - base {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] -> {row['this_higher']}"
         )
-    out = (
-        args.out or HERE.parent / "outputs" / "bench" / f"ab_{time.strftime('%Y-%m-%d_%H-%M')}.json"
-    )
+    out = args.out or THIS_TREE / "outputs" / "bench" / f"ab_{time.strftime('%Y-%m-%d_%H-%M')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")

@@ -1,4 +1,4 @@
-"""Shared pieces of ``make bench`` (``bench/run.py``): constants, timers,
+"""Shared pieces of ``make bench`` (``python -m bench``): constants, timers,
 synthetic teacher-like windows, modules and their training steps."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 12 heads of 64, bf16: forward and backward apart, the kernels a profiler sees, kernel options,
 max-autotune, mask_mod variants, and whether blocks below 128 compile their backward.
 
-    python bench/flex_probe.py --out probe.json [--budget 240]
+    python -m bench.flex_probe --out probe.json [--budget 240]
 
 Each variant is one compile; variants run in order until ``--budget`` seconds have passed.
 """
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import flex_attention
 
-from benchlib import cuda_time, local_windows
+from bench.benchlib import cuda_time, local_windows
 from winft_lightning.models import NetSpec, awd_block_mask, block_mask_from_dense
 from winft_lightning.models.sparse import awd_tables
 
@@ -78,7 +78,7 @@ def _profile(fn) -> list:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}")
     parser.add_argument("--out", default="outputs/flex_probe.json")
     parser.add_argument("--budget", type=float, default=240)
     args = parser.parse_args()

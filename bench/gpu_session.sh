@@ -2,9 +2,9 @@
 # One call on a lent GPU machine (no network): install the carried wheels (.whl/), record the
 # machine, then run the steps named in $1, comma-separated, each under its own time limit:
 #   tests            the GPU tests (flex gradients) and the model tests
-#   bench:<a+b+..>   bench/run.py --sections a,b,.. --update $BENCH_JSON (created if absent)
-#   headline[:runs]  bench/headline.py (experiment=winft_b16_384; runs gpu+ddp by default)
-#   probe            bench/flex_probe.py (why compiled flex is slow: fwd/bwd, profiler, options)
+#   bench:<a+b+..>   python -m bench --sections a,b,.. --update $BENCH_JSON (created if absent)
+#   headline[:runs]  python -m bench.headline (experiment=winft_b16_384; runs gpu+ddp by default)
+#   probe            python -m bench.flex_probe (why compiled flex is slow: fwd/bwd, profiler, options)
 # Logs and JSON go to $OUT. The inductor/Triton cache travels in .indcache/ (tar parts).
 set -u
 OUT=${OUT:-outputs/gpu}
@@ -25,11 +25,11 @@ for step in ${1//,/ }; do
              tests/test_models_awd.py tests/test_models_sparse.py tests/test_models_winft.py \
              2>&1 | tail -25 ;;
     bench:*) [ -f "$BENCH_JSON" ] || echo '{}' > "$BENCH_JSON"
-             timeout ${BENCH_S:-400} python3 bench/run.py --sections "$(echo "${step#bench:}" | tr + ,)" \
+             timeout ${BENCH_S:-400} python3 -m bench --sections "$(echo "${step#bench:}" | tr + ,)" \
                --update "$BENCH_JSON"; cp "$BENCH_JSON" "$OUT/" ;;
     headline*) runs=${step#headline}; runs=${runs#:}; timeout ${HEADLINE_S:-330} \
-             python3 bench/headline.py --out "$OUT/headline.json" --runs "${runs:-gpu+ddp}" ;;
-    probe) timeout ${PROBE_S:-280} python3 bench/flex_probe.py --out "$OUT/flex_probe.json" \
+             python3 -m bench.headline --out "$OUT/headline.json" --runs "${runs:-gpu+ddp}" ;;
+    probe) timeout ${PROBE_S:-280} python3 -m bench.flex_probe --out "$OUT/flex_probe.json" \
              --budget $(( ${PROBE_S:-280} - 60 )) ;;
   esac
 done

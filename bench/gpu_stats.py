@@ -1,8 +1,8 @@
-"""A Lightning callback for measured runs of the CLI (``bench/headline.py``): training step times
-and peak CUDA memory of each fit, appended as one JSON line to ``path``.
+"""A Lightning callback for measured runs of the CLI (``python -m bench.headline``): training
+step times and peak CUDA memory of each fit, appended as one JSON line to ``path``.
 
-    python -m winft_lightning ... +callbacks.gpu_stats._target_=gpu_stats.GpuStepStats \
-        +callbacks.gpu_stats.path=/tmp/stats.jsonl      # with bench/ on PYTHONPATH
+    python -m winft_lightning ... +callbacks.gpu_stats._target_=bench.gpu_stats.GpuStepStats \
+        +callbacks.gpu_stats.path=/tmp/stats.jsonl      # from the repository root
 
 Step time: from ``on_train_batch_start`` (the batch is loaded) to ``on_train_batch_end`` after a
 CUDA synchronisation, summed over the batches after ``warmup``; loading and validation are left

@@ -1,8 +1,9 @@
 """The headline experiment on a GPU: ``python -m winft_lightning experiment=winft_b16_384`` with
 random weights on a synthetic ImageFolder tree, bf16, once with ``trainer=gpu`` and once with
-``trainer=ddp trainer.devices=1``; step times and peak memory from ``gpu_stats.GpuStepStats``.
+``trainer=ddp trainer.devices=1``; step times and peak memory from
+``bench.gpu_stats.GpuStepStats``.
 
-    python bench/headline.py --out outputs/headline.json [--tree /tmp/tree] [--epochs 8]
+    python -m bench.headline --out outputs/headline.json [--tree /tmp/tree] [--epochs 8]
 
 The tree: ``--classes`` classes of smooth random images (a 12 x 12 noise field upsampled to
 384 px, JPEG), ``--per-class`` training and a tenth as many test images per class. The first run
@@ -20,8 +21,6 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-
-BENCH = Path(__file__).resolve().parent
 
 
 def _image(args: tuple[str, int]) -> None:
@@ -54,14 +53,11 @@ def run(name: str, trainer: list[str], args, stats: Path) -> dict:
         "model.net.checkpoint=null", "teacher.max_epochs=0", *trainer,
         f"trainer.max_epochs={args.epochs}", "trainer.enable_progress_bar=false",
         "~callbacks.rich_progress_bar", f"task_name=headline_{name}",
-        "+callbacks.gpu_stats._target_=gpu_stats.GpuStepStats", f"+callbacks.gpu_stats.path={stats}",
+        "+callbacks.gpu_stats._target_=bench.gpu_stats.GpuStepStats", f"+callbacks.gpu_stats.path={stats}",
         *args.extra,
     ]  # fmt: skip
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(BENCH), os.environ.get("PYTHONPATH", "")])
-    )
     start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
     wall = time.perf_counter() - start
     log = Path(args.out).with_name(f"headline_{name}.log")
     log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
@@ -81,7 +77,9 @@ def run(name: str, trainer: list[str], args, stats: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--out", default="outputs/headline.json")
     parser.add_argument("--tree", default="/tmp/winft_tree")
     parser.add_argument("--classes", type=int, default=10)

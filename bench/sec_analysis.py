@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from benchlib import ANALYZE_YAML, _sync, timeit
+from bench.benchlib import ANALYZE_YAML, _sync, timeit
 from winft_lightning.core import interactions as I
 
 IMAGENET_TRAIN = 1_281_167

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import flex_attention
 
-from benchlib import ALPHA, cuda_time, local_windows, timeit
+from bench.benchlib import ALPHA, cuda_time, local_windows, timeit
 from winft_lightning.models import NetSpec, awd_attn_mask, awd_block_mask, tiled_order
 from winft_lightning.models.sparse import flex_kernel_options
 

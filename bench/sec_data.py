@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from benchlib import (
+from bench.benchlib import (
     ALPHA,
     DIGITS_YAML,
     FMNIST_NET,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from benchlib import (
+from bench.benchlib import (
     B16_384,
     NO_CPU_BACKWARD,
     TRAIN_BATCH,

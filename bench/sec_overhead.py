@@ -10,7 +10,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from benchlib import OVERHEAD, SGD, _autocast, _quiet_lightning, _sync, synthetic_batch
+from bench.benchlib import OVERHEAD, SGD, _autocast, _quiet_lightning, _sync, synthetic_batch
 
 
 def fake_batches(count: int, batch: int, net: dict) -> torch.utils.data.DataLoader:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from benchlib import (
+from bench.benchlib import (
     B16_384,
     NO_CPU_BACKWARD,
     SGD,
@@ -100,7 +100,7 @@ def tuned_variants(best: str | None) -> dict:
     """VARIANTS plus ``<v>_tuned`` for the sparse AWD variants with the attention section's best
     (order, block) at N = 576, alpha 0.1 (``best`` like ``timm_b64``); none when it is the
     default order and block or unknown."""
-    from sec_attention import ORDERS
+    from bench.sec_attention import ORDERS
 
     variants = dict(VARIANTS)
     if not best:

@@ -1,5 +1,6 @@
 """bench/ab.py's comparison: paired differences of the step ratios, their t interval and the
-verdict computed from it."""
+verdict computed from it; the base checkout's package copied beside this tree's, in either
+layout of the package."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import ab
+from bench import ab
 
 
 def _runs(awd: list[float]) -> list[dict[str, float]]:
@@ -43,18 +43,25 @@ def test_unpaired_runs_are_refused():
         ab.compare(_runs([1.0, 1.0]), _runs([1.0, 1.0, 1.0]))
 
 
-def test_base_package_imports_beside_this_tree(tmp_path, monkeypatch):
+@pytest.fixture
+def drop_base_package():
+    """After the test: the copied base package's modules dropped, so that the next copy imports
+    afresh."""
+    yield
+    for name in [m for m in sys.modules if m.split(".")[0] == ab.BASE_PACKAGE]:
+        del sys.modules[name]
+
+
+def test_base_package_imports_beside_this_tree(tmp_path, monkeypatch, drop_base_package):
     """--one-process: a checkout's package, copied as winft_base, imports next to
     winft_lightning and builds its own modules (none of its imports reach this tree's)."""
-    import importlib
-
     import winft_lightning.lit.modules
     from winft_lightning.runtime.resolvers import register
 
-    root = Path(__file__).resolve().parents[1]
-    monkeypatch.syspath_prepend(str(ab.base_package(root, tmp_path)))
+    monkeypatch.syspath_prepend(str(ab.base_package(ab.THIS_TREE, tmp_path)))
     try:
-        base = importlib.import_module(f"{ab.BASE_PACKAGE}.modules")
+        base = ab.modules_of(ab.BASE_PACKAGE)
+        assert base.__name__ == f"{ab.BASE_PACKAGE}.lit.modules"
         assert Path(base.__file__).is_relative_to(tmp_path)
         assert base.MODULES.keys() == winft_lightning.lit.modules.MODULES.keys()
         assert base.MODULES["vit"] is not winft_lightning.lit.modules.MODULES["vit"]
@@ -63,5 +70,17 @@ def test_base_package_imports_beside_this_tree(tmp_path, monkeypatch):
         assert not any("winft_lightning" in p.read_text() for p in tmp_path.rglob("*.py"))
     finally:  # the copy registered its own Hydra resolvers: give this tree's back
         register()
-        for name in [m for m in sys.modules if m.split(".")[0] == ab.BASE_PACKAGE]:
-            del sys.modules[name]
+
+
+def test_flat_base_package_finds_its_modules_table(tmp_path, monkeypatch, drop_base_package):
+    """A checkout from before the subpackages: its table is in the flat ``modules.py``."""
+    package = tmp_path / "checkout" / "src" / "winft_lightning"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "modules.py").write_text(
+        "from winft_lightning import __name__ as PACKAGE\nMODULES = {'vit': PACKAGE}\n"
+    )
+    monkeypatch.syspath_prepend(str(ab.base_package(tmp_path / "checkout", tmp_path / "copy")))
+    base = ab.modules_of(ab.BASE_PACKAGE)
+    assert base.__name__ == f"{ab.BASE_PACKAGE}.modules"
+    assert base.MODULES == {"vit": ab.BASE_PACKAGE}

@@ -1,10 +1,10 @@
 """``make bench``: every stage against its limit, ratios measured in one run, one JSON file.
 
-    python bench/run.py [--sections attention,analysis,train,overhead,data,memory] [--out PATH]
-                        [--update PATH] [--quick]
+    python -m bench [--sections attention,analysis,train,overhead,data,memory] [--out PATH]
+                    [--update PATH] [--quick]
 
-Sections (each records absolute times and the ratio its target is stated on; modules beside
-this file, ``sec_<name>.py``, shared pieces in ``benchlib.py``):
+Sections (each records absolute times and the ratio its target is stated on; modules of this
+package, ``bench.sec_<name>``, shared pieces in ``bench.benchlib``):
   attention one attention layer's core fwd + bwd at N = 576 and 784 (GPU): dense SDPA flash vs
             AWD dense mask vs FlexAttention block-sparse per token order and block size; block
             density; BlockMask build cost beside the kernel (CPU: densities and build cost only).
@@ -35,12 +35,12 @@ from pathlib import Path
 
 import torch
 
-from sec_analysis import analysis_section
-from sec_attention import ALPHA, attention_section
-from sec_data import data_section
-from sec_memory import memory_section
-from sec_overhead import overhead_section
-from sec_train import train_section
+from bench.sec_analysis import analysis_section
+from bench.sec_attention import ALPHA, attention_section
+from bench.sec_data import data_section
+from bench.sec_memory import memory_section
+from bench.sec_overhead import overhead_section
+from bench.sec_train import train_section
 from winft_lightning.runtime.machine import describe
 
 SECTIONS = {
@@ -70,7 +70,7 @@ def _best_sparse(result: dict) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--sections", default=",".join(SECTIONS))
     parser.add_argument("--out", default=None)
     parser.add_argument("--update", default=None, help="results JSON to re-run sections into")

@@ -71,7 +71,9 @@ def cli(*args: str, module: str = "winft_lightning", timeout: float = 300, **pop
     import subprocess
     import sys
 
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1"}
+    env = popen.pop("env", None) or {
+        **os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1"
+    }  # fmt: skip
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         capture_output=True, text=True, timeout=timeout, env=env, check=False, **popen,

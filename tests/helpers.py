@@ -47,6 +47,29 @@ def decode_png(data: bytes) -> np.ndarray:
 
 TINY_NET = dict(model_name="vit_tiny_patch16_224", img_size=16, patch_size=4, num_classes=10,
                 embed_dim=32, depth=2, num_heads=2)  # fmt: skip
+# the models' tests: ``build_vit(**MODEL_KW)`` (its default model name, 5 classes)
+MODEL_KW = dict(img_size=16, patch_size=4, num_classes=5, embed_dim=32, depth=2, num_heads=2)
+
+
+def tiny_module(**kw):
+    """A ``ViTModule`` of ``TINY_NET`` with AdamW at 1e-3."""
+    from winft_lightning.lit.modules import ViTModule
+
+    opt = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
+    return ViTModule(net=dict(TINY_NET), optimizer=opt, **kw)
+
+
+def local_windows(b: int, grid: tuple[int, int], seed: int = 0, reach: int = 3) -> torch.Tensor:
+    """[B, N, 4] boxes around each patch with random reach 0..reach-1 per side."""
+    h, w = grid
+    g = torch.Generator().manual_seed(seed)
+    p = torch.arange(h * w)
+    x, y = p % w, p // w
+    r = torch.randint(0, reach, (b, h * w, 4), generator=g)
+    box = (x - r[..., 0], y - r[..., 1], x + r[..., 2], y + r[..., 3])
+    lo = torch.stack(box[:2], -1).clamp_min(0)
+    hi = torch.stack(box[2:], -1).minimum(torch.tensor([w - 1, h - 1]))
+    return torch.cat((lo, hi), -1)
 
 
 def untrained_teacher(path: Path, seed: int = 0, **net) -> Path:
@@ -77,3 +100,20 @@ def attention_maps(net: torch.nn.Module, x: torch.Tensor, **inputs) -> list[torc
         for h in hooks:
             h.remove()
     return maps
+
+
+def chance_top1(shards: Path, split: str = "test", q: float = 0.999) -> float:
+    """The top-1 % that a model without skill stays under with probability ``q`` on ``split``:
+    the binomial quantile at the share of the split's most frequent class (what a constant
+    guess scores), over the split's images, counted from the shards themselves."""
+    from collections import Counter
+
+    from scipy.stats import binom
+
+    from winft_lightning.data.shards import iter_tar, read_manifest
+
+    shards = Path(shards)
+    names = read_manifest(shards)["splits"][split]["shards"]
+    labels = [int(m["cls"]) for name in names for _, m in iter_tar(shards / name)]
+    share = max(Counter(labels).values()) / len(labels)
+    return 100.0 * binom.ppf(q, len(labels), share) / len(labels)

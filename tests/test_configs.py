@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from conftest import CONF_DIR, EXPERIMENTS
 from winft_lightning.core.families import BY_NAME
-from winft_lightning.stages.train import ConfigError, module_class, validate_config
+from winft_lightning.stages.validate import ConfigError, module_class, validate_config
 
 PAPER_ROWS = [f"{m}_b{p}_{r}" for m in BY_NAME for p in (16, 32) for r in (224, 384)] + [
     "vit_b16_448_cub",

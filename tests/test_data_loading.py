@@ -117,8 +117,19 @@ def test_hflip_flips_some_images_only_in_train(digits_shards):
                 torch.testing.assert_close(im, plain[k].flip(-1))
                 flipped += 1
     assert flipped > 50 and same > 50
-    val = keys(m.make_loader("val"))
-    assert len(val) == 40
+    # augmentation never reaches the evaluated splits: every val/test image as without hflip
+    for split, count in (("val", 40), ("test", 60)):
+        unflipped = {
+            k: im
+            for b in dm(digits_shards).make_loader(split)
+            for k, im in zip(b["key"], b["image"], strict=True)
+        }
+        seen = 0
+        for b in m.make_loader(split):
+            for k, im in zip(b["key"], b["image"], strict=True):
+                assert torch.equal(im, unflipped[k]), (split, k)
+                seen += 1
+        assert seen == len(unflipped) == count
 
 
 def test_config_errors_name_the_problem(digits_shards, tmp_path):

@@ -34,5 +34,5 @@ def test_one_train_and_val_step_at_real_geometry(make_cfg, tmp_path, cache_dir, 
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     if row["module"] == "ViTModule":
         assert row["eo"] == n * n
-    else:
-        assert 0 < row["eo"] <= n * n
+    else:  # the windows, the drop or WinfT's predicted W keep fewer interactions
+        assert 0 < row["eo"] < n * n

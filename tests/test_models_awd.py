@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from helpers import attention_maps
+from helpers import MODEL_KW, attention_maps, local_windows
 from winft_lightning.core.interactions import awd_windows
 from winft_lightning.models import (
     NetSpec,
@@ -19,7 +19,7 @@ from winft_lightning.models import (
 )
 
 GRID = (4, 4)
-KW = dict(img_size=16, patch_size=4, num_classes=5, embed_dim=32, depth=2, num_heads=2)
+KW = MODEL_KW
 
 
 def _windows(b: int, alpha: float = 0.1, seed: int = 0) -> torch.Tensor:
@@ -33,19 +33,6 @@ def _pair(**kw):
     awd = build_vit(attn="awd", **KW, **kw).eval()
     awd.load_state_dict(base.state_dict())
     return base, awd
-
-
-def _local_windows(b: int, grid: tuple[int, int], seed: int = 0) -> torch.Tensor:
-    """[B, N, 4] boxes around each patch with random reach 0..2 per side."""
-    h, w = grid
-    g = torch.Generator().manual_seed(seed)
-    p = torch.arange(h * w)
-    x, y = p % w, p // w
-    r = torch.randint(0, 3, (b, h * w, 4), generator=g)
-    box = (x - r[..., 0], y - r[..., 1], x + r[..., 2], y + r[..., 3])
-    lo = torch.stack(box[:2], -1).clamp_min(0)
-    hi = torch.stack(box[2:], -1).minimum(torch.tensor([w - 1, h - 1]))
-    return torch.cat((lo, hi), -1)
 
 
 def _naive_window(win: torch.Tensor) -> torch.Tensor:
@@ -145,7 +132,7 @@ def test_awd_requires_windows():
         net_inputs(awd)
 
 
-def test_block_mask_skips_blocks_for_local_windows():
+def test_block_mask_skips_blocks_forlocal_windows():
     h = w = 28  # 448 / 16: T = 785 tokens, 7 x 7 blocks of 128
     p = torch.arange(h * w)
     x, y = p % w, p // w
@@ -178,7 +165,7 @@ def test_sparse_matches_dense_forward(tile):
     full = build_vit(attn="full", **kw).eval()
     sparse.load_state_dict(dense.state_dict())
     full.load_state_dict(dense.state_dict())
-    win = _local_windows(3, (24, 24))
+    win = local_windows(3, (24, 24))
     x = torch.randn(3, 3, 96, 96)
     with torch.no_grad():  # FlexAttention has no CPU backward
         a = dense.forward_features(x, inputs=net_inputs(dense, windows=win))
@@ -198,7 +185,7 @@ def test_sparse_matches_dense_gradients_cuda():
     dense = build_vit(attn="awd", **kw).cuda()
     sparse = build_vit(attn="awd", sparse=True, tile=4, **kw).cuda()
     sparse.load_state_dict(dense.state_dict())
-    win = _local_windows(3, (24, 24)).cuda()
+    win = local_windows(3, (24, 24)).cuda()
     x = torch.randn(3, 3, 96, 96, device="cuda")
     for m in (dense, sparse):
         m(x, windows=win).square().sum().backward()

@@ -11,10 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import MODEL_KW
 from winft_lightning.core.interactions import awd_windows, dip_keep, dip_order, responsive_field
 from winft_lightning.models import build_vit, net_inputs, winft_bce_loss
 
-KW = dict(img_size=16, patch_size=4, num_classes=5, embed_dim=32, depth=2, num_heads=2)
+KW = MODEL_KW
 CASES = [("full", None), ("awd", None), ("awd", "multiply"), ("winft", None), ("winft", "multiply")]
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import attention_maps
+from helpers import MODEL_KW, attention_maps
 from winft_lightning.core.interactions import awd_windows, dip_keep, dip_order
 from winft_lightning.models import NetBlock, build_vit, net_inputs
 
-KW = dict(img_size=16, patch_size=4, num_classes=5, embed_dim=32, depth=2, num_heads=2)
+KW = MODEL_KW
 
 
 def _keep(b: int, beta: float) -> torch.Tensor:

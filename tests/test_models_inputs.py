@@ -7,11 +7,12 @@ import dataclasses
 import pytest
 import torch
 
+from helpers import MODEL_KW
 from winft_lightning.core.interactions import awd_windows, dip_keep, dip_order
 from winft_lightning.lit import modules as M
 from winft_lightning.models import build_vit, net_inputs
 
-KW = dict(img_size=16, patch_size=4, num_classes=5, embed_dim=32, depth=2, num_heads=2)
+KW = MODEL_KW
 CASES = [
     ("full", {}),
     ("full", {"dip": "key_mask"}),

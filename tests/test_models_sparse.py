@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.nn.attention.flex_attention import create_block_mask
 
+from helpers import MODEL_KW, local_windows
 from winft_lightning.models import (
     NetSpec,
     awd_block_mask,
@@ -16,21 +17,8 @@ from winft_lightning.models import (
     tiled_order,
 )
 
-KW = dict(img_size=96, patch_size=4, num_classes=5, embed_dim=32, depth=2, num_heads=2)
+KW = {**MODEL_KW, "img_size": 96}
 GRID = (24, 24)  # T = 577
-
-
-def _local_windows(b: int, grid: tuple[int, int], seed: int = 0, reach: int = 3) -> torch.Tensor:
-    """[B, N, 4] boxes around each patch with random reach 0..reach-1 per side."""
-    h, w = grid
-    g = torch.Generator().manual_seed(seed)
-    p = torch.arange(h * w)
-    x, y = p % w, p // w
-    r = torch.randint(0, reach, (b, h * w, 4), generator=g)
-    box = (x - r[..., 0], y - r[..., 1], x + r[..., 2], y + r[..., 3])
-    lo = torch.stack(box[:2], -1).clamp_min(0)
-    hi = torch.stack(box[2:], -1).minimum(torch.tensor([w - 1, h - 1]))
-    return torch.cat((lo, hi), -1)
 
 
 def _same_block_mask(a, b) -> None:
@@ -52,7 +40,7 @@ def _same_block_mask(a, b) -> None:
 @pytest.mark.parametrize("block_size", [128, 64, 32, (128, 64)])
 @pytest.mark.parametrize("with_keep", [False, True])
 def test_dense_builder_equals_create_block_mask(tile, block_size, with_keep):
-    win = _local_windows(3, GRID, seed=tile + 2)
+    win = local_windows(3, GRID, seed=tile + 2)
     keep = torch.rand(3, 576, generator=torch.Generator().manual_seed(1)) > 0.2
     spec = NetSpec(
         grid=GRID, num_prefix_tokens=1, attn="awd", sparse=True, tile=tile, block_size=block_size
@@ -107,7 +95,7 @@ def _nets(**sparse_kw):
 )
 def test_sparse_options_match_dense_forward(kw):
     dense, sparse = (m.eval() for m in _nets(**kw))
-    win = _local_windows(2, GRID)
+    win = local_windows(2, GRID)
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():  # FlexAttention has no CPU backward
         a = dense(x, windows=win)
@@ -128,7 +116,7 @@ CUDA = pytest.mark.skipif(
 def test_compiled_sparse_matches_dense_gradients_cuda(kw):
     """The CUDA sparse path (compiled flex) against the dense mask: outputs and gradients."""
     dense, sparse = (m.cuda() for m in _nets(**kw))
-    win = _local_windows(3, GRID).cuda()
+    win = local_windows(3, GRID).cuda()
     x = torch.randn(3, 3, 96, 96, device="cuda")
     outs = []
     for m in (dense, sparse):
@@ -159,7 +147,7 @@ def test_compiled_winft_neg_inf_sparse_matches_dense_cuda():
 @pytest.mark.parametrize("tile", [-1, 0, 4])
 def test_compiled_builder_equals_dense_cuda(tile):
     """The CUDA default builder (compiled create_block_mask) gives the dense builder's mask."""
-    win = _local_windows(3, GRID, seed=3).cuda()
+    win = local_windows(3, GRID, seed=3).cuda()
     keep = (torch.rand(3, 576, generator=torch.Generator().manual_seed(2)) > 0.2).cuda()
     spec = NetSpec(grid=GRID, num_prefix_tokens=1, attn="awd", sparse=True, tile=tile)
     for k in (None, keep):

@@ -6,9 +6,10 @@ import pytest
 import torch
 from timm.layers import Attention, resample_abs_pos_embed
 
+from helpers import MODEL_KW
 from winft_lightning.models import AwdAttention, WinftAttention, build_vit, net_spec
 
-KW = dict(patch_size=4, num_classes=5, embed_dim=32, depth=2, num_heads=2)
+KW = {k: v for k, v in MODEL_KW.items() if k != "img_size"}
 
 
 def test_overrides_and_layers():

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import attention_maps
+from helpers import MODEL_KW, attention_maps
 from winft_lightning.models import (
     NetInputs,
     build_vit,
@@ -18,7 +18,7 @@ from winft_lightning.models import (
     winft_window,
 )
 
-KW = dict(img_size=16, patch_size=4, num_classes=5, embed_dim=32, depth=2, num_heads=2)
+KW = MODEL_KW
 
 
 def _model(mode: str = "multiply", **kw):

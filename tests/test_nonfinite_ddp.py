@@ -17,17 +17,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from winft_lightning.lit.modules import ViTModule
+from helpers import tiny_module
 
 BATCHES, BATCH = 6, 4
 POISON = {(1, 1), (0, 4)}  # (rank, batch index): that rank's images are set to NaN there
-
-
-def tiny_module(**kw) -> ViTModule:
-    net = dict(model_name="vit_tiny_patch16_224", img_size=16, patch_size=4, num_classes=10,
-               embed_dim=32, depth=2, num_heads=2)  # fmt: skip
-    opt = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
-    return ViTModule(net=net, optimizer=opt, **kw)
 
 
 def test_null_loss_gradient_is_exactly_zero_with_a_nan_and_an_inf_weight():

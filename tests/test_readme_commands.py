@@ -101,7 +101,7 @@ def test_an_unknown_key_does_not_compose(fresh_cwd):
 def test_plain_ddp_over_several_devices_is_refused(fresh_cwd, monkeypatch):
     """README (Many processes): trainer=ddp with several devices outside torchrun/srun stops
     before any work, naming the ways out; trainer=ddp_sim (spawn) is not refused."""
-    from winft_lightning.stages.train import ConfigError, validate_config
+    from winft_lightning.stages.validate import ConfigError, validate_config
 
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     for name in ("WORLD_SIZE", "RANK", "SLURM_NTASKS", "SLURM_PROCID"):

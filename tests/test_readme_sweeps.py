@@ -28,6 +28,8 @@ from readme import (
 
 RUN_TIMEOUT = 1200
 OPTUNA_TRIALS = 3
+# size overrides appended to README's sweeps (its own overrides stay as written)
+ONE_EPOCH = ["trainer.max_epochs=1", "teacher.max_epochs=1"]
 OPTUNA_EXTRA = [
     f"hydra.sweeper.n_trials={OPTUNA_TRIALS}",
     "hydra.sweeper.sampler.n_startup_trials=2",
@@ -59,7 +61,7 @@ def run_sweep(module: str, args: list[str], cwd: Path) -> tuple[Path, list[Path]
 
 @pytest.mark.parametrize("cmd", RUNNABLE)
 def test_readme_sweep_runs_as_written(cmd: Command, tmp_path):
-    extra = ["debug=tiny", *(OPTUNA_EXTRA if is_optuna(cmd) else [])]
+    extra = ["debug=tiny", *ONE_EPOCH, *(OPTUNA_EXTRA if is_optuna(cmd) else [])]
     sweep, jobs = run_sweep(cmd.module, [*cmd.args, *extra], tmp_path)
     # the jobs' override lists (Optuna draws its own)
     expected = (
@@ -72,6 +74,11 @@ def test_readme_sweep_runs_as_written(cmd: Command, tmp_path):
         assert not (job / "failed.json").exists(), (job / "failed.json").read_text()
         row = json.loads((job / "results.json").read_text())
         assert math.isfinite(row["top1"]) and math.isfinite(row["val_top1"]), row
+        n = row["num_patches"]
+        if row["module"] == "ViTModule":
+            assert row["eo"] == n * n, row
+        else:  # a mask (AWD windows, DIP, WinfT's predicted W) keeps fewer interactions
+            assert 0 < row["eo"] < n * n, row
         written = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
         if overrides is not None:
             assert written == overrides  # the job ran what the sweep meant
@@ -87,8 +94,9 @@ def test_readme_sweep_runs_as_written(cmd: Command, tmp_path):
     # among the jobs (the teacher shares the student's net and optimizer, so a patch-size or
     # lr sweep trains several, an alpha/beta sweep one)
     teachers = set()
-    for _, written in rows:
+    for row, written in rows:
         cfg = compose_cli("train", written, tmp_path)
+        assert row["module"] == cfg.model._target_.rsplit(".", 1)[1], (row["module"], written)
         teachers.add(json.dumps(OmegaConf.to_container(cfg.teacher, resolve=True), sort_keys=True))
     GlobalHydra.instance().clear()
     builds = [json.loads(s) for s in (tmp_path / "outputs" / "cache" / "builds.jsonl").open()]
@@ -127,7 +135,7 @@ def test_optuna_sweep_goes_on_past_a_failed_trial(tmp_path):
     is analysed here, so the trials that draw another alpha fail before any work."""
     args = ["-m", "hparams_search=optuna", "experiment=fmnist_awd_vit", "debug=tiny",
             "analyze.alphas=[0.1]", "hydra.sweeper.n_trials=3",
-            "hydra.sweeper.sampler.n_startup_trials=3"]  # fmt: skip
+            "hydra.sweeper.sampler.n_startup_trials=3", *ONE_EPOCH]  # fmt: skip
     sweep, jobs = run_sweep("winft_lightning", args, tmp_path)
     assert len(jobs) == 3
     failed = [j for j in jobs if (j / "failed.json").is_file()]

@@ -116,7 +116,7 @@ def test_every_study_job_composes(make_cfg, tmp_path, variant):
     every swept option), so a long study cannot die on a config typo."""
     from conftest import compose_config
     from winft_lightning.stages.study import sweep_commands
-    from winft_lightning.stages.train import validate_config
+    from winft_lightning.stages.validate import validate_config
 
     study = compose_config([f"study={variant}"], tmp_path, config_name="study").study
     commands = sweep_commands(study, tmp_path / "study")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,13 +114,12 @@ def teacher_key(cfg: DictConfig, shards: Path) -> str:
 def ensure_teacher(cfg: DictConfig, shards: Path) -> tuple[Path, dict | None, str]:
     """The teacher checkpoint: ``teacher.ckpt`` if given, else a cached or freshly trained
     baseline ViT (``teacher.model`` for ``teacher.max_epochs``; under DDP one run over every
-    rank). Returns (path, its results row or None, the file's sha256)."""
-    from winft_lightning.models.teacher import file_sha256
+    rank). Returns (path, its results row or None, the file's sha256): the run's one hash of
+    the teacher file, handed on to :func:`ensure_masks`."""
+    from winft_lightning.runtime.hashing import file_sha256
 
     if cfg.teacher.get("ckpt"):
-        path = Path(cfg.teacher.ckpt)
-        if not path.is_file():
-            raise FileNotFoundError(f"teacher.ckpt={path} does not exist")
+        path = Path(cfg.teacher.ckpt)  # its existence: stages.validate.validate_config
         log.info("teacher: using teacher.ckpt=%s", path)
         return path, None, file_sha256(path)
     store = store_of(cfg)
@@ -235,6 +235,7 @@ def ensure_masks(cfg: DictConfig, teacher: Path, teacher_sha256: str, shards: Pa
                 "trust_pickle": bool(cfg.teacher.get("trust_pickle", False)),
                 "trust_option": "teacher.trust_pickle",
             },
+            teacher_sha256=teacher_sha256,
             world=store.world,
             progress=False,
         )
@@ -242,3 +243,23 @@ def ensure_masks(cfg: DictConfig, teacher: Path, teacher_sha256: str, shards: Pa
 
     key = mask_key(cfg, teacher_sha256, shards)
     return store.ensure("masks", key, build, what="masks", collective=True, resume=True)
+
+
+@dataclass(frozen=True)
+class Prerequisites:
+    """What one job trains on: its shard set (with masks beside each image when its module reads
+    them), and the teacher those masks came from, with the teacher's results row when it was
+    trained here (None for a module without masks, or a given ``teacher.ckpt``)."""
+
+    data_root: Path
+    teacher: Path | None = None
+    teacher_row: dict[str, Any] | None = None
+
+
+def prerequisites(cfg: DictConfig, uses_masks: bool = True) -> Prerequisites:
+    """The chain shards -> teacher -> masks for one job (``uses_masks``: its module's)."""
+    shards = ensure_shards(cfg)
+    if not uses_masks:
+        return Prerequisites(shards)
+    teacher, row, sha256 = ensure_teacher(cfg, ensure_teacher_shards(cfg, shards))
+    return Prerequisites(ensure_masks(cfg, teacher, sha256, shards), teacher, row)

@@ -3,6 +3,7 @@
 timm's fused attention (SDPA) never forms the softmax matrix, so capture switches the
 blocks to the non-fused path for the duration of the capture only, and reads the
 probabilities at ``attn.attn_drop`` (identity in eval mode), i.e. with timm's own code.
+:func:`embed_tokens` is the ViT stem both this capture and ``models.NetViT`` run.
 """
 
 from __future__ import annotations
@@ -12,6 +13,12 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
+
+
+def embed_tokens(model: nn.Module, images: Tensor) -> Tensor:
+    """A timm ViT's stem: ``images [B, 3, H, W]`` -> tokens ``[B, T, C]`` as its first block
+    receives them (patch embedding, prefix tokens and position embedding, patch drop, pre-norm)."""
+    return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
 
 
 @contextlib.contextmanager
@@ -51,7 +58,7 @@ def iter_block_attention(
     # consumer's code, so each step enters and leaves no_grad before yielding.
     with unfused_attention(model):
         with torch.no_grad():
-            x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
+            x = embed_tokens(model, images)
         for block in model.blocks:
             handle = block.attn.attn_drop.register_forward_hook(grab)
             try:

@@ -22,6 +22,8 @@ __all__ = [
     "FieldTendency",
     "attention_rollout",
     "awd_windows",
+    "check_alpha",
+    "check_beta",
     "column_variance",
     "dip_drop_count",
     "dip_keep",
@@ -44,17 +46,30 @@ def _exact(x: float) -> Decimal:
     return Decimal(repr(float(x)))
 
 
+def check_alpha(alpha: float, option: str = "alpha", error: type[Exception] = ValueError) -> float:
+    """``alpha`` as a float if in (0, 1] (SPEC 2), else ``error`` naming ``option``: the one
+    range check of every alpha (config, module, mask key, window count)."""
+    if not 0.0 < float(alpha) <= 1.0:
+        raise error(f"{option}={alpha} is outside (0, 1]")
+    return float(alpha)
+
+
+def check_beta(beta: float, option: str = "beta", error: type[Exception] = ValueError) -> float:
+    """``beta`` as a float if in [0, 1) (SPEC 3), else ``error`` naming ``option``."""
+    if not 0.0 <= float(beta) < 1.0:
+        raise error(f"{option}={beta} is outside [0, 1)")
+    return float(beta)
+
+
 def top_count(alpha: float, n: int) -> int:
     """T = max(1, floor(alpha * N**2 + 0.5)) (SPEC 2), alpha in (0, 1]."""
-    if not 0.0 < alpha <= 1.0:
-        raise ValueError(f"alpha must be in (0, 1], got alpha={alpha}")
+    check_alpha(alpha)
     return max(1, math.floor(_exact(alpha) * n * n + Decimal("0.5")))
 
 
 def dip_drop_count(beta: float, n: int) -> int:
     """|D| = floor(beta * N) (SPEC 3), beta in [0, 1)."""
-    if not 0.0 <= beta < 1.0:
-        raise ValueError(f"beta must be in [0, 1), got beta={beta}")
+    check_beta(beta)
     return math.floor(_exact(beta) * n)
 
 

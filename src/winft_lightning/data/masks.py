@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from winft_lightning.core.interactions import check_alpha
 from winft_lightning.data.errors import MaskError
 
 ENCODINGS = ("i16z", "npy")
@@ -28,9 +29,7 @@ DIP = "dip_order"
 
 def alpha_tag(alpha: float) -> str:
     """0.1 -> 'a0100' (alpha in thousandths); alphas finer than 0.001 are refused."""
-    a = float(alpha)
-    if not 0.0 < a <= 1.0:
-        raise MaskError(f"alpha must be in (0, 1], got {alpha}")
+    a = check_alpha(alpha, "alpha", MaskError)
     milli = round(a * 1000)
     if not math.isclose(milli, a * 1000, abs_tol=1e-6):
         raise MaskError(f"alpha={alpha} is finer than 0.001, the resolution of the mask keys")
@@ -63,11 +62,21 @@ def check_alphas(alphas: Sequence[float]) -> list[float]:
     return list(tags.values())
 
 
-def find_alpha(alpha: float, stored: Sequence[float], where: str) -> float:
-    """The stored alpha equal to ``alpha`` (to 1e-9), else :class:`MaskError` naming the list."""
+def match_alpha(alpha: float, stored: Sequence[float]) -> float | None:
+    """The member of ``stored`` equal to ``alpha`` (to 1e-9), else None: the one membership
+    test of an alpha in a list of analysed alphas (a manifest's, or ``analyze.alphas``)."""
     for a in stored:
         if math.isclose(float(a), float(alpha), rel_tol=0, abs_tol=1e-9):
             return float(a)
+    return None
+
+
+def find_alpha(alpha: float, stored: Sequence[float], where: str) -> float:
+    """The stored alpha equal to ``alpha`` (:func:`match_alpha`), else :class:`MaskError`
+    naming the list."""
+    found = match_alpha(alpha, stored)
+    if found is not None:
+        return found
     raise MaskError(
         f"alpha={alpha} is not in the mask set's alphas {list(stored)} ({where}); choose one of "
         "them, or re-run analyze with this alpha in analyze.alphas"

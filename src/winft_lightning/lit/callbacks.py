@@ -1,11 +1,27 @@
-"""Small Lightning callbacks the configs refer to."""
+"""Small Lightning callbacks the configs refer to, and :func:`instantiate_callbacks` (the
+``callbacks`` group -> callback objects)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The callbacks of ``cfg.callbacks`` (each entry with a ``_target_``; null entries off)."""
+    callbacks = []
+    for name, cb in (cfg.get("callbacks") or {}).items():
+        if isinstance(cb, DictConfig) and "_target_" in cb:
+            log.debug("callback %s: %s", name, cb._target_)
+            callbacks.append(instantiate(cb))
+    return callbacks
 
 
 class TrainThroughput(L.Callback):

@@ -275,13 +275,6 @@ class ViTModule(L.LightningModule):
         }
 
 
-def _check_alpha_beta(alpha: float, beta: float) -> None:
-    if not 0.0 < float(alpha) <= 1.0:
-        raise ValueError(f"model.alpha must be in (0, 1], got {alpha}")
-    if not 0.0 <= float(beta) < 1.0:
-        raise ValueError(f"model.beta must be in [0, 1), got {beta}")
-
-
 class AWDViTModule(ViTModule):
     """AWD-ViT: every block's patch attention restricted to the batch's windows (SPEC 2)."""
 
@@ -289,7 +282,7 @@ class AWDViTModule(ViTModule):
     uses_masks = True
 
     def __init__(self, net: Mapping[str, Any], *args: Any, alpha: float = 0.1, **kwargs: Any):
-        _check_alpha_beta(alpha, 0.0)
+        I.check_alpha(alpha, "model.alpha")
         super().__init__(net, *args, alpha=alpha, **kwargs)
 
     def keep(self, batch: dict[str, Tensor]) -> Tensor | None:
@@ -319,7 +312,7 @@ class AWDDIPViTModule(AWDViTModule):
         dip: str = "multiply",
         **kwargs: Any,
     ):
-        _check_alpha_beta(kwargs.get("alpha", 0.1), beta)
+        I.check_beta(beta, "model.beta")  # alpha: AWDViTModule's
         super().__init__(net, *args, beta=beta, dip=dip, **kwargs)
 
     def keep(self, batch: dict[str, Tensor]) -> Tensor:
@@ -354,7 +347,8 @@ class WinfTModule(ViTModule):
         lambda2: float = 1.0,
         **kwargs: Any,
     ):
-        _check_alpha_beta(alpha, beta)
+        I.check_alpha(alpha, "model.alpha")
+        I.check_beta(beta, "model.beta")
         if lambda1 < 0 or lambda2 < 0:
             raise ValueError(
                 f"model.lambda1 and model.lambda2 must be >= 0, got {lambda1}, {lambda2}"

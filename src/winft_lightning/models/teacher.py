@@ -4,13 +4,15 @@
 (``hyper_parameters.net`` = timm ViT kwargs, state-dict keys ``net.<timm key>``), or (b) a plain
 timm weights file (``.pth``/``.pt``/``.bin``/``.safetensors``) with an explicit model config,
 loaded through timm's own pretrained path (so the position embedding is resampled when
-``img_size`` differs from the weights').
+``img_size`` differs from the weights'). :func:`teacher_norm` is the one rule for the
+normalisation of the teacher's analysed view.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,12 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from winft_lightning.runtime.checkpoints import UntrustedCheckpoint, read_checkpoint
+from winft_lightning.runtime.checkpoints import (
+    UntrustedCheckpoint,
+    checkpoint_file,
+    net_weights,
+    read_checkpoint,
+)
 from winft_lightning.runtime.hashing import file_sha256  # also imported from here
 
 log = logging.getLogger(__name__)
@@ -54,6 +61,23 @@ class TeacherInfo:
         d["mean"] = list(self.mean) if self.mean else None
         d["std"] = list(self.std) if self.std else None
         return d
+
+
+def teacher_norm(
+    model: nn.Module,
+    info: TeacherInfo,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> tuple[list[float], list[float]]:
+    """Normalisation of the teacher's analysed view: ``mean`` / ``std`` when given, else the one
+    the teacher was trained with (its checkpoint's datamodule hyperparameters), else its timm
+    pretrained config's, else 0.5."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if mean is None:
+        mean = info.mean or cfg.get("mean") or (0.5, 0.5, 0.5)
+    if std is None:
+        std = info.std or cfg.get("std") or (0.5, 0.5, 0.5)
+    return [float(m) for m in mean], [float(s) for s in std]
 
 
 _VIT_ARGS = set(inspect.signature(VisionTransformer.__init__).parameters) - {"self"}
@@ -130,23 +154,27 @@ def load_teacher(
     device: str | torch.device = "cpu",
     trust_pickle: bool = False,
     trust_option: str = "trust_pickle",
+    sha256: str | None = None,
+    path_option: str = "teacher",
     **net: Any,
 ) -> tuple[nn.Module, TeacherInfo]:
     """``(model in eval mode, TeacherInfo)`` from a Lightning checkpoint of our modules, or a
     plain timm weights file given with ``model_name`` and its config (``img_size``,
     ``patch_size``, ``num_classes``, ``embed_dim``, ... as for ``timm.create_model``).
     A file that needs a full unpickle is refused unless ``trust_pickle`` (the error names
-    the setting ``trust_option``)."""
+    the setting ``trust_option``). ``sha256``: the file's digest, from a caller that has
+    checked and hashed the file already (the pipeline); without it the file is checked
+    (:func:`~winft_lightning.runtime.checkpoints.checkpoint_file`, naming ``path_option``)
+    and hashed here."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"teacher checkpoint {path} does not exist")
-    sha = file_sha256(path)
+    if sha256 is None:
+        sha256 = file_sha256(checkpoint_file(path, path_option))
     obj = None if path.suffix == ".safetensors" else _torch_load(path, trust_pickle, trust_option)
     hp = obj.get("hyper_parameters") if isinstance(obj, dict) else None
     if isinstance(hp, dict) and isinstance(hp.get("net"), dict) and "state_dict" in obj:
         name, kw = timm_kwargs(dict(hp["net"]))
         model = timm.create_model(name, pretrained=False, **kw)
-        state = {k[4:]: v for k, v in obj["state_dict"].items() if k.startswith("net.")}
+        state = net_weights(obj["state_dict"])
         if not state:
             raise TeacherError(f"checkpoint {path} has no 'net.*' weights in its state_dict")
         try:
@@ -184,7 +212,7 @@ def load_teacher(
         kind = "timm"
     model.eval().to(device)
     dm = obj.get("datamodule_hyper_parameters") if isinstance(obj, dict) else None
-    return model, _info(model, path, sha, name, kind, dm)
+    return model, _info(model, path, sha256, name, kind, dm)
 
 
 def save_untrained(model_cfg: Any, ckpt: str | Path) -> Path:

@@ -14,6 +14,9 @@ from timm.models._helpers import load_state_dict
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
+from winft_lightning.core.capture import embed_tokens
+from winft_lightning.runtime.checkpoints import checkpoint_file, net_weights
+
 from .attention import AwdAttention, NetAttention, WinftAttention, WinftBlockOutput, winft_window
 from .block import NetBlock
 from .inputs import SPEC_ATTR, NetInputs, NetSpec, net_inputs
@@ -39,12 +42,9 @@ _HEAD_KEYS = ("head.weight", "head.bias")
 def _read_checkpoint(path: str) -> dict[str, Tensor]:
     """timm state dict from a file: a timm/torch state dict, or a Lightning checkpoint whose
     network is the attribute ``net`` (keys ``net.<timm key>``)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    checkpoint_file(path)
     sd = load_state_dict(path, use_ema=False)
-    if any(k.startswith("net.") for k in sd):
-        sd = {k[4:]: v for k, v in sd.items() if k.startswith("net.")}
-    return sd
+    return net_weights(sd) or sd
 
 
 class WinftOutput(NamedTuple):
@@ -72,7 +72,7 @@ class NetViT(VisionTransformer):
     def _features(
         self, x: Tensor, inputs: NetInputs, attn_mask: Tensor | None, is_causal: bool
     ) -> tuple[Tensor, list[WinftBlockOutput]]:
-        x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
+        x = embed_tokens(self, x)
         winft = []
         for blk in self.blocks:
             x, out = blk(x, inputs, attn_mask=attn_mask, is_causal=is_causal)

@@ -4,11 +4,14 @@
 unpickle runs whatever code the file names, so a checkpoint from the internet could run
 anything. A file that needs it is refused with an error naming the opt-in
 (``trust_pickle=true``); ``.safetensors`` files are read with safetensors.
+Our LightningModules keep the network as the attribute ``net``: :func:`net_weights` takes its
+timm state dict out of a checkpoint's.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,3 +49,20 @@ def read_checkpoint(
             ) from err
     log.warning("%s: full unpickle (%s=true)", path, option)
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def checkpoint_file(
+    path: str | Path, option: str = "checkpoint", error: type[Exception] = FileNotFoundError
+) -> Path:
+    """``path`` if it is a file, else ``error`` naming ``option``: the one existence check of a
+    checkpoint a run reads (``ckpt_path``, ``teacher.ckpt``, a teacher or weights file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{option}={path} does not exist")
+    return path
+
+
+def net_weights(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``net.*`` entries of a Lightning state dict, prefix removed (timm keys); empty when
+    it has none."""
+    return {k[4:]: v for k, v in state_dict.items() if k.startswith("net.")}

@@ -46,14 +46,14 @@ from winft_lightning.data.shards import (
     write_json_atomic,
     write_shard,
 )
-from winft_lightning.models.teacher import TeacherInfo, load_teacher
+from winft_lightning.models.teacher import load_teacher, teacher_norm
 from winft_lightning.runtime.files import CODE_VERSION
-from winft_lightning.runtime.hashing import file_sha256, json_digest
+from winft_lightning.runtime.hashing import json_digest
 from winft_lightning.runtime.world import World
 
 log = logging.getLogger(__name__)
 
-__all__ = ["analyze_shards", "analyze_split", "analyzed_dir", "file_sha256"]
+__all__ = ["analyze_shards", "analyze_split", "analyzed_dir"]
 
 Grid = tuple[int, int]
 
@@ -119,6 +119,7 @@ def analyze_shards(
     std: Sequence[float] | None = None,
     device: str = "auto",
     teacher_kwargs: dict[str, Any] | None = None,
+    teacher_sha256: str | None = None,
     encoding: str = "i16z",
     workers: int = 2,
     progress: bool = True,
@@ -126,7 +127,8 @@ def analyze_shards(
 ) -> dict[str, Any] | None:
     """Analyse every split of the shard set ``shards`` with ``teacher``; returns the new
     manifest. The view is the teacher's: resize to its img_size + centre crop, normalised with
-    ``mean``/``std`` (default: the teacher's pretrained config, else 0.5).
+    ``mean``/``std`` (default: :func:`models.teacher.teacher_norm`). ``teacher_sha256``: the
+    teacher file's digest when the caller has it (the pipeline), else it is hashed here.
 
     In a ``world`` of several ranks each rank analyses every ``world_size``-th shard into
     ``out_dir`` (a shared directory) and rank 0 writes the one manifest once all are done;
@@ -139,8 +141,8 @@ def analyze_shards(
     if device == "auto":
         device = f"cuda:{world.local_rank}" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
-    model, info = load_teacher(teacher, device=dev, **(teacher_kwargs or {}))
-    mean, std = _norm(model, info, mean, std)
+    model, info = load_teacher(teacher, device=dev, sha256=teacher_sha256, **(teacher_kwargs or {}))
+    mean, std = teacher_norm(model, info, mean, std)
     out = Path(out_dir) if out_dir else analyzed_dir(src["root"], info.sha256, alphas)
     out = out.expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -292,19 +294,6 @@ def _journal_name(world: World) -> str:
     return JOURNAL if not world.distributed else f".journal.rank{world.rank}.json"
 
 
-def _norm(
-    model: nn.Module, info: TeacherInfo, mean: Sequence[float] | None, std: Sequence[float] | None
-) -> tuple[list[float], list[float]]:
-    """Normalisation of the analysed view: given, else the one the teacher was trained with
-    (its checkpoint's datamodule hyperparameters), else its timm pretrained config."""
-    cfg = getattr(model, "pretrained_cfg", {}) or {}
-    if mean is None:
-        mean = info.mean or cfg.get("mean", (0.5, 0.5, 0.5))
-    if std is None:
-        std = info.std or cfg.get("std", (0.5, 0.5, 0.5))
-    return [float(m) for m in mean], [float(s) for s in std]
-
-
 def main() -> None:
     import hydra
     from omegaconf import DictConfig, OmegaConf
@@ -327,6 +316,7 @@ def main() -> None:
         )
         tk = {k: v for k, v in (tk or {}).items() if v is not None}
         tk["trust_pickle"] = bool(cfg.get("trust_pickle", False))
+        tk["path_option"] = "teacher_ckpt"
         manifest = analyze_shards(
             teacher=cfg.teacher_ckpt,
             shards=shards,

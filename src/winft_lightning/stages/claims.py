@@ -34,7 +34,7 @@ from winft_lightning.core.claims_table import KEEP_ALPHA, summarise_claims
 from winft_lightning.data.datamodule import ShardDataModule
 from winft_lightning.data.progress import image_progress
 from winft_lightning.models import build_vit
-from winft_lightning.models.teacher import TeacherError, load_teacher
+from winft_lightning.models.teacher import TeacherError, load_teacher, teacher_norm
 from winft_lightning.runtime.checkpoints import read_checkpoint
 
 __all__ = ["PerImage", "collect_claims", "measure_claims", "write_claims"]
@@ -107,14 +107,6 @@ def _nets(ckpt: Path, device: torch.device) -> tuple[dict[str, torch.nn.Module],
     return nets, net
 
 
-def _norm(model: torch.nn.Module, info) -> tuple[list[float], list[float]]:
-    """The analysed view's normalisation: the teacher's training one, else its timm config."""
-    cfg = getattr(model, "pretrained_cfg", {}) or {}
-    mean = info.mean or cfg.get("mean", (0.5, 0.5, 0.5))
-    std = info.std or cfg.get("std", (0.5, 0.5, 0.5))
-    return [float(m) for m in mean], [float(s) for s in std]
-
-
 def _locality(per: PerImage, u: Tensor, alpha: float, gen: torch.Generator) -> None:
     """C1 on one batch: per-image ratio (NaN images counted) and the d_p / r_p histograms."""
     ld = C.locality_distances(u, alpha, per.grid, gen)
@@ -182,18 +174,20 @@ def collect_claims(
     progress: bool = False,
     device: str = "auto",
     num_workers: int = 1,
+    teacher_sha256: str | None = None,
 ) -> tuple[PerImage, dict[str, Any]]:
     """One pass over the test split (or its first ``limit`` images, in stream order):
     ``(PerImage, facts)``, facts = what the pass ran on (teacher, view, grid, seconds).
-    ``device`` "auto": CUDA when present."""
+    ``device`` "auto": CUDA when present. ``teacher_sha256``: the teacher file's digest when
+    the caller has it (the study), else it is hashed here."""
     start = time.perf_counter()
     ckpt = Path(teacher_ckpt).expanduser()
     dev = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     )
-    teacher, info = load_teacher(ckpt, device=dev)
+    teacher, info = load_teacher(ckpt, device=dev, sha256=teacher_sha256)
     nets, net_hp = _nets(ckpt, dev)
-    mean, std = _norm(teacher, info)
+    mean, std = teacher_norm(teacher, info)
     dm = ShardDataModule(
         shards_root, batch_size=batch_size, num_workers=num_workers, img_size=info.img_size,
         mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), hflip=False,
@@ -259,12 +253,13 @@ def measure_claims(
     a JSON-serialisable dict (see :func:`claims_table.summarise_claims` for its keys and each
     verdict rule). ``collect_options``: :func:`collect_claims`'s keyword arguments (alphas,
     betas, locality_alpha, object_threshold, batch_size, seed, limit, progress, device,
-    num_workers). ``resamples``: bootstrap resamples (>= 2000), seeded by ``seed``, which
-    also seeds the random controls. ``keep_tolerance``: half-width of the band around the
-    paper's 8,866 / 38,416 = 0.2308 for "AWD alpha = 0.1 keeps ~23 % of interactions": that
-    row's effect is the mean over images of the AWD(0.1) window-mask count / N^2, and its
-    verdict is "supported" when its CI lies strictly inside 0.2308 ± tolerance,
-    "contradicted" when it lies entirely outside, "inconclusive" when it straddles an edge.
+    num_workers, teacher_sha256). ``resamples``: bootstrap resamples (>= 2000), seeded by
+    ``seed``, which also seeds the random controls. ``keep_tolerance``: half-width of the band
+    around the paper's 8,866 / 38,416 = 0.2308 for "AWD alpha = 0.1 keeps ~23 % of
+    interactions": that row's effect is the mean over images of the AWD(0.1) window-mask
+    count / N^2, and its verdict is "supported" when its CI lies strictly inside 0.2308 ±
+    tolerance, "contradicted" when it lies entirely outside, "inconclusive" when it straddles
+    an edge.
     Images per second counts the whole stage (loading the networks, the pass, the intervals)."""
     start = time.perf_counter()
     per, facts = collect_claims(teacher_ckpt, shards_root, **collect_options)

@@ -166,7 +166,7 @@ def teacher_record(teacher: Path) -> dict[str, Any]:
 def run_claims(study: DictConfig, study_dir: Path) -> dict[str, Any] | None:
     """SPEC 8's training-free claims on the study's teacher (cached in ``claims/claims.json``
     for that teacher file and settings)."""
-    from winft_lightning.models.teacher import file_sha256
+    from winft_lightning.runtime.hashing import file_sha256
     from winft_lightning.stages import claims as claims_stage
 
     found = claims_inputs(study_dir)
@@ -175,7 +175,8 @@ def run_claims(study: DictConfig, study_dir: Path) -> dict[str, Any] | None:
         return None
     teacher, shards = found
     settings = OmegaConf.to_container(study.claims, resolve=True)
-    stamp = {"teacher_sha256": file_sha256(teacher), "settings": settings}
+    sha256 = file_sha256(teacher)  # once: the cache stamp, and measure_claims' teacher record
+    stamp = {"teacher_sha256": sha256, "settings": settings}
     cached = study_dir / "claims" / "claims.json"
     if cached.is_file():
         result = json.loads(cached.read_text())
@@ -183,7 +184,7 @@ def run_claims(study: DictConfig, study_dir: Path) -> dict[str, Any] | None:
             log.info("study: claims reusing %s", cached)
             return result
     start = time.perf_counter()
-    result = claims_stage.measure_claims(teacher, shards, **settings)
+    result = claims_stage.measure_claims(teacher, shards, teacher_sha256=sha256, **settings)
     result.update(stamp, teacher=teacher_record(teacher), shards=str(shards))
     result["stage_seconds"] = round(time.perf_counter() - start, 1)
     claims_stage.write_claims(result, study_dir / "claims")

@@ -147,23 +147,19 @@ def load_model(path: str | Path, **kw: Any) -> tuple[nn.Module, int, int, Grid, 
     return model.eval(), img, patch, tuple(info.grid), info
 
 
-def _norm_stats(model: nn.Module, info: Any) -> tuple[Tensor, Tensor]:
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    mean = getattr(info, "mean", None) or cfg.get("mean") or (0.5, 0.5, 0.5)
-    std = getattr(info, "std", None) or cfg.get("std") or (0.5, 0.5, 0.5)
-    return torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
-
-
 def run(cfg: Mapping[str, Any]) -> list[Path]:
     """The CLI's job on a plain config mapping; returns the files written."""
-    model, img_size, _, grid, info = load_model(cfg["ckpt"], **dict(cfg.get("load") or {}))
+    from winft_lightning.models.teacher import teacher_norm
+
+    load = {"path_option": "ckpt", **dict(cfg.get("load") or {})}
+    model, img_size, _, grid, info = load_model(cfg["ckpt"], **load)
     device = torch.device(cfg.get("device") or "cpu")
     model.to(device)
     paths = list(cfg.get("images") or [])
     shown = (
         torch.stack([load_image(p, img_size) for p in paths]) if paths else sample_images(img_size)
     )
-    mean, std = _norm_stats(model, info)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in teacher_norm(model, info))
     x = ((shown - mean) / std).to(device)
     out = Path(cfg["out_dir"])
     bs = int(cfg.get("batch_size") or 4)

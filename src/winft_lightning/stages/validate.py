@@ -1,0 +1,143 @@
+"""Refuse a composed config that cannot run, before any work, with an error naming the option:
+the model class, geometry, alpha / beta / lambdas, the analysed alphas, the launch (plain
+``ddp`` over several devices), and the checkpoints a run reads (``ckpt_path``, ``teacher.ckpt``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+from winft_lightning.core.interactions import check_alpha, check_beta
+from winft_lightning.data.masks import match_alpha
+from winft_lightning.runtime import world as worlds
+from winft_lightning.runtime.checkpoints import checkpoint_file, read_checkpoint
+
+GEOMETRY_KEYS = (
+    "model_name",
+    "img_size",
+    "patch_size",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "num_classes",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the option."""
+
+
+def module_class(model_cfg: DictConfig) -> type:
+    target = model_cfg.get("_target_")
+    try:
+        return get_class(target)
+    except Exception as err:
+        raise ConfigError(f"model._target_={target!r} is not an importable class: {err}") from err
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Refuse a config that cannot run, before any work, naming the option."""
+    model = cfg.model
+    cls = module_class(model)
+    net = model.net
+    img, patch = net.get("img_size"), net.get("patch_size")
+    if img is None or patch is None or int(img) % int(patch) != 0:
+        raise ConfigError(
+            f"model.net.img_size={img} is not divisible by model.net.patch_size={patch}"
+        )
+    alpha = model.get("alpha")
+    if alpha is not None:
+        check_alpha(alpha, "model.alpha", ConfigError)
+    beta = model.get("beta")
+    if beta is not None:
+        check_beta(beta, "model.beta", ConfigError)
+    for name in ("lambda1", "lambda2"):
+        value = model.get(name)
+        if value is not None and float(value) < 0:
+            raise ConfigError(f"model.{name}={value} is negative")
+    if getattr(cls, "uses_masks", False) and cfg.analyze.get("mask_root") is None:
+        stored = [float(a) for a in cfg.analyze.alphas]
+        if match_alpha(alpha, stored) is None:
+            raise ConfigError(
+                f"model.alpha={alpha} is not among the analysed alphas analyze.alphas={stored}"
+            )
+    check_launch(cfg)
+    if cfg.get("ckpt_path") not in (None, "last"):
+        checkpoint_file(cfg.ckpt_path, "ckpt_path", ConfigError)
+        check_checkpoint_geometry(cfg.ckpt_path, model.net, "ckpt_path")
+    teacher = cfg.get("teacher") or {}
+    if getattr(cls, "uses_masks", False) and teacher.get("ckpt"):
+        checkpoint_file(teacher.ckpt, "teacher.ckpt", ConfigError)
+        if str(teacher.ckpt).endswith(".ckpt"):
+            # masks live on the patch grid: the teacher may differ in width or depth
+            check_checkpoint_geometry(
+                teacher.ckpt, model.net, "teacher.ckpt", ("img_size", "patch_size")
+            )
+
+
+def _device_count(devices: Any, accelerator: str) -> int:
+    if isinstance(devices, list | tuple):
+        return len(devices)
+    if str(devices) in ("auto", "-1"):
+        return torch.cuda.device_count() if accelerator in ("gpu", "cuda", "auto") else 1
+    return (
+        int(str(devices).split(",")[0]) if "," not in str(devices) else len(str(devices).split(","))
+    )
+
+
+def check_launch(cfg: DictConfig) -> None:
+    """Refuse ``strategy=ddp`` over several processes started as one plain process: Lightning
+    would re-run this script per device, and every copy would build the prerequisites."""
+    trainer = cfg.trainer
+    strategy = trainer.get("strategy")
+    target = strategy if isinstance(strategy, str) else (strategy or {}).get("_target_", "")
+    spawned = "spawn" in str(target) or (
+        isinstance(strategy, DictConfig) and strategy.get("start_method") in ("spawn", "fork")
+    )
+    if "ddp" not in str(target).lower() or spawned or worlds.current().distributed:
+        return
+    if "LOCAL_RANK" in os.environ:  # a launcher (SLURM, torchrun) started every process
+        return
+    count = _device_count(trainer.get("devices", 1), str(trainer.get("accelerator", "auto")))
+    count *= int(trainer.get("num_nodes") or 1)
+    if count > 1:
+        raise ConfigError(
+            f"trainer.strategy=ddp with {count} processes needs a launcher: run "
+            f"`torchrun --nproc_per_node={trainer.get('devices')} -m winft_lightning ...` (or "
+            "srun under SLURM), or use trainer=ddp_sim (spawn) on one machine"
+        )
+
+
+def checkpoint_net(path: str | Path) -> dict[str, Any]:
+    """The ``net`` hyper-parameters stored in one of our Lightning checkpoints."""
+    try:
+        ckpt = read_checkpoint(path)
+    except Exception as err:
+        raise ConfigError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+    net = (ckpt.get("hyper_parameters") or {}).get("net") if isinstance(ckpt, dict) else None
+    if not isinstance(net, dict):
+        raise ConfigError(f"{path} is not a winft_lightning checkpoint (no hyper_parameters.net)")
+    return net
+
+
+def check_checkpoint_geometry(
+    path: str | Path, net_cfg: Any, option: str, keys: tuple[str, ...] = GEOMETRY_KEYS
+) -> None:
+    """Refuse a checkpoint of another model or geometry (``keys`` of ``net``), naming both."""
+    stored = checkpoint_net(path)
+    wanted = (
+        OmegaConf.to_container(net_cfg, resolve=True)
+        if isinstance(net_cfg, DictConfig)
+        else dict(net_cfg)
+    )
+    diff = {k: (stored.get(k), wanted.get(k)) for k in keys
+            if wanted.get(k) is not None and stored.get(k) != wanted.get(k)}  # fmt: skip
+    if diff:
+        theirs = ", ".join(f"{k}={a}" for k, (a, _) in diff.items())
+        ours = ", ".join(f"{k}={b}" for k, (_, b) in diff.items())
+        raise ConfigError(f"{option}={path} was trained with {theirs}; this run's model has {ours}")

@@ -61,6 +61,13 @@ def check_beta(beta: float, option: str = "beta", error: type[Exception] = Value
     return float(beta)
 
 
+def check_loss_weight(value: float, option: str, error: type[Exception] = ValueError) -> float:
+    """A loss weight (WinfT's lambda1, lambda2; SPEC 5) as a float if >= 0, else ``error``."""
+    if float(value) < 0:
+        raise error(f"{option}={value} is negative")
+    return float(value)
+
+
 def top_count(alpha: float, n: int) -> int:
     """T = max(1, floor(alpha * N**2 + 0.5)) (SPEC 2), alpha in (0, 1]."""
     check_alpha(alpha)

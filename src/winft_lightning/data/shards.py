@@ -13,6 +13,7 @@ last. A directory without ``manifest.json`` is never a shard set.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tarfile
 import zlib
@@ -22,8 +23,10 @@ from typing import Any
 
 import webdataset as wds
 
-from winft_lightning.data.errors import ManifestError, ShardError
+from winft_lightning.data.errors import DataError, ManifestError, ShardError
 from winft_lightning.runtime.files import CODE_VERSION, now_iso, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -228,6 +231,18 @@ def read_manifest(root: str | Path, *, check_files: bool = True) -> dict[str, An
                     )
     manifest["root"] = str(root)
     return manifest
+
+
+def finished_set(out: Path, fingerprint: str, stage: str, made_of: str, fix: str) -> dict | None:
+    """The manifest of the finished set at ``out`` when it was made of the same inputs
+    (``fingerprint``), None when ``out`` holds no finished set; a set made of other inputs
+    (``made_of`` names them) is refused with ``fix``, never overwritten."""
+    if not (out / MANIFEST).is_file():
+        return None
+    if json.loads((out / MANIFEST).read_text()).get("fingerprint") == fingerprint:
+        log.info("%s: %s is complete already (same %s), nothing to do", stage, out, made_of)
+        return read_manifest(out)
+    raise DataError(f"{out} already holds a set of another {made_of}; {fix}")
 
 
 def iter_tar(path: str | Path, expected: int | None = None) -> Iterator[tuple[str, dict]]:

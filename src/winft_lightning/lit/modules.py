@@ -349,10 +349,8 @@ class WinfTModule(ViTModule):
     ):
         I.check_alpha(alpha, "model.alpha")
         I.check_beta(beta, "model.beta")
-        if lambda1 < 0 or lambda2 < 0:
-            raise ValueError(
-                f"model.lambda1 and model.lambda2 must be >= 0, got {lambda1}, {lambda2}"
-            )
+        I.check_loss_weight(lambda1, "model.lambda1")
+        I.check_loss_weight(lambda2, "model.lambda2")
         super().__init__(
             net, *args, alpha=alpha, beta=beta, lambda1=lambda1, lambda2=lambda2, **kwargs
         )

@@ -9,7 +9,6 @@ matrix is stored. Completed shards are journalled, so a killed run resumes after
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -22,7 +21,6 @@ import torch
 from torch import nn
 
 from winft_lightning.core.analysis import analyse
-from winft_lightning.data.errors import DataError
 from winft_lightning.data.loading import SampleDecoder, collate
 from winft_lightning.data.masks import (
     ENCODINGS,
@@ -40,6 +38,7 @@ from winft_lightning.data.shards import (
     Journal,
     base_manifest,
     check_crc,
+    finished_set,
     iter_tar,
     read_manifest,
     split_entry,
@@ -147,15 +146,11 @@ def analyze_shards(
     out = out.expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     fp = json_digest([src["fingerprint"], src["created"], info.sha256, alphas, mean, std, encoding])
-    if (out / MANIFEST).is_file():
-        old = json.loads((out / MANIFEST).read_text())
-        if old.get("fingerprint") == fp:
-            log.info("analyze: %s is complete already (same teacher, shards, alphas)", out)
-            return read_manifest(out)
-        raise DataError(
-            f"{out} already holds a mask set of another teacher/shards/alphas; choose another "
-            "out_dir or delete it"
-        )
+    done = finished_set(
+        out, fp, "analyze", "teacher/shards/alphas", "choose another out_dir or delete it"
+    )
+    if done is not None:
+        return done
     # one journal per rank: a killed run resumes after each rank's finished shards
     journal = Journal(out, f"{fp}-{world.rank}-{world.world_size}", _journal_name(world))
     if journal.stale:

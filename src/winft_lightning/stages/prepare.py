@@ -6,7 +6,6 @@ run resumes after its last complete shard; a finished shard set is left alone.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -24,6 +23,7 @@ from winft_lightning.data.shards import (
     Journal,
     SplitWriter,
     base_manifest,
+    finished_set,
     read_manifest,
     sample_key,
     split_entry,
@@ -80,15 +80,11 @@ def prepare_shards(
     fp = fingerprint(cfg)
     out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
-    if (out / MANIFEST).is_file() and not overwrite:
-        old = json.loads((out / MANIFEST).read_text())
-        if old.get("fingerprint") == fp:
-            log.info("prepare: %s is complete already (same source config), nothing to do", out)
-            return read_manifest(out)
-        raise DataError(
-            f"{out} already holds a shard set of another source config ({old.get('source')}); "
-            "pass overwrite=true or choose another out_dir"
-        )
+    if not overwrite:
+        fix = "pass overwrite=true or choose another out_dir"
+        done = finished_set(out, fp, "prepare", "source config", fix)
+        if done is not None:
+            return done
     if overwrite:
         remove_shard_set(out)
 

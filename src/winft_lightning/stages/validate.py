@@ -12,7 +12,7 @@ import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from winft_lightning.core.interactions import check_alpha, check_beta
+from winft_lightning.core.interactions import check_alpha, check_beta, check_loss_weight
 from winft_lightning.data.masks import match_alpha
 from winft_lightning.runtime import world as worlds
 from winft_lightning.runtime.checkpoints import checkpoint_file, read_checkpoint
@@ -57,9 +57,8 @@ def validate_config(cfg: DictConfig) -> None:
     if beta is not None:
         check_beta(beta, "model.beta", ConfigError)
     for name in ("lambda1", "lambda2"):
-        value = model.get(name)
-        if value is not None and float(value) < 0:
-            raise ConfigError(f"model.{name}={value} is negative")
+        if model.get(name) is not None:
+            check_loss_weight(model.get(name), f"model.{name}", ConfigError)
     if getattr(cls, "uses_masks", False) and cfg.analyze.get("mask_root") is None:
         stored = [float(a) for a in cfg.analyze.alphas]
         if match_alpha(alpha, stored) is None:

@@ -28,7 +28,7 @@ format:  ## ruff autofix + format
 	$(VENV)/bin/ruff format src tests bench
 
 test: lint  ## lint, then the whole test suite
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile -q
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q --durations=15
 
 bench:  ## benchmarks -> outputs/bench/bench_<date>.json
 	$(PY) -m bench

@@ -17,7 +17,7 @@ from winft_lightning.core import claims as C
 from winft_lightning.core import interactions as I
 from winft_lightning.models import build_vit
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.xdist_group("claims")]
 
 
 def gen(seed: int = 0) -> torch.Generator:

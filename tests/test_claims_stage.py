@@ -25,7 +25,7 @@ MEAN, STD = [0.3053] * 3, [0.3759] * 3
 ALPHAS, BETAS = (0.05, 0.1, 0.5), (0.2, 0.5)
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.xdist_group("claims_stage")]
 
 
 def _loader(root, split, batch_size=32):

@@ -11,7 +11,7 @@ import pytest
 from conftest import EXPERIMENTS
 from winft_lightning.__main__ import run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("experiments_step")]
 
 
 @pytest.fixture(scope="module")

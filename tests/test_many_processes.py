@@ -86,9 +86,9 @@ def test_torchrun_on_an_empty_cache_then_warm(tmp_path):
 def test_parallel_sweep_jobs_on_an_empty_cache_build_the_teacher_once(tmp_path):
     jobs = 3
     alphas = ",".join(str(a) for a in (0.05, 0.1, 0.2)[:jobs])
-    # a teacher of 8 epochs: long enough that jobs starting together find it being built
+    # a teacher of 4 epochs: long enough that jobs starting together find it being built
     res = run((sys.executable, "-m", "winft_lightning", "-m", "hydra/launcher=parallel", *TINY,
-               f"model.alpha={alphas}", "teacher.max_epochs=8", "trainer.max_epochs=1"),
+               f"model.alpha={alphas}", "teacher.max_epochs=4", "trainer.max_epochs=1"),
               tmp_path)  # fmt: skip
     rows = results(tmp_path / "outputs" / "multirun")
     assert sorted(r["alpha"] for r in rows) == sorted(float(a) for a in alphas.split(","))
@@ -106,8 +106,9 @@ def test_parallel_sweep_jobs_on_an_empty_cache_build_the_teacher_once(tmp_path):
 
 
 def test_killed_teacher_builder_is_taken_over(tmp_path):
-    # 30 epochs of 2 batches: the first builder is killed after its first epoch checkpoint
-    args = (sys.executable, "-m", "winft_lightning", *TINY, "teacher.max_epochs=30",
+    epochs = 12
+    # 12 epochs of 2 batches: the first builder is killed after its first epoch checkpoint
+    args = (sys.executable, "-m", "winft_lightning", *TINY, f"teacher.max_epochs={epochs}",
             "teacher.limit_train_batches=2", "trainer.max_epochs=1")  # fmt: skip
     logs = tmp_path / "first.out", tmp_path / "second.out"
     teachers = tmp_path / "outputs" / "cache" / "teachers"
@@ -135,7 +136,7 @@ def test_killed_teacher_builder_is_taken_over(tmp_path):
     (teacher,) = builds(tmp_path)["teachers"]
     assert teacher["built_by"]["pid"] == second.pid
     entry = teachers / teacher["key"]
-    assert json.loads((entry / "results.json").read_text())["epochs"] == 30
+    assert json.loads((entry / "results.json").read_text())["epochs"] == epochs
     (row,) = results(tmp_path / "outputs" / "runs")
     assert row["teacher_ckpt"] == str(entry / "teacher.ckpt")
 

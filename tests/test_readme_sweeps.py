@@ -28,8 +28,10 @@ from readme import (
 
 RUN_TIMEOUT = 1200
 OPTUNA_TRIALS = 3
-# size overrides appended to README's sweeps (its own overrides stay as written)
-ONE_EPOCH = ["trainer.max_epochs=1", "teacher.max_epochs=1"]
+# size overrides appended to README's sweeps (its own overrides stay as written): one epoch
+# each on half of debug=tiny's images
+ONE_EPOCH = ["trainer.max_epochs=1", "teacher.max_epochs=1", "data.source.limit.train=300",
+             "data.source.limit.val=50", "data.source.limit.test=100"]  # fmt: skip
 OPTUNA_EXTRA = [
     f"hydra.sweeper.n_trials={OPTUNA_TRIALS}",
     "hydra.sweeper.sampler.n_startup_trials=2",

@@ -22,7 +22,8 @@ def test_study_runs_and_aggregates(tmp_path):
         "study.seeds=[0,1]",
         "study.alphas=[0.1,0.3]",  # 0.3 is not an analysed alpha: that job fails, the rest go on
         "study.geometries=[{img_size:16,patch_size:4}]",
-        'study.overrides=["debug=tiny","trainer.max_epochs=1","teacher.max_epochs=1"]',
+        'study.overrides=["debug=tiny","trainer.max_epochs=1","teacher.max_epochs=1",'
+        '"data.source.limit.train=300"]',
         f"paths.root_dir={tmp_path}",
         f"study_dir={study_dir}",
         module="winft_lightning.study",
@@ -78,7 +79,7 @@ def test_study_runs_and_aggregates(tmp_path):
     assert t1["verdict"] == C.verdict(want, 0.0, "greater")
     assert by_id["T2"]["n"] == 0 and by_id["T2"]["verdict"] == C.INCONCLUSIVE  # no AWD+DIP run
     measured = json.loads((study_dir / "claims" / "claims.json").read_text())
-    assert measured["images"] == 200 and measured["teacher"]["train_images"] == 600
+    assert measured["images"] == 200 and measured["teacher"]["train_images"] == 300
     for row in [r for r in measured["claims"] if r["headline"]] + list(by_id.values()):
         assert f"| {row['n']} | {row['verdict']} |" in report
     assert {p.name for p in (study_dir / "claims").glob("*.png")} == {

@@ -16,6 +16,8 @@ from winft_lightning.__main__ import run
 from winft_lightning.lit.modules import MODULES, NonFiniteLossError
 from winft_lightning.stages.validate import ConfigError, validate_config
 
+pytestmark = pytest.mark.xdist_group("train")  # one cache of prerequisites
+
 N = 16  # debug=tiny: 16 px, patch 4
 
 

@@ -86,9 +86,9 @@ def test_torchrun_on_an_empty_cache_then_warm(tmp_path):
 def test_parallel_sweep_jobs_on_an_empty_cache_build_the_teacher_once(tmp_path):
     jobs = 3
     alphas = ",".join(str(a) for a in (0.05, 0.1, 0.2)[:jobs])
-    # a teacher of 4 epochs: long enough that jobs starting together find it being built
+    # a teacher of 8 epochs: long enough that jobs starting together find it being built
     res = run((sys.executable, "-m", "winft_lightning", "-m", "hydra/launcher=parallel", *TINY,
-               f"model.alpha={alphas}", "teacher.max_epochs=4", "trainer.max_epochs=1"),
+               f"model.alpha={alphas}", "teacher.max_epochs=8", "trainer.max_epochs=1"),
               tmp_path)  # fmt: skip
     rows = results(tmp_path / "outputs" / "multirun")
     assert sorted(r["alpha"] for r in rows) == sorted(float(a) for a in alphas.split(","))

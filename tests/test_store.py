@@ -25,11 +25,16 @@ WORKER = textwrap.dedent(
     from pathlib import Path
     from winft_lightning.runtime.store import ArtifactStore
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
-    root, key, sleep = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    root, key, sleep, company = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+    Path(root, f"started-{os.getpid()}").touch()
 
     def build(out: Path):
         (out / "partial.txt").write_text(str(os.getpid()))
         print("BUILDING", os.getpid(), flush=True)
+        # a loaded machine may start the others late: build until all have started, then sleep
+        end = time.monotonic() + 120
+        while len(list(Path(root).glob("started-*"))) < company and time.monotonic() < end:
+            time.sleep(0.05)
         time.sleep(sleep)
         (out / "payload.txt").write_text(f"built by {os.getpid()}")
         return {"pid": os.getpid()}
@@ -40,9 +45,11 @@ WORKER = textwrap.dedent(
 )
 
 
-def start(root: Path, key: str, sleep: float) -> subprocess.Popen:
+def start(root: Path, key: str, sleep: float, company: int = 1) -> subprocess.Popen:
+    """A process asking for ``key``; as its builder it waits for ``company`` processes in all."""
+    root.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [sys.executable, "-c", WORKER, str(root), key, str(sleep)],
+        [sys.executable, "-c", WORKER, str(root), key, str(sleep), str(company)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
 
@@ -62,7 +69,7 @@ def wait_for(predicate, timeout: float = 60.0) -> None:
 
 
 def test_four_processes_at_once_build_one_entry(tmp_path):
-    procs = [start(tmp_path, "k1", 6.0) for _ in range(4)]
+    procs = [start(tmp_path, "k1", 2.0, company=4) for _ in range(4)]
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, outs
     (record,) = builds(tmp_path)

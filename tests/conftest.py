@@ -21,6 +21,10 @@ EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# Two xdist workers fill the 2 cores: each test process, and every process a test starts,
+# computes with one thread. Tiny nets gain nothing from a second one, and threads that contend
+# for a core spin (measured: a debug=tiny job took 20.8 s of CPU with 2 threads, 11.4 s with 1).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def compose_config(

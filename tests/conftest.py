@@ -27,6 +27,12 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests first: the two workers share the long runs early, and the many short
+    tests fill the gaps at the end (the suite lasts as long as its busier worker)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def compose_config(
     overrides: list[str], root: Path, config_name: str = "train", run_dir: Path | None = None
 ) -> DictConfig:

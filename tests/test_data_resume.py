@@ -128,6 +128,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_clis_prepare_then_analyze(tmp_path, teacher_ckpt):
     shards = tmp_path / "shards"
     r = _cli(

@@ -107,37 +107,42 @@ def test_parallel_sweep_jobs_on_an_empty_cache_build_the_teacher_once(tmp_path):
 
 def test_killed_teacher_builder_is_taken_over(tmp_path):
     epochs = 12
-    # 12 epochs of 2 batches: the first builder is killed after its first epoch checkpoint
+    # two processes started together: one builds a teacher of 12 two-batch epochs, the other
+    # waits on its lock; the builder is killed after its first epoch checkpoint
     args = (sys.executable, "-m", "winft_lightning", *TINY, f"teacher.max_epochs={epochs}",
             "teacher.limit_train_batches=2", "trainer.max_epochs=1")  # fmt: skip
-    logs = tmp_path / "first.out", tmp_path / "second.out"
+    logs = tmp_path / "a.out", tmp_path / "b.out"
     teachers = tmp_path / "outputs" / "cache" / "teachers"
     procs: list[subprocess.Popen] = []
     with logs[0].open("w") as out0, logs[1].open("w") as out1:
         try:
-            procs.append(subprocess.Popen(args, cwd=tmp_path, env=env(), stdout=out0, stderr=out0))
-            first = procs[0]
-            wait_for(lambda: "teacher: training a baseline ViT" in logs[0].read_text(), first)
-            procs.append(subprocess.Popen(args, cwd=tmp_path, env=env(), stdout=out1, stderr=out1))
-            second = procs[1]
-            # the second waits on the first's lock while the first is mid-teacher
-            wait_for(lambda: "waiting for teachers/" in logs[1].read_text(), second)
+            for out in (out0, out1):
+                procs.append(
+                    subprocess.Popen(args, cwd=tmp_path, env=env(), stdout=out, stderr=out)
+                )
+            text = [lambda i=i: logs[i].read_text() for i in (0, 1)]
+            training = "teacher: training a baseline ViT"
+            wait_for(lambda: any(training in read() for read in text), *procs)
+            builder = 0 if training in text[0]() else 1
+            first, second = procs[builder], procs[1 - builder]
+            # the other waits on the builder's lock while the builder is mid-teacher
+            wait_for(lambda: "waiting for teachers/" in text[1 - builder](), first, second)
             wait_for(lambda: any(teachers.glob(".build-*/run/checkpoints/last.ckpt")), first)
             os.kill(first.pid, signal.SIGKILL)
             first.wait(timeout=60)
-            assert second.wait(timeout=600) == 0, logs[1].read_text()[-4000:]
+            assert second.wait(timeout=600) == 0, text[1 - builder]()[-4000:]
         finally:
             for proc in procs:
                 if proc.poll() is None:
                     proc.kill()
-    text = logs[1].read_text()
-    assert "taking over teachers/" in text and f"pid {first.pid}" in text
-    assert "teacher: training a baseline ViT" in text and "resuming from" not in text
+    log = logs[1 - builder].read_text()
+    assert "taking over teachers/" in log and f"pid {first.pid}" in log
+    assert training in log and "resuming from" not in log
     (teacher,) = builds(tmp_path)["teachers"]
     assert teacher["built_by"]["pid"] == second.pid
     entry = teachers / teacher["key"]
     assert json.loads((entry / "results.json").read_text())["epochs"] == epochs
-    (row,) = results(tmp_path / "outputs" / "runs")
+    (row,) = results(tmp_path / "outputs" / "runs")  # the killed process wrote none
     assert row["teacher_ckpt"] == str(entry / "teacher.ckpt")
 
 
@@ -159,9 +164,10 @@ def test_truncated_cached_mask_shard_is_rebuilt_with_the_same_metrics(tmp_path):
         assert second[key] == pytest.approx(first[key], abs=1e-9)
 
 
-def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
+def wait_for(predicate, *procs: subprocess.Popen, timeout: float = 300) -> None:
     end = time.monotonic() + timeout
     while not predicate():
-        assert proc.poll() is None, f"process exited early with {proc.returncode}"
+        for proc in procs:
+            assert proc.poll() is None, f"process exited early with {proc.returncode}"
         assert time.monotonic() < end, "timed out"
         time.sleep(0.1)

@@ -168,6 +168,7 @@ def test_same_folder_name_different_shards_get_different_mask_entries(make_cfg, 
     assert counts == [120, 80]
 
 
+@pytest.mark.slow
 def test_teacher_source_trains_the_teacher_on_its_own_shards(make_cfg, tmp_path):
     """teacher.source={limit: {train: null}}: the teacher trains on every train image, the
     student and its masks on the run's 300-image subset; a second student size reuses the

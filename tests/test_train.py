@@ -16,7 +16,7 @@ from winft_lightning.__main__ import run
 from winft_lightning.lit.modules import MODULES, NonFiniteLossError
 from winft_lightning.stages.validate import ConfigError, validate_config
 
-pytestmark = pytest.mark.xdist_group("train")  # one cache of prerequisites
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("train")]  # one prerequisites cache
 
 N = 16  # debug=tiny: 16 px, patch 4
 

@@ -73,7 +73,6 @@ def test_ddp_sim_splits_trains_and_tests_as_one_job(prepared):
     # metrics are synchronised: the 2-rank test top-1 equals a 1-process test of the same weights
     from winft_lightning.lit.modules import WinfTModule
 
-    row = json.loads((prepared / "ddp" / "results.json").read_text())
     single = cli(
         *COMMON, "train=false", f"paths.root_dir={prepared}",
         f"hydra.run.dir={prepared}/single", f"ckpt_path={row['best_ckpt']}",

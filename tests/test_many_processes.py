@@ -57,16 +57,15 @@ def results(root: Path) -> list[dict]:
 
 
 def test_torchrun_on_an_empty_cache_then_warm(tmp_path):
-    cwd = tmp_path
-    res = run((*TORCHRUN, "-m", "winft_lightning", *TINY, *DDP_CPU, *ONE_EPOCH), cwd)
-    made = builds(cwd)
+    res = run((*TORCHRUN, "-m", "winft_lightning", *TINY, *DDP_CPU, *ONE_EPOCH), tmp_path)
+    made = builds(tmp_path)
     assert {k: len(v) for k, v in made.items()} == {"shards": 1, "teachers": 1, "masks": 1}
     assert made["teachers"][0]["built_by"]["world_size"] == 2  # one 2-rank DDP teacher
-    masks = cwd / "outputs" / "cache" / "masks" / made["masks"][0]["key"]
+    masks = tmp_path / "outputs" / "cache" / "masks" / made["masks"][0]["key"]
     ranks = json.loads((masks / "entry.json").read_text())["info"]["ranks"]
     assert sorted(ranks) == ["0", "1"] and all(ranks.values())  # analysis split
     assert not set(ranks["0"]) & set(ranks["1"])
-    (row,) = results(cwd / "outputs" / "runs")  # one results.json, by rank 0
+    (row,) = results(tmp_path / "outputs" / "runs")  # one results.json, by rank 0
     run_dir = Path(row["run_dir"])
     assert sorted(p.name for p in run_dir.glob("*.log")) == [
         "debug_tiny.log",
@@ -75,23 +74,27 @@ def test_torchrun_on_an_empty_cache_then_warm(tmp_path):
     assert res.stdout.count("winft_lightning results") == 1  # rank 0 alone prints
     assert "analyze: rank 1 of 2" in (run_dir / "debug_tiny.rank1.log").read_text()
 
-    warm = run((*TORCHRUN, "-m", "winft_lightning", *TINY, *DDP_CPU, *ONE_EPOCH), cwd)
+    warm = run((*TORCHRUN, "-m", "winft_lightning", *TINY, *DDP_CPU, *ONE_EPOCH), tmp_path)
     assert "teacher: reusing cached" in warm.stdout + warm.stderr
-    assert {k: len(v) for k, v in builds(cwd).items()} == {"shards": 1, "teachers": 1, "masks": 1}
-    first, second = results(cwd / "outputs" / "runs")
+    assert {k: len(v) for k, v in builds(tmp_path).items()} == {
+        "shards": 1,
+        "teachers": 1,
+        "masks": 1,
+    }
+    first, second = results(tmp_path / "outputs" / "runs")
     assert first["run_dir"] != second["run_dir"]
     assert second["top1"] == pytest.approx(first["top1"], abs=1e-9)
 
 
 def test_parallel_sweep_jobs_on_an_empty_cache_build_the_teacher_once(tmp_path):
-    jobs = 3
-    alphas = ",".join(str(a) for a in (0.05, 0.1, 0.2)[:jobs])
+    alphas = (0.05, 0.1, 0.2)
+    jobs = len(alphas)
     # a teacher of 8 epochs: long enough that jobs starting together find it being built
+    sweep = f"model.alpha={','.join(map(str, alphas))}"
     res = run((sys.executable, "-m", "winft_lightning", "-m", "hydra/launcher=parallel", *TINY,
-               f"model.alpha={alphas}", "teacher.max_epochs=8", "trainer.max_epochs=1"),
-              tmp_path)  # fmt: skip
+               sweep, "teacher.max_epochs=8", "trainer.max_epochs=1"), tmp_path)  # fmt: skip
     rows = results(tmp_path / "outputs" / "multirun")
-    assert sorted(r["alpha"] for r in rows) == sorted(float(a) for a in alphas.split(","))
+    assert sorted(r["alpha"] for r in rows) == sorted(alphas)
     made = builds(tmp_path)
     assert len(made["teachers"]) == 1 and len(made["shards"]) == 1 and len(made["masks"]) == 1
     assert len({r["teacher_ckpt"] for r in rows}) == 1

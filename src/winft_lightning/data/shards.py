@@ -239,10 +239,11 @@ def finished_set(out: Path, fingerprint: str, stage: str, made_of: str, fix: str
     (``made_of`` names them) is refused with ``fix``, never overwritten."""
     if not (out / MANIFEST).is_file():
         return None
-    if json.loads((out / MANIFEST).read_text()).get("fingerprint") == fingerprint:
+    old = json.loads((out / MANIFEST).read_text())
+    if old.get("fingerprint") == fingerprint:
         log.info("%s: %s is complete already (same %s), nothing to do", stage, out, made_of)
         return read_manifest(out)
-    raise DataError(f"{out} already holds a set of another {made_of}; {fix}")
+    raise DataError(f"{out} already holds a set of another {made_of} ({old.get('source')}); {fix}")
 
 
 def iter_tar(path: str | Path, expected: int | None = None) -> Iterator[tuple[str, dict]]:

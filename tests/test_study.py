@@ -24,6 +24,13 @@ def test_study_runs_and_aggregates(tmp_path):
         "study.geometries=[{img_size:16,patch_size:4}]",
         'study.overrides=["debug=tiny","trainer.max_epochs=1","teacher.max_epochs=1",'
         '"data.source.limit.train=300"]',
+        "study.claims.teachers.seeds=[0,1]",
+        'study.claims.teachers.overrides=["debug=tiny","teacher.max_epochs=1",'
+        '"data.source.limit.train=300"]',
+        "study.claims.limit=40",
+        "study.claims.alphas=[0.1]",
+        "study.claims.keep_alphas=[0.1]",
+        "study.claims.betas=[0.5]",
         f"paths.root_dir={tmp_path}",
         f"study_dir={study_dir}",
         module="winft_lightning.study",
@@ -79,11 +86,17 @@ def test_study_runs_and_aggregates(tmp_path):
     assert t1["verdict"] == C.verdict(want, 0.0, "greater")
     assert by_id["T2"]["n"] == 0 and by_id["T2"]["verdict"] == C.INCONCLUSIVE  # no AWD+DIP run
     measured = json.loads((study_dir / "claims" / "claims.json").read_text())
-    assert measured["images"] == 200 and measured["teacher"]["train_images"] == 300
-    for row in [r for r in measured["claims"] if r["headline"]] + list(by_id.values()):
+    facts = json.loads((study_dir / "claims" / "facts.json").read_text())
+    assert [p["seed"] for p in facts["passes"]] == [0, 1]
+    assert all(p["images"] == 40 and p["N"] == 16 for p in facts["passes"])
+    assert all(p["teacher_row"]["epochs"] == 1 for p in facts["passes"])
+    for row in [r for r in measured["claims"] if r["headline"]]:
+        assert f"**{row['verdict']}** |" in report and set(row["teachers"]) == {"0", "1"}
+    for row in by_id.values():
         assert f"| {row['n']} | {row['verdict']} |" in report
     assert {p.name for p in (study_dir / "claims").glob("*.png")} == {
-        "claims_locality.png", "claims_alpha.png", "claims_beta.png"}  # fmt: skip
+        "claims_verdicts.png", "claims_c2.png", "claims_c3_difference.png",
+        "claims_c3_curves.png"}  # fmt: skip
 
     # the paper's figures for fixed test images, with WinfT's predicted W (Fig. 10)
     figs = study_dir / "figures" / "16px_p4"
@@ -111,15 +124,22 @@ def test_study_runs_and_aggregates(tmp_path):
     assert len(list((figs / "inputs").iterdir())) == 3
 
 
-@pytest.mark.parametrize("variant", ["full", "quick"])
+@pytest.mark.parametrize("variant", ["full", "quick", "claims"])
 def test_every_study_job_composes(make_cfg, tmp_path, variant):
-    """Each job of each sweep of the shipped studies composes and validates (first value of
-    every swept option), so a long study cannot die on a config typo."""
+    """Each job of each sweep of the shipped studies, and each claims teacher, composes and
+    validates (first value of every swept option), so a long study cannot die on a typo."""
     from conftest import compose_config
+    from winft_lightning.pipeline import teacher_config
     from winft_lightning.stages.study import sweep_commands
     from winft_lightning.stages.validate import validate_config
 
     study = compose_config([f"study={variant}"], tmp_path, config_name="study").study
+    spec = study.claims.teachers
+    assert list(spec.seeds) == [0, 1, 2]  # SPEC 9: K >= 3 teachers, seeds 0..K-1
+    for seed in spec.seeds:
+        cfg = teacher_config(spec.experiment, list(spec.overrides), seed)
+        validate_config(cfg)
+        assert cfg.teacher.seed == seed and cfg.teacher.max_epochs >= 3
     commands = sweep_commands(study, tmp_path / "study")
     assert len(commands) == len(study.families) * len(study.geometries)
     for _, argv in commands:

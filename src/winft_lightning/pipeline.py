@@ -263,3 +263,43 @@ def prerequisites(cfg: DictConfig, uses_masks: bool = True) -> Prerequisites:
         return Prerequisites(shards)
     teacher, row, sha256 = ensure_teacher(cfg, ensure_teacher_shards(cfg, shards))
     return Prerequisites(ensure_masks(cfg, teacher, sha256, shards), teacher, row)
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """One trained teacher: its ``seed``, checkpoint, file hash, the shard set it was trained
+    and tested on (whose test split the claims read) and its results row (top-1, fit time)."""
+
+    seed: int
+    ckpt: Path
+    sha256: str
+    shards: Path
+    row: dict[str, Any] | None
+
+
+def teacher_config(experiment: str, overrides: list[str], seed: int) -> DictConfig:
+    """The train config of ``experiment`` with ``overrides`` and ``teacher.seed=seed``, composed
+    as ``python -m winft_lightning`` would compose it (inside or outside a Hydra app)."""
+    argv = [f"experiment={experiment}", *overrides, f"teacher.seed={seed}"]
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name="train", overrides=argv)
+    with initialize_config_module("winft_lightning.conf", version_base="1.3"):
+        return compose(config_name="train", overrides=argv)
+
+
+def ensure_teachers(experiment: str, overrides: list[str], seeds: list[int]) -> list[Teacher]:
+    """SPEC 9's K teachers: one baseline ViT per seed by one recipe (``experiment`` with
+    ``overrides``), each the cached teacher a main job of that config and ``teacher.seed``
+    would use: trained (one after another) or reused from the store."""
+    teachers = []
+    for seed in seeds:
+        cfg = teacher_config(experiment, list(overrides), int(seed))
+        shards = ensure_teacher_shards(cfg, ensure_shards(cfg))
+        ckpt, row, sha256 = ensure_teacher(cfg, shards)
+        top1 = row and row.get("top1")
+        log.info("teacher seed %d: %s (top-1 %s)", seed, ckpt, top1)
+        teachers.append(Teacher(int(seed), ckpt, sha256, shards, row))
+    return teachers

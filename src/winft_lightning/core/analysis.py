@@ -37,7 +37,8 @@ class Analysis:
     windows: ``{alpha: [B, N, 4]}`` long (SPEC 2); order: DIP order ``[B, N]`` long (SPEC 3);
     u: U ``[B, N, N]`` (SPEC 1; None when the windows and order came from a mask shard);
     patches: the chosen patch ids of ``rows``; rows: ``[B, l, n, N]`` head-mean attention rows
-    of those patches per block; rollout: ``[B, N]`` attention-rollout relevance for CLS."""
+    of those patches per block; rollout: ``[B, N]`` attention-rollout relevance for CLS;
+    cls_attention: ``[B, N]`` the last block's CLS-to-patch attention, mean over heads."""
 
     grid: Grid
     windows: dict[float, Tensor]
@@ -46,6 +47,7 @@ class Analysis:
     patches: list[int] = field(default_factory=list)
     rows: Tensor | None = None
     rollout: Tensor | None = None
+    cls_attention: Tensor | None = None
 
     def window(self, alpha: float) -> Tensor:
         """Windows at ``alpha``: the analysed ones, else computed from U."""
@@ -80,6 +82,7 @@ class Analysis:
             u=c(self.u),
             rows=c(self.rows),
             rollout=c(self.rollout),
+            cls_attention=c(self.cls_attention),
         )
 
 
@@ -97,7 +100,8 @@ def analyse(
 
     Per block only the running U statistics are kept (and, when asked for, the rows of
     ``patches`` and the ``[B, T, T]`` rollout product), never all l maps. grid defaults to
-    the model's patch grid. Tensors are on the images' device (rows and rollout in float32)."""
+    the model's patch grid. ``rollout`` also keeps the last block's CLS attention. Tensors
+    are on the images' device (rows, rollout and CLS attention in float32)."""
     if grid is None:
         grid = tuple(int(g) for g in model.patch_embed.grid_size)
     n = grid[0] * grid[1]
@@ -108,12 +112,14 @@ def analyse(
     idx = torch.as_tensor(patches, dtype=torch.long, device=images.device)
     rows: list[Tensor] = []
     joint: Tensor | None = None
+    cls: Tensor | None = None
 
     def patch_maps() -> Iterator[Tensor]:
-        nonlocal joint
+        nonlocal joint, cls
         for attn in iter_block_attention(model, images, patches_only=not rollout):
             if rollout:  # full [B, k, T, T] map: rollout needs the prefix rows
                 joint = ia.rollout_step(joint, attn)
+                cls = attn[:, :, 0, prefix:].mean(dim=1).float()  # the last block's stays
                 attn = attn[:, :, prefix:, prefix:]
             if patches:
                 rows.append(attn[:, :, idx, :].mean(dim=1).float())
@@ -130,4 +136,5 @@ def analyse(
         patches=patches,
         rows=torch.stack(rows, dim=1) if patches else None,
         rollout=joint[:, 0, prefix:].float() if rollout else None,
+        cls_attention=cls if rollout else None,
     )

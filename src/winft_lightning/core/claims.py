@@ -18,11 +18,33 @@ from .interactions import Grid, _check_grid, dip_drop_count, top_interactions
 
 # fmt: off
 __all__ = [
-    "CONTRADICTED", "INCONCLUSIVE", "MIN_RESAMPLES", "SUPPORTED", "FieldGap", "Interval",
-    "LocalityDistances", "centred_windows_like", "dip_keep_highest", "dip_keep_random",
-    "field_size_gap", "grid_distances", "locality_distances", "locality_ratio",
-    "object_patch_mask", "paired_bootstrap_ci", "per_image_correct", "random_hits",
-    "random_windows_like", "t_interval", "verdict",
+    "CONTRADICTED",
+    "INCONCLUSIVE",
+    "MDE_FACTOR",
+    "MIN_RESAMPLES",
+    "MIXED",
+    "NEGLIGIBLE",
+    "SUPPORTED",
+    "FieldGap",
+    "Interval",
+    "LocalityDistances",
+    "centred_windows_like",
+    "common_verdict",
+    "dip_keep_highest",
+    "dip_keep_random",
+    "field_size_gap",
+    "grid_distances",
+    "locality_distances",
+    "locality_ratio",
+    "margin_verdict",
+    "mde",
+    "object_patch_mask",
+    "paired_bootstrap_ci",
+    "per_image_correct",
+    "random_hits",
+    "random_windows_like",
+    "t_interval",
+    "verdict",
 ]
 # fmt: on
 
@@ -43,6 +65,7 @@ class Interval:
     high: float
     n: int
     method: str
+    se: float = float("nan")  # standard error of the estimate: the MDE's unit (SPEC 9)
 
 
 def _sample(x: Sample) -> np.ndarray:
@@ -83,19 +106,21 @@ def paired_bootstrap_ci(
     batch = max(1, (1 << 22) // effects.size)  # ~32 MiB of resampled values at a time
     opts = dict(confidence_level=confidence, method="percentile", vectorized=True, batch=batch)
     rng = np.random.default_rng(seed)
-    ci = stats.bootstrap((effects,), np.mean, n_resamples=resamples, rng=rng, **opts)
-    ci = ci.confidence_interval
+    boot = stats.bootstrap((effects,), np.mean, n_resamples=resamples, rng=rng, **opts)
+    ci = boot.confidence_interval
     method = f"percentile bootstrap over images ({resamples} resamples, seed {seed})"
-    return Interval(float(effects.mean()), float(ci.low), float(ci.high), effects.size, method)
+    se = float(boot.standard_error)
+    return Interval(float(effects.mean()), float(ci.low), float(ci.high), effects.size, method, se)
 
 
 def t_interval(deltas: Sample, confidence: float = 0.95) -> Interval:
     """Student t interval of the mean of paired per-seed deltas (SPEC 8, trained comparisons):
     ``mean ± t_{(1+confidence)/2, n-1} * s / sqrt(n)``, s the sample sd (ddof 1)."""
     x, n = _sample(deltas), len(deltas)
-    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)
+    se = x.std(ddof=1) / math.sqrt(n)
+    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * se
     mean = float(x.mean())
-    return Interval(mean, mean - half, mean + half, n, f"t interval over {n} seeds")
+    return Interval(mean, mean - half, mean + half, n, f"t interval over {n} seeds", float(se))
 
 
 def verdict(interval: Interval, null: float = 0.0, direction: str = "greater") -> str:
@@ -110,6 +135,45 @@ def verdict(interval: Interval, null: float = 0.0, direction: str = "greater") -
     if not (above or below):
         return INCONCLUSIVE
     return SUPPORTED if above == (direction == "greater") else CONTRADICTED
+
+
+NEGLIGIBLE, MIXED = "negligible", "mixed"
+MDE_FACTOR = 2.8  # z_0.975 + z_0.80: the effect a two-sided 5 % test detects with 80 % power
+
+
+def margin_verdict(interval: Interval, margin: float) -> str:
+    """SPEC 9's rule for an effect signed so that the claim predicts > 0, with the smallest
+    effect that matters ``margin`` (m > 0), applied in this order: "negligible" when
+    -m < low and high < m; "contradicted" when high < 0; "supported" when low > m;
+    "inconclusive" otherwise."""
+    if not margin > 0:
+        raise ValueError(f"the margin must be > 0, got {margin}")
+    if not interval.low <= interval.high:  # also catches NaN
+        raise ValueError(f"not an interval: [{interval.low}, {interval.high}]")
+    if -margin < interval.low and interval.high < margin:
+        return NEGLIGIBLE
+    if interval.high < 0:
+        return CONTRADICTED
+    if interval.low > margin:
+        return SUPPORTED
+    return INCONCLUSIVE
+
+
+def mde(interval: Interval) -> float:
+    """Minimum detectable effect at 80 % power (two-sided 5 %): 2.8 x the interval's standard
+    error (SPEC 9)."""
+    return MDE_FACTOR * interval.se
+
+
+def common_verdict(verdicts: list[str]) -> str:
+    """The claim's verdict over K teachers: the common one when all agree, else "mixed" with
+    the count of each, e.g. "mixed (2 supported, 1 inconclusive)"."""
+    if not verdicts:
+        raise ValueError("no verdicts to combine")
+    if len(set(verdicts)) == 1:
+        return verdicts[0]
+    counts = sorted(((verdicts.count(v), v) for v in set(verdicts)), key=lambda c: (-c[0], c[1]))
+    return f"{MIXED} ({', '.join(f'{k} {v}' for k, v in counts)})"
 
 
 # ---- C1: locality of U ----

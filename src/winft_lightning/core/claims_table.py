@@ -1,12 +1,14 @@
-"""The claims table of SPEC.md 8 from one pass's per-image measurements
-(:class:`winft_lightning.stages.claims.PerImage`): every interval, every verdict (computed by
-:func:`winft_lightning.core.claims.verdict` from the interval, never by hand), the perturbation
-curves, as one JSON-serialisable dict (:func:`summarise_claims`), and its markdown table
-(:func:`claims_markdown`)."""
+"""The claims table of SPEC.md 9 from saved per-image values: for every claim and teacher the
+effect, its interval, margin, MDE and verdict (computed by :func:`claims.margin_verdict`, never
+by hand), the common verdict over the teachers, and the curves the figures draw.
+
+Input: ``{teacher seed: columns}``, columns as :func:`winft_lightning.stages.claims.collect_claims`
+writes them (one ``[n]`` array per value, named by :func:`column`). Pure: no I/O."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,20 +17,26 @@ from winft_lightning.core import claims as C
 from winft_lightning.core import interactions as ia
 
 __all__ = [
-    "KEEP_ALPHA",
     "KEEP_PAPER",
+    "MARGINS",
+    "ORDERINGS",
     "PAPER",
-    "band_verdict",
+    "auc",
     "claims_markdown",
-    "interval_dict",
+    "column",
+    "row_specs",
     "summarise_claims",
 ]
 
-KEEP_ALPHA = 0.1  # the paper's "nearly 23 % of patch connections" is at alpha = 10 %
 KEEP_PAPER = 8866 / 38416  # Table I: E_O of AWD-ViT-B/16 at alpha 0.1 over ViT-B/16's N^2
 PAPER_ALPHA, PAPER_BETA = 0.1, 0.2  # the settings of Tables I / II the headline rows use
+# SPEC 9's margins, declared before any run (C1b's is 0.05 N patches)
+MARGINS = {"C1": 0.10, "C1b": 0.05, "keep": 0.10, "C2": 0.005, "C3": 0.005}
+ORDERINGS = ("variance", "blank", "rollout", "cls", "random")
+BASELINE_NAMES = {"variance": "highest-variance", "blank": "blank (lowest pixel std)",
+                  "rollout": "attention rollout", "cls": "CLS attention (last block)",
+                  "random": "random"}  # fmt: skip
 
-# claim -> (the paper's place, its statement, quoted or closely paraphrased)
 PAPER = {
     "C1": ("Fig. 3(b), Sec. III", "the most interactive regions of the current patch are in "
            "the surrounding area"),
@@ -42,213 +50,213 @@ PAPER = {
              "connections (E_O 8,866 of 38,416)"),
 }  # fmt: skip
 
-
-def interval_dict(ci: C.Interval | None) -> dict[str, Any]:
-    """``{estimate, low, high, n}`` of an interval (all None for no interval)."""
-    if ci is None:
-        return {"estimate": None, "low": None, "high": None, "n": 0}
-    return {"estimate": ci.estimate, "low": ci.low, "high": ci.high, "n": ci.n}
+Columns = Mapping[str, np.ndarray]
 
 
-def band_verdict(interval: C.Interval, low: float, high: float) -> str:
-    """Verdict of a claimed *value* read as the band ``(low, high)`` (an equivalence test,
-    from :func:`claims.verdict` twice): "supported" when the CI lies strictly inside the band,
-    "contradicted" when it lies entirely outside it (all below ``low`` or all above ``high``),
-    "inconclusive" when it straddles an edge."""
-    floor = C.verdict(interval, low, "greater")  # supported: CI above low
-    ceiling = C.verdict(interval, high, "less")  # supported: CI below high
-    if C.SUPPORTED == floor == ceiling:
-        return C.SUPPORTED
-    if C.CONTRADICTED in (floor, ceiling):
-        return C.CONTRADICTED
-    return C.INCONCLUSIVE
+def column(*parts: Any) -> str:
+    """A per-image value's name, e.g. ``column("correct", "awd", 0.1)`` -> ``"correct:awd:0.1"``."""
+    return ":".join(f"{p:g}" if isinstance(p, float) else str(p) for p in parts)
 
 
-def _closest(values: Sequence[float], target: float) -> float | None:
-    return min(values, key=lambda v: (abs(v - target), v)) if values else None
+def auc(cols: Columns, ordering: str, direction: str, betas: list[float]) -> np.ndarray:
+    """Per image, the mean correctness over the curve beta = 0 (the unrestricted teacher),
+    ``betas`` (C3's area under the curve, equal spacing), ``[n]`` float64."""
+    points = [
+        cols["correct:full"],
+        *(cols[column("correct", ordering, direction, b)] for b in betas),
+    ]
+    return np.mean(np.stack(points).astype(np.float64), axis=0)
 
 
-class _Table:
-    """Builds rows and curve points with one bootstrap setting."""
+@dataclass(frozen=True)
+class RowSpec:
+    """One row of the table: what it measures, its margin, and its per-image effect (signed so
+    that the claim predicts > 0; NaN for an image without one)."""
 
-    def __init__(self, resamples: int, seed: int):
-        self.resamples, self.seed = resamples, seed
-
-    def ci(self, a, b=None) -> C.Interval | None:
-        """Bootstrap interval, or None with fewer than 2 images."""
-        if len(a) < 2:
-            return None
-        return C.paired_bootstrap_ci(a, b, resamples=self.resamples, seed=self.seed)
-
-    def row(self, row_id: str, claim: str, measure: str, ci, null: float, direction: str,
-            headline: bool, **details: Any) -> dict[str, Any]:  # fmt: skip
-        place, statement = PAPER[claim]
-        if ci is None:
-            verdict = C.INCONCLUSIVE
-        elif direction == "within":  # a claimed value: the band in details
-            verdict = band_verdict(ci, *details["band"])
-        else:
-            verdict = C.verdict(ci, null, direction)
-        return {
-            "id": row_id, "claim": claim, "statement": statement, "paper": place,
-            "measure": measure, "effect": ci and ci.estimate, "low": ci and ci.low,
-            "high": ci and ci.high, "n": ci.n if ci else 0, "null": null,
-            "direction": direction, "verdict": verdict, "headline": headline,
-            "method": ci.method if ci else "fewer than 2 images: no interval",
-            "details": details,
-        }  # fmt: skip
+    id: str
+    claim: str
+    measure: str
+    margin: float
+    unit: str  # "pp" (an accuracy difference), "" (an index or fraction), "patches"
+    headline: bool
+    effect: Callable[[Columns], np.ndarray]
 
 
-_C3_NAMES = {"random": "random", "highest": "highest-variance"}
+def _diff(a: str, b: str) -> Callable[[Columns], np.ndarray]:
+    return lambda cols: cols[a].astype(np.float64) - cols[b].astype(np.float64)
 
 
-def _c2_c3_rows(t: _Table, per, alphas, betas, curves) -> list[dict[str, Any]]:
-    rows = []
+def _closest(values: list[float], target: float) -> float:
+    return min(values, key=lambda v: (abs(v - target), v))
+
+
+def row_specs(settings: Mapping[str, Any], n_patches: int) -> list[RowSpec]:
+    """Every row of SPEC 9's table for a pass run with ``settings``, in the table's order."""
+    la, alphas, betas = settings["locality_alpha"], settings["alphas"], settings["betas"]
+    keep_alphas = settings["keep_alphas"]
     a_head, b_head = _closest(alphas, PAPER_ALPHA), _closest(betas, PAPER_BETA)
-    for a, point in zip(alphas, curves["alpha"], strict=True):
+    span = f"beta = 0, {betas[0]:g} .. {betas[-1]:g}"
+    rows = [
+        RowSpec("C1", "C1", f"locality index of U' at alpha={la:g}: sum_p (r_p - d_p) / "
+                "sum_p (r_p - n_p); 0 = chance, 1 = the nearest patches", MARGINS["C1"], "",
+                True, lambda c: c["locality"].astype(np.float64)),
+        RowSpec("C1b", "C1b", f"object-minus-background mean field size (alpha={la:g}, beta=0) under "
+                "a random U' with the same |H_p|, minus the same gap under U (paired)",
+                MARGINS["C1b"] * n_patches, "patches", True, _diff("gap_null", "gap")),
+    ]  # fmt: skip
+    for a in keep_alphas:
+        rows.append(RowSpec(
+            f"keep/alpha={a:g}", "keep", f"1 - kept(U) / kept(random U') at alpha={a:g} "
+            "(kept: window-mask count / N^2)", MARGINS["keep"], "", a == PAPER_ALPHA,
+            lambda c, a=a: 1.0 - c[column("kept", a)] / c[column("kept_null", a)],
+        ))  # fmt: skip
+    for a in alphas:
         for control in ("random", "centred"):
-            ci = t.ci(per.correct[("awd", a)], per.correct[(control, a)])
-            rows.append(t.row(
-                f"C2/{control}/alpha={a:g}", "C2",
-                f"top-1 under AWD(alpha={a:g}) windows minus top-1 under {control} windows of "
-                "the same w x h containing p (teacher, inference)",
-                ci, 0.0, "greater", a == a_head, alpha=a, control=control,
-                awd_top1=point["awd"]["estimate"], control_top1=point[control]["estimate"],
-                eo_ratio=point["eo_ratio"]["estimate"],
+            rows.append(RowSpec(
+                f"C2/{control}/alpha={a:g}", "C2", f"top-1 under AWD(alpha={a:g}) windows minus "
+                f"under {control} windows of the same w x h containing p", MARGINS["C2"], "pp",
+                a == a_head, _diff(column("correct", "awd", a), column("correct", control, a)),
             ))  # fmt: skip
-    n = per.grid[0] * per.grid[1]
-    for b, point in zip(betas, curves["beta"], strict=True):
-        for control in ("random", "highest"):
-            ci = t.ci(per.correct[("dip_lowest", b)], per.correct[(f"dip_{control}", b)])
-            rows.append(t.row(
-                f"C3/{control}/beta={b:g}", "C3",
-                f"top-1 with the floor(beta*N) = {ia.dip_drop_count(b, n)} lowest-variance "
-                f"patches zeroed at every block minus top-1 with as many {_C3_NAMES[control]} "
-                "patches zeroed",
-                ci, 0.0, "greater", b == b_head, beta=b, control=control,
-                dropped=ia.dip_drop_count(b, n), lowest_top1=point["lowest"]["estimate"],
-                control_top1=point[control]["estimate"],
-            ))  # fmt: skip
+    for base in ORDERINGS:
+        other = "highest" if base == "variance" else "lowest"
+        rows.append(RowSpec(
+            f"C3/{base}", "C3", f"area under top-1 vs beta ({span}), dropping the lowest "
+            f"U-variance patches first, minus dropping the {BASELINE_NAMES[base]} "
+            f"{'patches first' if base == 'variance' else 'ordering lowest first'}",
+            MARGINS["C3"], "pp", True,
+            lambda c, base=base, other=other: auc(c, "variance", "lowest", betas)
+            - auc(c, base, other, betas),
+        ))  # fmt: skip
+    for base in ORDERINGS[1:]:
+        rows.append(RowSpec(
+            f"C3/{base}/highest-first", "C3", f"area under top-1 vs beta ({span}), dropping "
+            f"the {BASELINE_NAMES[base]} ordering highest first, minus dropping the highest "
+            "U-variance patches first", MARGINS["C3"], "pp", False,
+            lambda c, base=base: auc(c, base, "highest", betas)
+            - auc(c, "variance", "highest", betas),
+        ))  # fmt: skip
+    for b in betas:
+        rows.append(RowSpec(
+            f"C3/free/beta={b:g}", "C3", f"top-1 with the {ia.dip_drop_count(b, n_patches)} "
+            f"lowest-variance patches dropped (beta={b:g}) minus the unrestricted teacher",
+            MARGINS["C3"], "pp", b == b_head,
+            _diff(column("correct", "variance", "lowest", b), "correct:full"),
+        ))  # fmt: skip
     return rows
 
 
-def _curves(t: _Table, per, alphas, betas) -> dict[str, Any]:
-    n = per.grid[0] * per.grid[1]
-    acc = {k: interval_dict(t.ci(v)) for k, v in per.correct.items()}
-    alpha_points = [
-        {"alpha": a, "eo_ratio": interval_dict(t.ci(per.eo_ratio[a])),
-         **{c: acc[(c, a)] for c in ("awd", "random", "centred")}}
-        for a in alphas
-    ]  # fmt: skip
-    beta_points = [
-        {"beta": b, "dropped": ia.dip_drop_count(b, n),
-         **{c: acc[(f"dip_{c}", b)] for c in ("lowest", "random", "highest")}}
-        for b in betas
-    ]  # fmt: skip
-    return {"unrestricted": acc["full"], "alpha": alpha_points, "beta": beta_points}
+def _interval(values: np.ndarray, resamples: int, seed: int) -> C.Interval | None:
+    finite = values[np.isfinite(values)]
+    if finite.size < 2:
+        return None
+    return C.paired_bootstrap_ci(finite, resamples=resamples, seed=seed)
+
+
+def _teacher_cell(ci: C.Interval | None, margin: float, skipped: int) -> dict[str, Any]:
+    if ci is None:
+        return {"effect": None, "low": None, "high": None, "n": 0, "mde": None,
+                "verdict": C.INCONCLUSIVE, "skipped": skipped}  # fmt: skip
+    return {"effect": ci.estimate, "low": ci.low, "high": ci.high, "n": ci.n, "mde": C.mde(ci),
+            "verdict": C.margin_verdict(ci, margin), "skipped": skipped}  # fmt: skip
+
+
+def _curves(records: Mapping[int, Columns], settings, resamples, seed) -> dict[str, Any]:
+    """Per teacher: accuracy per ordering and direction over beta (0 first), and the paired
+    differences the figures draw (C2 per alpha and control; DIP minus each baseline per beta,
+    lowest first) with their intervals."""
+    betas, alphas = settings["betas"], settings["alphas"]
+    out: dict[str, Any] = {"betas": [0.0, *betas], "alphas": alphas, "teachers": {}}
+    for seed_k, cols in records.items():
+        full = float(cols["correct:full"].mean())
+        acc = {f"{o}:{d}": [full, *(float(cols[column("correct", o, d, b)].mean()) for b in betas)]
+               for o in ORDERINGS for d in ("lowest", "highest")}  # fmt: skip
+
+        def ci(values, seed_=seed):
+            i = _interval(values, resamples, seed_)
+            return [i.estimate, i.low, i.high]
+
+        c3 = {base: [ci(_diff(column("correct", "variance", "lowest", b),
+                              column("correct", base, "highest" if base == "variance" else "lowest", b))(cols))
+                     for b in betas] for base in ORDERINGS}  # fmt: skip
+        c2 = {control: [ci(_diff(column("correct", "awd", a), column("correct", control, a))(cols))
+                        for a in alphas] for control in ("random", "centred")}  # fmt: skip
+        out["teachers"][str(seed_k)] = {"top1": full, "accuracy": acc, "c3_difference": c3,
+                                        "c2_difference": c2}  # fmt: skip
+    return out
 
 
 def summarise_claims(
-    per, facts: dict[str, Any], *, resamples: int = C.MIN_RESAMPLES, seed: int = 0,
-    keep_tolerance: float = 0.05,
-) -> dict[str, Any]:  # fmt: skip
-    """The claims table and curves of one pass. Keys: ``claims`` (rows: ``id``, ``claim``,
-    the paper's ``statement`` and place ``paper``, ``measure``, ``effect``, ``low``, ``high``,
-    ``n``, ``null``, ``direction``, ``verdict``, ``headline``, ``method``, ``details``),
-    ``curves`` (``unrestricted`` and per-alpha / per-beta accuracy intervals), ``teacher_top1``,
-    ``locality_histogram``, ``grid``, ``N``, ``images``, ``scale`` and ``facts``.
-
-    Rules (SPEC 8, intervals: percentile bootstrap over images, ``resamples``, ``seed``):
-    C1 < 1 (per-image ``sum d_p / sum r_p``); C1b < 0 (object minus background mean |S_p| at
-    alpha = ``locality_alpha``, beta = 0); C2 > 0 per alpha and control (random, centred);
-    C3 > 0 per beta and control (random, highest); each by :func:`claims.verdict`. Headline
-    rows: C1, C1b, C2 at the alpha closest to 0.1, C3 at the beta closest to 0.2, "keep".
-
-    "AWD alpha = 0.1 keeps ~23 % of interactions" is a claimed value, not a direction: the
-    per-image fraction of the N^2 interactions the AWD(0.1) windows keep (window-mask count /
-    N^2, mean over images = E_O / N^2) with its bootstrap CI, against the paper's
-    8,866 / 38,416 = 0.2308 read as the band 0.2308 ± ``keep_tolerance`` (our reading of
-    "nearly 23 %"): supported when the CI lies strictly inside the band, contradicted when it
-    lies entirely outside, inconclusive otherwise (:func:`band_verdict`). The fraction depends
-    on the grid (N = 196 in the paper), so the row states the N it was measured at."""
-    t = _Table(resamples, seed)
-    alphas, betas = facts["settings"]["alphas"], facts["settings"]["betas"]
-    la = facts["settings"]["locality_alpha"]
-    curves = _curves(t, per, alphas, betas)
-    n_patches = per.grid[0] * per.grid[1]
-    rows = [
-        t.row("C1", "C1",
-              f"mean over images of sum_p d_p / sum_p r_p at alpha={la:g} (U' hits vs as many "
-              "uniform draws from row p minus p); < 1: U' is more local than chance",
-              t.ci(per.ratio), 1.0, "less", True, alpha=la, skipped_images=per.ratio_skipped,
-              mean_hit_distance=per.hit_sum / max(per.patches, 1),
-              mean_random_distance=per.random_sum / max(per.patches, 1),
-              patches=per.patches),
-        t.row("C1b", "C1b",
-              f"per image, mean |S_p| over object patches minus over background patches "
-              f"(alpha={la:g}, beta=0); object: patch mean pixel > threshold",
-              t.ci(per.gap), 0.0, "less", True, alpha=la, beta=0.0,
-              object_threshold=facts["settings"]["object_threshold"],
-              skipped_images=per.gap_skipped,
-              mean_object_fraction=float(per.object_fraction.double().mean())),
-        *_c2_c3_rows(t, per, alphas, betas, curves),
-    ]  # fmt: skip
-    keep = t.ci(per.eo_ratio[KEEP_ALPHA])
-    band = (KEEP_PAPER - keep_tolerance, KEEP_PAPER + keep_tolerance)
-    keep_row = t.row(
-        "keep", "keep",
-        f"fraction of the N^2 = {n_patches**2} interactions the AWD(alpha=0.1) windows keep "
-        "(window-mask count / N^2, mean over images)",
-        keep, KEEP_PAPER, "within", True, alpha=KEEP_ALPHA, paper_value=KEEP_PAPER,
-        band=list(band), tolerance=keep_tolerance, N=n_patches, paper_N=196,
-    )  # fmt: skip
-    rows.append(keep_row)
-    edges, source = per.edges.tolist(), facts.get("source")
+    records: Mapping[int, Columns],
+    settings: Mapping[str, Any],
+    n_patches: int,
+    *,
+    resamples: int = C.MIN_RESAMPLES,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """SPEC 9's table over the teachers in ``records`` (``{seed: columns}``, each teacher's own
+    pass with ``settings``). Per row: ``teachers`` (per seed: effect, low, high, n, mde,
+    verdict, skipped images), ``pooled`` (the mean of the teachers' effects, for reading only),
+    ``verdict`` (the common one, or "mixed (...)"), ``margin`` and the row's text. Intervals:
+    percentile bootstrap over images, ``resamples``, ``seed``; verdicts by
+    :func:`claims.margin_verdict`; also each teacher's ``curves``."""
+    if not records:
+        raise ValueError("no teacher's values to summarise")
+    rows = []
+    for spec in row_specs(settings, n_patches):
+        cells = {}
+        for seed_k, cols in records.items():
+            values = spec.effect(cols)
+            skipped = int((~np.isfinite(values)).sum())
+            cells[str(seed_k)] = _teacher_cell(_interval(values, resamples, seed), spec.margin,
+                                               skipped)  # fmt: skip
+        effects = [c["effect"] for c in cells.values() if c["effect"] is not None]
+        place, statement = PAPER[spec.claim]
+        rows.append({
+            "id": spec.id, "claim": spec.claim, "statement": statement, "paper": place,
+            "measure": spec.measure, "margin": spec.margin, "unit": spec.unit,
+            "headline": spec.headline, "teachers": cells,
+            "pooled": float(np.mean(effects)) if effects else None,
+            "verdict": C.common_verdict([c["verdict"] for c in cells.values()]),
+        })  # fmt: skip
+    keep = {str(k): {f"{a:g}": [float(cols[column("kept", a)].mean()),
+                                float(cols[column("kept_null", a)].mean())]
+                         for a in settings["keep_alphas"]} for k, cols in records.items()}  # fmt: skip
     return {
         "claims": rows,
-        "curves": curves,
-        "teacher_top1": curves["unrestricted"],
-        "locality_histogram": {
-            "alpha": la, "edges": edges, "hit": per.hit_hist.tolist(),
-            "random": per.random_hist.tolist(), "patches": per.patches,
-        },
-        "grid": list(per.grid),
-        "N": n_patches,
-        "images": per.n,
-        "scale": {
-            "data": source.get("name") if isinstance(source, dict) else None,
-            "split": facts["split"], "images": per.n, "img_size": facts["view"]["img_size"],
-            "patch_size": facts["teacher"]["patch_size"], "grid": list(per.grid), "N": n_patches,
-            "teacher_top1": curves["unrestricted"]["estimate"],
-        },
+        "keep_levels": keep,  # per teacher and alpha: mean kept(U), mean kept(random U')
+        "curves": _curves(records, settings, resamples, seed),
         "bootstrap": {"resamples": resamples, "seed": seed, "confidence": 0.95},
-        "facts": facts,
-    }  # fmt: skip
+        "rule": "SPEC 9: negligible if -m < low and high < m; contradicted if high < 0; "
+        "supported if low > m; else inconclusive. MDE = 2.8 x the CI's standard error.",
+    }
 
 
-def _pct(v: float | None, scale: float = 100.0, digits: int = 2) -> str:
-    return "n/a" if v is None or not np.isfinite(v) else f"{v * scale:.{digits}f}"
+def _fmt(v: float | None, unit: str) -> str:
+    if v is None or not np.isfinite(v):
+        return "n/a"
+    return f"{v * 100:+.2f}" if unit == "pp" else f"{v:+.3f}"
 
 
-def claims_markdown(result: dict[str, Any], headline_only: bool = True) -> str:
-    """A markdown table of the claims rows (headline rows only unless asked): claim, the
-    paper's place and statement, what we measured, effect [95 % CI], n, verdict. Accuracy and
-    fraction effects are in percentage points / %, C1 and C1b in their own units."""
-    lines = [
-        "| claim | paper | statement | our measure | effect [95 % CI] | n | verdict |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in result["claims"]:
-        if headline_only and not r["headline"]:
-            continue
-        scale, digits, unit = (1.0, 3, "") if r["claim"] in ("C1", "C1b") else (100.0, 2, " %")
-        if r["claim"] in ("C2", "C3") or r["claim"].startswith("T"):  # T: trained comparisons
-            unit = " pp"
-        effect = f"{_pct(r['effect'], scale, digits)}{unit} [{_pct(r['low'], scale, digits)}, " \
-                 f"{_pct(r['high'], scale, digits)}]"  # fmt: skip
-        claim = r["id"].replace("keep", "AWD keeps ~23 %")
-        lines.append(
-            f"| {claim} | {r['paper']} | {r['statement']} | {r['measure']} | {effect} | "
-            f"{r['n']} | {r['verdict']} |"
-        )
+def claims_markdown(result: Mapping[str, Any], headline_only: bool = True) -> str:
+    """The table: claim, the paper's place, our measure, margin, per teacher the effect
+    [95 % CI], MDE and verdict, the pooled effect, and the verdict. Accuracy rows are in
+    percentage points, C1 and keep as plain numbers, C1b in patches."""
+    rows = [r for r in result["claims"] if r["headline"] or not headline_only]
+    seeds = list(rows[0]["teachers"]) if rows else []
+    head = "| claim | paper | our measure | margin | " + " | ".join(
+        f"teacher {s}: effect [95 % CI], MDE, verdict" for s in seeds
+    )
+    lines = [head + " | pooled | verdict |", "|" + "---|" * (len(seeds) + 6)]
+    for r in rows:
+        unit = r["unit"]
+        suffix = " pp" if unit == "pp" else (" patches" if unit == "patches" else "")
+        cells = []
+        for c in r["teachers"].values():
+            cells.append(f"{_fmt(c['effect'], unit)} [{_fmt(c['low'], unit)}, "
+                         f"{_fmt(c['high'], unit)}], MDE {_fmt(c['mde'], unit).lstrip('+')}, "
+                         f"**{c['verdict']}**")  # fmt: skip
+        margin = _fmt(r["margin"], unit).lstrip("+")
+        lines.append(f"| {r['id']} | {r['paper']} | {r['measure']} | {margin}{suffix} | "
+                     + " | ".join(cells) + f" | {_fmt(r['pooled'], unit)}{suffix} | "
+                     f"**{r['verdict']}** |")  # fmt: skip
     return "\n".join(lines) + "\n"

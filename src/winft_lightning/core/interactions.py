@@ -169,14 +169,19 @@ def _eye(n: int, device: torch.device) -> Tensor:
     return torch.eye(n, dtype=torch.bool, device=device)
 
 
+def windows_from_hits(hits: Tensor, grid: Grid) -> Tensor:
+    """The window of each row of a hit set: bounding box of ``{p} ∪ {i : hits[p, i]}``.
+    hits ``[B, N, N]`` bool (U', or SPEC 9's random U'). Returns ``[B, N, 4]`` long."""
+    _check_grid(hits.shape[-1], grid)
+    return _bounding_boxes(hits | _eye(hits.shape[-1], hits.device), grid)
+
+
 def awd_windows(u: Tensor, alpha: float, grid: Grid) -> Tensor:
     """AWD windows (SPEC 2, eq. 4): bounding box of ``{p} ∪ {i : (p, i) in U'}``.
 
     u: ``[B, N, N]``; alpha in (0, 1]; grid ``(h, w)``. Returns ``[B, N, 4]`` long.
     """
-    _check_grid(u.shape[-1], grid)
-    members = top_interactions(u, alpha) | _eye(u.shape[-1], u.device)
-    return _bounding_boxes(members, grid)
+    return windows_from_hits(top_interactions(u, alpha), grid)
 
 
 def _axis_ranges(windows: Tensor, grid: Grid) -> tuple[Tensor, Tensor]:

@@ -1,5 +1,5 @@
 """The paper's figures (Fig. 3-7, 10), attention rollout, the accuracy/E_O trade-off and the
-claims figures (locality histogram, perturbation curves).
+claims figures (verdicts, paired differences, perturbation curves).
 
 Pure plotting: the numbers come from :mod:`winft_lightning.core.analysis` (U, windows, DIP order,
 rollout, fields); every function takes tensors or arrays for ONE image (unless stated) and
@@ -19,28 +19,26 @@ from winft_lightning.figures.attention import (
 )
 from winft_lightning.figures.base import display_images, save, to_hwc
 from winft_lightning.figures.claims import (
-    alpha_curves_figure,
-    beta_curves_figure,
-    locality_histogram_figure,
-    perturbation_figure,
+    difference_figure,
+    perturbation_curves_figure,
+    verdict_figure,
 )
 from winft_lightning.figures.tradeoff import tradeoff_figure
 from winft_lightning.figures.windows import field_figure, responsive_field_figure, window_figure
 
 __all__ = [
-    "alpha_curves_figure",
     "attention_maps_figure",
-    "beta_curves_figure",
+    "difference_figure",
     "dip_figure",
     "display_images",
     "field_figure",
-    "locality_histogram_figure",
-    "perturbation_figure",
+    "perturbation_curves_figure",
     "responsive_field_figure",
     "rollout_figure",
     "save",
     "to_hwc",
     "tradeoff_figure",
     "uncertainty_rows_figure",
+    "verdict_figure",
     "window_figure",
 ]

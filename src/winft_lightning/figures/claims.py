@@ -1,155 +1,111 @@
-"""Figures of the claims tests (SPEC.md 8): the histogram of U' hit distances against random
-draws (C1) and the perturbation curves, accuracy vs alpha (C2) and vs beta (C3), with
-confidence bands. Drawing only: arrays in, a :class:`matplotlib.figure.Figure` out (the numbers
-come from :mod:`winft_lightning.stages.claims`)."""
+"""Figures of the claims (SPEC.md 9): every comparison is drawn as its paired difference with
+that difference's CI band, never as two conditions each with its own band. Drawing only:
+numbers in (from :mod:`winft_lightning.core.claims_table`), a Figure out."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from winft_lightning.figures.base import DPI, ArrayLike, _np
+from winft_lightning.figures.base import DPI
 
-__all__ = [
-    "alpha_curves_figure",
-    "beta_curves_figure",
-    "locality_histogram_figure",
-    "perturbation_figure",
-]
+__all__ = ["difference_figure", "perturbation_curves_figure", "verdict_figure"]
 
-Band = tuple[ArrayLike, ArrayLike, ArrayLike]  # estimate, low, high per x (accuracy in 0..1)
-COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
+COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
+LINES = ("-", "--", ":", "-.")
 
 
-def _density(counts: ArrayLike, edges: np.ndarray) -> np.ndarray:
-    c = _np(counts).astype(np.float64)
-    total = c.sum()
-    return c / (total * np.diff(edges)) if total > 0 else c
-
-
-def locality_histogram_figure(
-    edges: ArrayLike,
-    hit: ArrayLike,
-    random: ArrayLike,
-    *,
-    alpha: float | None = None,
-    grid: tuple[int, int] | None = None,
-    ratio: float | None = None,
-    means: tuple[float, float] | None = None,
-) -> Figure:
-    """C1: the per-patch mean grid distance d_p from p to its U' entries (filled) against r_p,
-    the same for as many uniform random entries of row p (outline), each normalised to a
-    density. edges ``[bins + 1]``, hit / random ``[bins]`` counts; ``means`` (mean d, mean r)
-    are drawn as dashed lines; ``ratio`` (C1's effect) goes in the title."""
-    e = _np(edges).astype(np.float64)
-    fig = Figure(figsize=(6.4, 4.2), dpi=DPI, layout="constrained")
+def verdict_figure(rows: Sequence[Mapping[str, Any]]) -> Figure:
+    """One line per row: each teacher's effect and 95 % CI in units of the row's margin, so
+    that every claim shares one axis; the grey band (-1, 1) is "negligible", the claim
+    predicts > 0 and "supported" needs the whole CI right of 1."""
+    fig = Figure(figsize=(7.6, 0.42 * len(rows) + 1.4), dpi=DPI, layout="constrained")
     ax = fig.subplots()
-    ax.stairs(_density(hit, e), e, fill=True, alpha=0.45, color=COLORS[0],
-              label="U' hits, $d_p$")  # fmt: skip
-    ax.stairs(_density(random, e), e, lw=1.8, color=COLORS[1],
-              label="random entries of row p, $r_p$")  # fmt: skip
-    if means is not None:
-        for m, c, name in zip(means, COLORS[:2], ("mean $d_p$", "mean $r_p$"), strict=True):
-            ax.axvline(m, color=c, ls="--", lw=1.2, label=f"{name} = {m:.2f}")
-    ax.set_xlabel("mean grid distance from patch p to its entries (patch units)")
-    ax.set_ylabel("density over patches")
-    where = f" at α = {alpha:g}" if alpha is not None else ""
-    on = f", {grid[0]}x{grid[1]} grid" if grid is not None else ""
-    title = f"C1: distance of U' interactions vs random{where}{on}"
-    if ratio is not None:
-        title += f"\nmean per-image Σd/Σr = {ratio:.3f} (< 1: more local than chance)"
-    ax.set_title(title, fontsize=10)
-    ax.set_xlim(e[0], e[-1])
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.axvspan(-1, 1, color="black", alpha=0.08, lw=0, label="|effect| < margin")
+    ax.axvline(0, color="black", lw=0.8)
+    ax.axvline(1, color="black", lw=0.8, ls="--")
+    seeds = list(rows[0]["teachers"]) if rows else []
+    for i, row in enumerate(rows):
+        for k, seed in enumerate(seeds):
+            cell = row["teachers"][seed]
+            if cell["effect"] is None:
+                continue
+            y = i + (k - (len(seeds) - 1) / 2) * 0.22
+            m = row["margin"]
+            ax.errorbar(cell["effect"] / m, y, xerr=[[(cell["effect"] - cell["low"]) / m],
+                        [(cell["high"] - cell["effect"]) / m]], fmt="o", ms=4,
+                        color=COLORS[k % len(COLORS)], capsize=2,
+                        label=f"teacher {seed}" if i == 0 else None)  # fmt: skip
+    ax.set_yticks(range(len(rows)), [f"{r['id']}: {r['verdict']}" for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("effect / margin, 95 % CI (claim predicts > 0; supported: CI > 1)")
+    ax.set_title("SPEC 9 verdicts: each teacher's effect in units of its margin", fontsize=10)
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=8, loc="lower right")
     return fig
 
 
-def perturbation_figure(
-    x: ArrayLike,
-    curves: Mapping[str, Band],
+def difference_figure(
+    x: Sequence[float],
+    series: Mapping[str, Mapping[str, Sequence[Sequence[float]]]],
     *,
-    reference: tuple[str, Band | tuple[float, float, float]] | None = None,
+    margin: float,
     xlabel: str,
     title: str,
     log_x: bool = False,
-    notes: Sequence[str] | None = None,
 ) -> Figure:
-    """Accuracy (%) vs ``x``: one line with markers and a shaded CI band per curve
-    (``{label: (estimate, low, high)}``, accuracies in 0..1), optionally a horizontal
-    ``reference`` (label, (estimate, low, high) scalars) with its band, and ``notes`` (one
-    short text per x, e.g. E_O / N^2) written under the first curve's points."""
-    xs = _np(x).astype(np.float64)
-    fig = Figure(figsize=(6.6, 4.4), dpi=DPI, layout="constrained")
-    ax = fig.subplots()
-    if reference is not None:
-        label, (est, low, high) = reference
-        est, low, high = (float(np.mean(_np(v))) for v in (est, low, high))
-        ax.axhline(100 * est, color="black", lw=1.2, ls="--", label=f"{label} ({100 * est:.1f} %)")
-        ax.axhspan(100 * low, 100 * high, color="black", alpha=0.08, lw=0)
-    markers = "osD^v"
-    for k, (label, (est, low, high)) in enumerate(curves.items()):
-        color = COLORS[k % len(COLORS)]
-        y = 100 * _np(est).astype(np.float64)
-        ax.plot(xs, y, marker=markers[k % len(markers)], ms=5, lw=1.6, color=color, label=label)
-        ax.fill_between(xs, 100 * _np(low).astype(np.float64), 100 * _np(high).astype(np.float64),
-                        color=color, alpha=0.18, lw=0)  # fmt: skip
-        if k == 0 and notes is not None:
-            for xv, yv, note in zip(xs, y, notes, strict=True):
-                ax.annotate(note, (xv, yv), textcoords="offset points", xytext=(0, -14),
-                            ha="center", fontsize=7, color=color)  # fmt: skip
-    if log_x:
-        ax.set_xscale("log")
-        ax.set_xticks(xs, [f"{v:g}" for v in xs])
-        ax.minorticks_off()
-    else:
-        ax.set_xticks(xs)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("top-1 accuracy (%), 95 % CI band")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    """Paired differences in percentage points vs ``x``, one panel per comparison: ``series``
+    is ``{label: {teacher: [[estimate, low, high] per x]}}`` (fractions), one colour per
+    teacher, each with its CI band; the grey band is ±margin."""
+    xs = np.asarray(x, dtype=np.float64)
+    cols = min(len(series), 3)
+    rows = -(-len(series) // cols)
+    fig = Figure(figsize=(4.2 * cols, 3.3 * rows + 0.5), dpi=DPI, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, sharey=True, squeeze=False)).ravel()
+    for ax, (label, teachers) in zip(axes, series.items(), strict=False):
+        ax.axhspan(-100 * margin, 100 * margin, color="black", alpha=0.08, lw=0)
+        ax.axhline(0, color="black", lw=0.8)
+        for k, (seed, points) in enumerate(teachers.items()):
+            color = COLORS[k % len(COLORS)]
+            est, low, high = (
+                100 * np.asarray(v, dtype=np.float64) for v in zip(*points, strict=True)
+            )
+            ax.plot(xs, est, marker="o", ms=3, lw=1.4, color=color, label=f"teacher {seed}")
+            ax.fill_between(xs, low, high, color=color, alpha=0.15, lw=0)
+        if log_x:
+            ax.set_xscale("log")
+            ax.minorticks_off()
+        ax.set_xticks(xs, [f"{v:g}" for v in xs], fontsize=8)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(series) :]:
+        ax.set_visible(False)
+    axes[0].set_ylabel("paired difference in top-1 (pp)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{title}\n95 % CI bands; grey: ±margin ({100 * margin:g} pp)", fontsize=10)
     return fig
 
 
-def alpha_curves_figure(
-    alphas: ArrayLike,
-    awd: Band,
-    random: Band,
-    centred: Band,
-    unrestricted: tuple[float, float, float] | None = None,
-    eo_ratio: ArrayLike | None = None,
+def perturbation_curves_figure(
+    betas: Sequence[float], accuracy: Mapping[str, Sequence[float]], labels: Mapping[str, str]
 ) -> Figure:
-    """C2: the teacher's top-1 with attention restricted at inference to AWD(α) windows, to
-    random windows of the same size containing p and to centred ones, vs α (log x), with the
-    unrestricted teacher as a dashed line; ``eo_ratio`` (E_O / N^2 per α) annotates AWD."""
-    notes = None if eo_ratio is None else [f"{v:.0%} of N²" for v in _np(eo_ratio)]
-    return perturbation_figure(
-        alphas,
-        {"AWD(α) windows": awd, "random windows, same w×h": random,
-         "centred windows, same w×h": centred},
-        reference=None if unrestricted is None else ("unrestricted teacher", unrestricted),
-        xlabel="α (share of U's N² entries in U')", log_x=True, notes=notes,
-        title="C2: teacher top-1 with attention restricted at inference",
-    )  # fmt: skip
-
-
-def beta_curves_figure(
-    betas: ArrayLike,
-    lowest: Band,
-    random: Band,
-    highest: Band,
-    unrestricted: tuple[float, float, float] | None = None,
-) -> Figure:
-    """C3: the teacher's top-1 with floor(βN) patches zeroed at every block input: the lowest
-    column variance of U (DIP), random ones, the highest-variance ones, vs β."""
-    return perturbation_figure(
-        betas,
-        {"DIP: lowest-variance patches zeroed": lowest, "random patches zeroed": random,
-         "highest-variance patches zeroed": highest},
-        reference=None if unrestricted is None else ("no patch zeroed", unrestricted),
-        xlabel="β (share of the N patches zeroed)",
-        title="C3: teacher top-1 with patches zeroed at every block (perturbation curve)",
-    )  # fmt: skip
+    """Top-1 vs beta (0 = the unrestricted teacher) for each ordering, dropping its lowest
+    patches first (left) and its highest first (right); ``accuracy`` is
+    ``{"<ordering>:<lowest|highest>": [top-1 per beta]}`` (means over the teachers)."""
+    fig = Figure(figsize=(10.0, 4.2), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, direction in zip(axes, ("lowest", "highest"), strict=True):
+        for c, (ordering, label) in enumerate(labels.items()):
+            y = 100 * np.asarray(accuracy[f"{ordering}:{direction}"], dtype=np.float64)
+            ax.plot(betas, y, marker="o", ms=3, lw=1.5, color=COLORS[c % len(COLORS)], label=label)
+        ax.set_xlabel("β (share of the N patches dropped at every block)")
+        ax.set_title(f"{direction} first ({'negative' if direction == 'lowest' else 'positive'} "
+                     "perturbation)", fontsize=10)  # fmt: skip
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("top-1 (%), mean over teachers")
+    axes[0].legend(fontsize=8)
+    return fig

@@ -1,24 +1,23 @@
-"""The training-free claims stage of SPEC.md 8 (C1, C1b, C2, C3 and "AWD alpha = 0.1 keeps
-~23 % of interactions") on a trained teacher, over a shard set's whole test split.
+"""The training-free claims of SPEC.md 8, measured as SPEC 9 asks, on one trained teacher:
+one pass over a shard set's test split that keeps every per-image value as a column.
 
-:func:`collect_claims` streams the test split once in the analysed view (the teacher's
-``img_size``, resize + centre crop, the teacher's normalisation), in batches, and keeps one
-value per image and condition (:class:`PerImage`); :func:`measure_claims` adds the intervals
-and verdicts of :mod:`winft_lightning.core.claims_table`; :func:`write_claims` saves ``claims.json``
-and the claims figures. Per batch: U from :func:`analysis.analyse` on the timm teacher; the
-same weights built three times with :func:`models.build_vit` (full attention; ``attn="awd"``;
-``dip="multiply"``) give the per-image correctness under every condition. Every random
-control draws from its own seeded ``torch.Generator`` (C1, C2 and C3 each one, seeded from
-``seed``, on the compute device), consumed in batch order, then alpha / beta order: the draws
-depend on ``seed``, ``batch_size`` and the order of the test split, nothing else.
+:func:`collect_claims` streams the test split (or its first ``limit`` images, in stream order)
+in the analysed view (the teacher's ``img_size``, resize + centre crop, the teacher's
+normalisation), in batches. Per batch: U, the DIP order, rollout and the last block's CLS
+attention from :func:`analysis.analyse` on the timm teacher; the same weights built three times
+with :func:`models.build_vit` (full attention; ``attn="awd"``; ``dip="multiply"``) give the
+per-image correctness under every condition. Each random draw comes from its own seeded
+``torch.Generator`` (the random U', C2's windows, C3's random order), consumed in batch order,
+then alpha / beta order, so one seed gives the same values on a rerun.
+
+The columns (one value per image, :data:`COLUMNS` says which) are what the report is rebuilt
+from: :mod:`winft_lightning.core.claims_table` turns them into intervals and verdicts.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,68 +26,24 @@ import torch
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
+from winft_lightning.core import baselines as B
 from winft_lightning.core import claims as C
 from winft_lightning.core import interactions as ia
 from winft_lightning.core.analysis import analyse
-from winft_lightning.core.claims_table import KEEP_ALPHA, summarise_claims
+from winft_lightning.core.claims_table import ORDERINGS, column
 from winft_lightning.data.datamodule import ShardDataModule
 from winft_lightning.data.progress import image_progress
 from winft_lightning.models import build_vit
 from winft_lightning.models.teacher import TeacherError, load_teacher, teacher_norm
 from winft_lightning.runtime.checkpoints import read_checkpoint
 
-__all__ = ["PerImage", "collect_claims", "measure_claims", "write_claims"]
+__all__ = ["collect_claims", "keep_chance"]
 
 Grid = tuple[int, int]
-HIST_BIN = 0.25  # grid units per bin of the d_p / r_p histogram
-
-
-@dataclass
-class PerImage:
-    """Per-image measurements of one pass (all CPU tensors over the same ``n`` images, in
-    stream order, except C1/C1b whose images without an effect are left out and counted).
-
-    ``correct``: ``{condition: [n] bool}``, conditions ``"full"`` (unrestricted),
-    ``("awd" | "random" | "centred", alpha)`` (C2) and ``("dip_lowest" | "dip_random" |
-    "dip_highest", beta)`` (C3). ``eo_ratio``: ``{alpha: [n]}`` window-mask count / N^2.
-    ``ratio``: C1's ``sum d_p / sum r_p`` per image with a valid patch; ``gap``: C1b's object
-    minus background mean |S_p|; ``hit_hist`` / ``random_hist``: per-patch d_p and r_p counts
-    on ``edges``; ``object_fraction``: ``[n]`` share of object patches."""
-
-    grid: Grid
-    n: int = 0
-    correct: dict[Any, list[Tensor] | Tensor] = field(default_factory=dict)
-    eo_ratio: dict[float, list[Tensor] | Tensor] = field(default_factory=dict)
-    ratio: list[Tensor] | Tensor = field(default_factory=list)
-    ratio_skipped: int = 0
-    gap: list[Tensor] | Tensor = field(default_factory=list)
-    gap_skipped: int = 0
-    object_fraction: list[Tensor] | Tensor = field(default_factory=list)
-    edges: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    hit_hist: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    random_hist: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    hit_sum: float = 0.0
-    random_sum: float = 0.0
-    patches: int = 0  # valid (p with |H_p| >= 1) patches in the histogram
-
-    def add(self, key: Any, value: Tensor, into: dict | None = None) -> None:
-        (self.correct if into is None else into).setdefault(key, []).append(value.cpu())
-
-    def finish(self) -> PerImage:
-        """Concatenate the per-batch lists into one tensor each."""
-
-        def cat(parts):
-            return torch.cat(parts) if isinstance(parts, list) and parts else parts
-
-        self.correct = {k: cat(v) for k, v in self.correct.items()}
-        self.eo_ratio = {k: cat(v) for k, v in self.eo_ratio.items()}
-        self.ratio, self.gap = cat(self.ratio), cat(self.gap)
-        self.object_fraction = cat(self.object_fraction)
-        return self
 
 
 def _generator(seed: int, stream: int, device: torch.device) -> torch.Generator:
-    """A generator for one claim's random controls, seeded from ``(seed, stream)``."""
+    """A generator for one kind of random draw, seeded from ``(seed, stream)``."""
     state = int(np.random.SeedSequence([int(seed), stream]).generate_state(1, np.uint64)[0])
     return torch.Generator(device=device).manual_seed(state & ((1 << 63) - 1))
 
@@ -107,79 +62,90 @@ def _nets(ckpt: Path, device: torch.device) -> tuple[dict[str, torch.nn.Module],
     return nets, net
 
 
-def _locality(per: PerImage, u: Tensor, alpha: float, gen: torch.Generator) -> None:
-    """C1 on one batch: per-image ratio (NaN images counted) and the d_p / r_p histograms."""
-    ld = C.locality_distances(u, alpha, per.grid, gen)
-    valid = ld.count >= 1
-    hit = torch.where(valid, ld.hit, 0.0).sum(dim=1)
-    rnd = torch.where(valid, ld.random, 0.0).sum(dim=1)
-    ratio = hit / rnd  # C.locality_ratio's formula, on the same draws as the histogram
-    keep = torch.isfinite(ratio)
-    per.ratio.append(ratio[keep].cpu())
-    per.ratio_skipped += int((~keep).sum())
-    d, r = ld.hit[valid].cpu().numpy(), ld.random[valid].cpu().numpy()
-    per.hit_hist += np.histogram(d, per.edges)[0]
-    per.random_hist += np.histogram(r, per.edges)[0]
-    per.hit_sum, per.random_sum = per.hit_sum + float(d.sum()), per.random_sum + float(r.sum())
-    per.patches += int(d.size)
+def _kept(windows: Tensor, n: int) -> Tensor:
+    """Fraction of the N^2 interactions the windows keep, per image ``[B]`` float64."""
+    return ia.window_areas(windows).sum(dim=1).double() / n**2
 
 
-def _batch(per, nets, teacher, x01, labels, norm, opts, gens) -> None:
-    """Every measurement of one batch (``x01`` the analysed view in 0..1)."""
-    grid, n = per.grid, per.grid[0] * per.grid[1]
+def _orders(res, x01: Tensor, grid: Grid, gen: torch.Generator) -> dict[str, Tensor]:
+    """Every C3 ordering of one batch, ascending (the first are dropped lowest-first)."""
+    return {
+        "variance": res.order,
+        "blank": B.ascending_order(B.blank_scores(x01, grid)),
+        "rollout": B.ascending_order(res.rollout),
+        "cls": B.ascending_order(res.cls_attention),
+        "random": B.random_order(x01.shape[0], grid[0] * grid[1], gen),
+    }
+
+
+def _batch(cols, nets, teacher, x01, labels, norm, opts, gens, grid) -> None:
+    """Every per-image value of one batch (``x01`` the analysed view in 0..1) into ``cols``."""
+    n = grid[0] * grid[1]
+
+    def add(name: str, value: Tensor) -> None:
+        cols.setdefault(name, []).append(value.detach().cpu().numpy())
+
     x = TF.normalize(x01, *norm)  # as SampleDecoder normalises: the teacher's exact input
-    wanted = sorted({*opts["alphas"], opts["locality_alpha"], KEEP_ALPHA})
-    res = analyse(teacher, x, wanted, grid)
-    _locality(per, res.u, opts["locality_alpha"], gens["c1"])
+    wanted = sorted({*opts["alphas"], opts["locality_alpha"], *opts["keep_alphas"]})
+    res = analyse(teacher, x, wanted, grid, rollout=True)
+    hits = {a: ia.top_interactions(res.u, a) for a in wanted}
+    null = {a: B.random_u_hits(hits[a], gens["null"]) for a in wanted}
+    la = opts["locality_alpha"]
+    add("locality", B.locality_index(hits[la], grid))
+    add("locality_null", B.locality_index(null[la], grid))
     obj = C.object_patch_mask(x01, grid, opts["object_threshold"])
-    sizes = ia.field_size(res.field(opts["locality_alpha"], 0.0), grid)
-    gap = C.field_size_gap(sizes, obj)
-    per.gap.append(gap.gap.cpu())
-    per.gap_skipped += gap.skipped
-    per.object_fraction.append(obj.double().mean(dim=1).cpu())
-    for a in wanted:
-        per.add(a, ia.window_areas(res.window(a)).sum(dim=1).double().cpu() / n**2, per.eo_ratio)
-    per.add("full", C.per_image_correct(nets["full"], x, labels))
-    awd = nets["awd"]
+    add("object_fraction", obj.double().mean(dim=1))
+    both = ((obj.sum(dim=1) > 0) & ((~obj).sum(dim=1) > 0)).cpu()  # images C1b can use
+    for name, h in (("gap", hits[la]), ("gap_null", null[la])):
+        field = ia.responsive_field(ia.windows_from_hits(h, grid), res.order, 0.0, grid)
+        gap = torch.full((x.shape[0],), float("nan"), dtype=torch.float64)
+        gap[both] = C.field_size_gap(ia.field_size(field, grid), obj).gap.cpu()
+        add(name, gap)
+    for a in opts["keep_alphas"]:
+        add(column("kept", a), _kept(ia.windows_from_hits(hits[a], grid), n))
+        add(column("kept_null", a), _kept(ia.windows_from_hits(null[a], grid), n))
+    add("correct:full", C.per_image_correct(nets["full"], x, labels))
     for a in opts["alphas"]:
         win = res.window(a)
-        per.add(("awd", a), C.per_image_correct(awd, x, labels, windows=win))
-        rnd = C.random_windows_like(win, grid, gens["c2"])
-        per.add(("random", a), C.per_image_correct(awd, x, labels, windows=rnd))
-        cen = C.centred_windows_like(win, grid)
-        per.add(("centred", a), C.per_image_correct(awd, x, labels, windows=cen))
-    dip = nets["dip"]
-    for b in opts["betas"]:
-        low = ia.dip_keep(res.order, b)
-        per.add(("dip_lowest", b), C.per_image_correct(dip, x, labels, keep=low))
-        count, batch = ia.dip_drop_count(b, n), x.shape[0]
-        rnd = C.dip_keep_random(n, count, batch, gens["c3"])
-        per.add(("dip_random", b), C.per_image_correct(dip, x, labels, keep=rnd))
-        high = C.dip_keep_highest(res.order, b)
-        per.add(("dip_highest", b), C.per_image_correct(dip, x, labels, keep=high))
-    per.n += x.shape[0]
+        controls = {
+            "awd": win,
+            "random": C.random_windows_like(win, grid, gens["c2"]),
+            "centred": C.centred_windows_like(win, grid),
+        }
+        for name, w in controls.items():
+            add(column("correct", name, a), C.per_image_correct(nets["awd"], x, labels, windows=w))
+    orders = _orders(res, x01, grid, gens["c3"])
+    for ordering in ORDERINGS:
+        for direction, drop in (("lowest", B.drop_lowest), ("highest", B.drop_highest)):
+            for b in opts["betas"]:
+                keep = drop(orders[ordering], b)
+                ok = C.per_image_correct(nets["dip"], x, labels, keep=keep)
+                add(column("correct", ordering, direction, b), ok)
+    add("label", labels)
 
 
 def collect_claims(
     teacher_ckpt: str | Path,
     shards_root: str | Path,
     *,
-    alphas: Sequence[float] = (0.025, 0.05, 0.1, 0.2, 0.5),
-    betas: Sequence[float] = (0.1, 0.2, 0.3, 0.5),
+    alphas: Sequence[float] = (0.05, 0.1, 0.2),
+    betas: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+    keep_alphas: Sequence[float] = (0.05, 0.1, 0.2),
     locality_alpha: float = 0.1,
     object_threshold: float = 0.1,
-    batch_size: int = 256,
+    batch_size: int = 250,
     seed: int = 0,
     limit: int | None = None,
     progress: bool = False,
     device: str = "auto",
-    num_workers: int = 1,
+    num_workers: int = 0,
     teacher_sha256: str | None = None,
-) -> tuple[PerImage, dict[str, Any]]:
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """One pass over the test split (or its first ``limit`` images, in stream order):
-    ``(PerImage, facts)``, facts = what the pass ran on (teacher, view, grid, seconds).
+    ``(columns, facts)``: ``columns`` maps each per-image value's name to an ``[n]`` array
+    (``key`` the image keys); facts = what the pass ran on (teacher, view, grid, seconds).
     ``device`` "auto": CUDA when present. ``teacher_sha256``: the teacher file's digest when
-    the caller has it (the study), else it is hashed here."""
+    the caller has it, else it is hashed here."""
     start = time.perf_counter()
     ckpt = Path(teacher_ckpt).expanduser()
     dev = torch.device(
@@ -191,7 +157,7 @@ def collect_claims(
     dm = ShardDataModule(
         shards_root, batch_size=batch_size, num_workers=num_workers, img_size=info.img_size,
         mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), hflip=False,
-    )  # fmt: skip  # mean 0 / std 1: the 0..1 pixels C1b needs; normalised per batch
+    )  # fmt: skip  # mean 0 / std 1: the 0..1 pixels C1b and the blank order need
     if dm.num_classes != info.num_classes:
         raise ValueError(
             f"teacher {ckpt} has {info.num_classes} classes, shard set {dm.manifest['root']} "
@@ -201,25 +167,26 @@ def collect_claims(
     if total < 2:
         raise ValueError(f"the claims need at least 2 test images, got {total} (limit={limit})")
     grid = info.grid
-    n = grid[0] * grid[1]
-    maxd = math.hypot(grid[0] - 1, grid[1] - 1)
-    bins = max(1, math.ceil(maxd / HIST_BIN))
-    per = PerImage(grid=grid, edges=np.linspace(0.0, bins * HIST_BIN, bins + 1))
-    per.hit_hist, per.random_hist = np.zeros(bins, np.int64), np.zeros(bins, np.int64)
-    alphas, betas = [float(a) for a in alphas], [float(b) for b in betas]
-    opts = dict(alphas=alphas, betas=betas, locality_alpha=float(locality_alpha),
-                object_threshold=float(object_threshold))  # fmt: skip
-    gens = {k: _generator(seed, i, dev) for i, k in enumerate(("c1", "c2", "c3"))}
+    opts = dict(alphas=[float(a) for a in alphas], betas=[float(b) for b in betas],
+                keep_alphas=[float(a) for a in keep_alphas],
+                locality_alpha=float(locality_alpha), object_threshold=float(object_threshold))  # fmt: skip
+    for b in opts["betas"]:
+        ia.check_beta(b, "claims.betas")
+    gens = {k: _generator(seed, i, dev) for i, k in enumerate(("null", "c2", "c3"))}
+    cols: dict[str, list[np.ndarray]] = {}
+    keys: list[str] = []
     with torch.inference_mode(), image_progress(disable=not progress) as bar:
         task = bar.add_task("claims", total=total)
         for batch in dm.make_loader("test", rank=0, world_size=1):
-            take = min(total - per.n, batch["image"].shape[0])
+            take = min(total - len(keys), batch["image"].shape[0])
             x01 = batch["image"][:take].to(dev)
             labels = batch["label"][:take].to(dev)
-            _batch(per, nets, teacher, x01, labels, (mean, std), opts, gens)
+            _batch(cols, nets, teacher, x01, labels, (mean, std), opts, gens, grid)
+            keys += list(batch["key"][:take])
             bar.advance(task, take)
-            if per.n >= total:
+            if len(keys) >= total:
                 break
+    columns = {"key": np.asarray(keys), **{k: np.concatenate(v) for k, v in cols.items()}}
     seconds = time.perf_counter() - start
     facts = {
         "teacher": {"path": str(ckpt), "sha256": info.sha256, "model_name": info.model_name,
@@ -228,96 +195,29 @@ def collect_claims(
         "source": dm.manifest.get("source"),
         "split": "test",
         "split_images": dm.counts["test"],
+        "images": len(keys),
         "view": {"img_size": info.img_size, "resize": "shorter side + centre crop",
-                 "mean": mean, "std": std},
+                 "mean": list(mean), "std": list(std)},
         "grid": list(grid),
-        "N": n,
+        "N": grid[0] * grid[1],
         "device": str(dev),
         "threads": torch.get_num_threads(),
         "measure_seconds": round(seconds, 2),
         "settings": dict(opts, batch_size=int(batch_size), seed=int(seed), limit=limit),
     }  # fmt: skip
-    return per.finish(), facts
+    return columns, facts
 
 
-def measure_claims(
-    teacher_ckpt: str | Path,
-    shards_root: str | Path,
-    *,
-    resamples: int = 2000,
-    keep_tolerance: float = 0.05,
-    **collect_options: Any,
-) -> dict[str, Any]:
-    """The claims of SPEC 8 measured on ``teacher_ckpt`` (a Lightning checkpoint of our
-    modules) over the test split of the shard set ``shards_root`` (prepared or analysed):
-    a JSON-serialisable dict (see :func:`claims_table.summarise_claims` for its keys and each
-    verdict rule). ``collect_options``: :func:`collect_claims`'s keyword arguments (alphas,
-    betas, locality_alpha, object_threshold, batch_size, seed, limit, progress, device,
-    num_workers, teacher_sha256). ``resamples``: bootstrap resamples (>= 2000), seeded by
-    ``seed``, which also seeds the random controls. ``keep_tolerance``: half-width of the band
-    around the paper's 8,866 / 38,416 = 0.2308 for "AWD alpha = 0.1 keeps ~23 % of
-    interactions": that row's effect is the mean over images of the AWD(0.1) window-mask
-    count / N^2, and its verdict is "supported" when its CI lies strictly inside 0.2308 ±
-    tolerance, "contradicted" when it lies entirely outside, "inconclusive" when it straddles
-    an edge.
-    Images per second counts the whole stage (loading the networks, the pass, the intervals)."""
-    start = time.perf_counter()
-    per, facts = collect_claims(teacher_ckpt, shards_root, **collect_options)
-    seed = facts["settings"]["seed"]
-    result = summarise_claims(
-        per, facts, resamples=resamples, seed=seed, keep_tolerance=keep_tolerance
-    )
-    seconds = time.perf_counter() - start
-    result["seconds"] = round(seconds, 2)
-    result["images_per_second"] = round(per.n / max(seconds, 1e-9), 2)
-    return result
-
-
-def write_claims(result: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """Save ``claims.json`` and the claims figures (``claims_locality.png``,
-    ``claims_alpha.png``, ``claims_beta.png``) in ``out_dir``; returns their paths by name
-    (``json``, ``locality``, ``alpha``, ``beta``)."""
-    import json
-    import os
-
-    from winft_lightning import figures as F
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "claims.json"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    paths = {"json": path}
-    hist, curves = result["locality_histogram"], result["curves"]
-    c1 = next((r for r in result["claims"] if r["id"] == "C1"), None)
-    ref = _band(curves["unrestricted"])
-    alpha, beta = curves["alpha"], curves["beta"]
-    figs = {
-        "locality": F.locality_histogram_figure(
-            hist["edges"], hist["hit"], hist["random"], alpha=hist["alpha"],
-            grid=tuple(result["grid"]), ratio=c1 and c1["effect"],
-            means=c1 and (c1["details"]["mean_hit_distance"], c1["details"]["mean_random_distance"]),
-        ),
-        "alpha": F.alpha_curves_figure(
-            [p["alpha"] for p in alpha], *(_series(alpha, c) for c in ("awd", "random", "centred")),
-            unrestricted=ref, eo_ratio=[p["eo_ratio"]["estimate"] for p in alpha],
-        ),
-        "beta": F.beta_curves_figure(
-            [p["beta"] for p in beta], *(_series(beta, c) for c in ("lowest", "random", "highest")),
-            unrestricted=ref,
-        ),
-    }  # fmt: skip
-    for name, fig in figs.items():
-        paths[name] = F.save(fig, out / f"claims_{name}.png")
-    return paths
-
-
-def _band(ci: dict[str, Any]) -> tuple[float, float, float]:
-    return tuple(float("nan") if ci[k] is None else ci[k] for k in ("estimate", "low", "high"))
-
-
-def _series(points: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(estimate, low, high) arrays of one condition over the curve's points."""
-    est, low, high = zip(*(_band(p[key]) for p in points), strict=True)
-    return np.array(est), np.array(low), np.array(high)
+def keep_chance(grid: Grid, alpha: float, images: int = 64, seed: int = 0) -> dict[str, Any]:
+    """The keep fraction of a U with no structure (i.i.d. uniform entries, seeded), by the same
+    code as the teacher's (``awd_windows``, then window-mask count / N^2): the chance level
+    of a grid and alpha, e.g. the paper's N = 196 at alpha 0.1. Mean and range over
+    ``images`` draws."""
+    n = grid[0] * grid[1]
+    gen = torch.Generator().manual_seed(seed)
+    kept = torch.cat([
+        _kept(ia.awd_windows(torch.rand(8, n, n, generator=gen), alpha, grid), n)
+        for _ in range(max(1, images // 8))
+    ])  # fmt: skip
+    return {"grid": list(grid), "N": n, "alpha": alpha, "images": int(kept.numel()),
+            "mean": float(kept.mean()), "min": float(kept.min()), "max": float(kept.max())}  # fmt: skip

@@ -15,21 +15,25 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-import hydra
-import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from winft_lightning.stages.study_report import (
     FAMILIES,
     LABELS,
     MODULE_FAMILY,
     collect_runs,
-    write_report,
 )
 
-__all__ = ["FAMILIES", "LABELS", "MODULE_FAMILY", "main", "run_study", "sweep_commands"]
+__all__ = [
+    "FAMILIES",
+    "LABELS",
+    "MODULE_FAMILY",
+    "machine_line",
+    "run_study",
+    "study_figures",
+    "sweep_commands",
+]
 
 log = logging.getLogger(__name__)
 
@@ -138,73 +142,3 @@ def machine_line() -> str:
     from winft_lightning.runtime.machine import summary
 
     return f"Measured {time.strftime('%Y-%m-%d')} on {summary()}."
-
-
-def claims_inputs(study_dir: Path) -> tuple[Path, Path] | None:
-    """(teacher checkpoint, analysed shard set) of the study's first finished masked run."""
-    for row in collect_runs(study_dir):
-        if row["status"] == "ok":
-            per_run = json.loads((Path(row["run_dir"]) / "results.json").read_text())
-            if per_run.get("teacher_ckpt") and per_run.get("mask_root"):
-                return Path(per_run["teacher_ckpt"]), Path(per_run["mask_root"])
-    return None
-
-
-def teacher_record(teacher: Path) -> dict[str, Any]:
-    """The cached teacher's own results row and how many images it trained on."""
-    results = teacher.parent / "results.json"
-    row = json.loads(results.read_text()) if results.is_file() else {}
-    job = teacher.parent / "run" / "job.yaml"
-    train = None
-    if job.is_file():
-        root = Path(yaml.safe_load(job.read_text())["data"]["root"])
-        train = json.loads((root / "manifest.json").read_text())["splits"]["train"]["count"]
-    return {"top1": row.get("top1"), "fit_seconds": row.get("fit_seconds"),
-            "epochs": row.get("epochs"), "train_images": train, "ckpt": str(teacher)}  # fmt: skip
-
-
-def run_claims(study: DictConfig, study_dir: Path) -> dict[str, Any] | None:
-    """SPEC 8's training-free claims on the study's teacher (cached in ``claims/claims.json``
-    for that teacher file and settings)."""
-    from winft_lightning.runtime.hashing import file_sha256
-    from winft_lightning.stages import claims as claims_stage
-
-    found = claims_inputs(study_dir)
-    if found is None:
-        log.warning("study: no finished masked run, so no teacher to test the claims on")
-        return None
-    teacher, shards = found
-    settings = OmegaConf.to_container(study.claims, resolve=True)
-    sha256 = file_sha256(teacher)  # once: the cache stamp, and measure_claims' teacher record
-    stamp = {"teacher_sha256": sha256, "settings": settings}
-    cached = study_dir / "claims" / "claims.json"
-    if cached.is_file():
-        result = json.loads(cached.read_text())
-        if {k: result.get(k) for k in stamp} == stamp:
-            log.info("study: claims reusing %s", cached)
-            return result
-    start = time.perf_counter()
-    result = claims_stage.measure_claims(teacher, shards, teacher_sha256=sha256, **settings)
-    result.update(stamp, teacher=teacher_record(teacher), shards=str(shards))
-    result["stage_seconds"] = round(time.perf_counter() - start, 1)
-    claims_stage.write_claims(result, study_dir / "claims")
-    return json.loads(cached.read_text())
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="study")
-def main(cfg: DictConfig) -> None:
-    study_dir = Path(cfg.study_dir)
-    start = time.perf_counter()
-    if cfg.run:
-        run_study(cfg.study, study_dir, Path(cfg.paths.root_dir))
-    claims = run_claims(cfg.study, study_dir) if cfg.study.get("claims") else None
-    title = f"winft_lightning study: {cfg.study.name}"
-    paths = write_report(study_dir, title, machine_line(), claims=claims)
-    figs = study_figures(study_dir)
-    log.info("study figures: %d PNGs under %s", len(figs), study_dir / "figures")
-    log.info("study done in %.0f s: %s", time.perf_counter() - start, paths["report"])
-    print(paths["report"].read_text())
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,7 @@
 """The study's report: one row per run (``results.csv``), mean ± std per row of Tables I-III
 (``summary.csv``), the trained comparisons paired by seed, and ``report.md`` with the claims
-table first (its verdicts computed from each interval by :func:`winft_lightning.core.claims.verdict`).
+table first (training-free verdicts by SPEC 9's rule from the claims part, trained comparisons by
+:func:`winft_lightning.core.claims.verdict`).
 """
 
 from __future__ import annotations
@@ -227,26 +228,33 @@ def trained_comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def scale_line(claims: dict[str, Any]) -> str:
-    """The scale the claims were measured at: data, grid, teacher (SPEC 8)."""
-    sc, t = claims["scale"], claims.get("teacher") or {}
-    line = (f"Measured on {sc.get('data') or 'the'} {sc['split']} split ({sc['images']:,} images) "
-            f"at {sc['img_size']} px, patch {sc['patch_size']} (N = {sc['N']}).")  # fmt: skip
-    if t.get("top1") is not None:
-        seen = f"{t['train_images']:,}" if t.get("train_images") else "its"
-        line += (f" Teacher: baseline ViT, {t['top1']:.2f} % test top-1 after {t['epochs']} "
-                 f"epochs on {seen} train images (fit {(t.get('fit_seconds') or 0) / 60:.1f} "
-                 "min).")  # fmt: skip
-    return line + " Trained comparisons: students on the study's train subset, paired by seed."
+def trained_markdown(rows: list[dict[str, Any]]) -> str:
+    """The trained comparisons (SPEC 8's rule until the retrained controls of SPEC 9 land)."""
+    lines = ["| claim | paper | statement | our measure | effect [95 % CI] | n | verdict |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        ci = (f"{r['effect'] * 100:+.2f} pp [{r['low'] * 100:+.2f}, {r['high'] * 100:+.2f}]"
+              if math.isfinite(r["low"]) else f"{r['effect'] * 100:+.2f} pp (no interval)")  # fmt: skip
+        lines.append(f"| {r['id']} | {r['paper']} | {r['statement']} | {r['measure']} | {ci} | "
+                     f"{r['n']} | {r['verdict']} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
-def claims_section(claim_rows: list[dict[str, Any]], scale: str) -> str:
+def claims_section(claims: dict[str, Any] | None, trained: list[dict[str, Any]]) -> str:
+    """The training-free claims (the claims part's verdict table, SPEC 9) and the trained
+    comparisons (paired by seed, SPEC 8's rule)."""
     from winft_lightning.core.claims_table import claims_markdown
 
-    return "\n".join(["## Claims", "", scale, "", claims_markdown({"claims": claim_rows}),
-                      "Verdicts are computed by the code from each 95 % CI (SPEC 8): supported "
-                      "when it lies entirely on the claimed side of the null, contradicted when "
-                      "entirely on the other side, else inconclusive.", ""])  # fmt: skip
+    lines = ["## Claims", ""]
+    if claims:
+        lines += ["Training-free claims on the study's teachers (SPEC 9; the full part, with "
+                  "every row and figure, is [claims/report.md](claims/report.md)):", "",
+                  claims_markdown(claims), claims["rule"], ""]  # fmt: skip
+    if trained:
+        lines += ["Trained comparisons: students on the study's train subset, paired by seed; "
+                  "verdict by SPEC 8's rule (the CI on the claimed side of 0).", "",
+                  trained_markdown(trained)]  # fmt: skip
+    return "\n".join(lines)
 
 
 def write_report(
@@ -255,11 +263,15 @@ def write_report(
     """Aggregate the study dir's runs into results.csv, summary.csv, comparisons.json and
     report.md (claims table first: ``claims``' training-free rows, then the trained ones)."""
     rows = collect_runs(study_dir)
-    if not rows:
-        raise FileNotFoundError(f"no runs under {study_dir / 'runs'}")
-    aggs = aggregate(rows)
     paths = {"results": study_dir / "results.csv", "summary": study_dir / "summary.csv",
              "report": study_dir / "report.md", "comparisons": study_dir / "comparisons.json"}  # fmt: skip
+    if not rows:
+        if not claims:
+            raise FileNotFoundError(f"no runs under {study_dir / 'runs'} and no claims")
+        report = f"# {title}\n\n{machine}\n\n{claims_section(claims, [])}"
+        paths["report"].write_text(report)
+        return {"report": paths["report"]}
+    aggs = aggregate(rows)
     write_results_csv(rows, paths["results"])
     with paths["summary"].open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(aggs[0]))
@@ -267,11 +279,9 @@ def write_report(
         writer.writerows(aggs)
     trained = trained_comparisons(rows)
     paths["comparisons"].write_text(json.dumps(trained, indent=2))  # NaN where no interval
-    claim_rows = [*(claims or {}).get("claims", []), *trained]
-    scale = scale_line(claims) if claims else "Trained comparisons only (no training-free claims)."
     report = report_markdown(aggs, title, machine)
     head, _, rest = report.partition("\n\n")  # the title, then the claims table
-    report = f"{head}\n\n{claims_section(claim_rows, scale)}\n{rest}"
+    report = f"{head}\n\n{claims_section(claims, trained)}\n{rest}"
     try:
         from winft_lightning import figures
 
@@ -281,7 +291,5 @@ def write_report(
         report += "\n![accuracy vs E_O](tradeoff.png)\n"
     except (ImportError, AttributeError) as err:  # figures are optional for the numbers
         log.warning("no trade-off plot: %s", err)
-    for png in sorted((study_dir / "claims").glob("*.png")) if claims else []:
-        report += f"\n![{png.stem}]({png.relative_to(study_dir)})\n"
     paths["report"].write_text(report)
     return paths

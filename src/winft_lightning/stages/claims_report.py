@@ -1,0 +1,196 @@
+"""The training-free claims part of the study (SPEC 9): K teachers, one claims pass on each, the
+per-image values saved as records, and the report rebuilt from those records alone.
+
+Layout of a claims dir::
+
+    records/teacher_<seed>.npz    every per-image value of one teacher's pass (columnar)
+    records/teacher_<seed>.json   what that pass ran on (its stamp: reused when it matches)
+    facts.json                    the part's settings, teachers, chance levels, wall times
+    claims.json, report.md, claims_*.png   rebuilt by :func:`rebuild` from the three above
+
+``python -m winft_lightning.study recompute=<dir>`` calls :func:`rebuild`: the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from winft_lightning.core import claims_table as T
+from winft_lightning.runtime.files import write_json_atomic
+
+__all__ = ["load_columns", "measure_teacher", "rebuild", "report_markdown", "save_columns"]
+
+log = logging.getLogger(__name__)
+
+FIGURES = ("verdicts", "c2", "c3_difference", "c3_curves")
+
+
+def save_columns(path: Path, columns: dict[str, np.ndarray]) -> Path:
+    """Write the columns as one compressed ``.npz`` atomically (temporary file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **columns)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(buffer.getvalue())
+    os.replace(tmp, path)
+    return path
+
+
+def load_columns(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def measure_teacher(teacher, settings: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """One teacher's pass, saved under ``records/``; reused when its stamp (teacher file hash
+    and settings) matches. Returns the pass's facts."""
+    from winft_lightning.stages.claims import collect_claims
+
+    records = out_dir / "records"
+    npz, stamp_file = (
+        records / f"teacher_{teacher.seed}.npz",
+        records / f"teacher_{teacher.seed}.json",
+    )
+    stamp = {"teacher_sha256": teacher.sha256, "settings": settings}
+    if npz.is_file() and stamp_file.is_file():
+        facts = json.loads(stamp_file.read_text())
+        if {k: facts.get(k) for k in stamp} == stamp:
+            log.info("claims: teacher %d reusing %s", teacher.seed, npz)
+            return facts
+    opts = {k: v for k, v in settings.items()}
+    columns, facts = collect_claims(teacher.ckpt, teacher.shards, teacher_sha256=teacher.sha256,
+                                    **opts)  # fmt: skip
+    row = teacher.row or {}
+    facts.update(stamp, seed=teacher.seed,
+                 teacher_row={k: row.get(k) for k in ("top1", "top5", "fit_seconds", "epochs")})  # fmt: skip
+    save_columns(npz, columns)
+    write_json_atomic(stamp_file, facts)  # after the values: a stamp always has its values
+    log.info("claims: teacher %d pass in %.0f s", teacher.seed, facts["measure_seconds"])
+    return facts
+
+
+def _figures(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    from winft_lightning import figures as F
+
+    curves, rows = result["curves"], result["claims"]
+    teachers = curves["teachers"]
+    margin = T.MARGINS["C3"]
+    mean_acc = {key: list(np.mean([t["accuracy"][key] for t in teachers.values()], axis=0))
+                for key in next(iter(teachers.values()))["accuracy"]}  # fmt: skip
+    figs = {
+        "verdicts": F.verdict_figure([r for r in rows if r["headline"]]),
+        "c2": F.difference_figure(
+            curves["alphas"],
+            {f"AWD minus {c} windows": {s: t["c2_difference"][c] for s, t in teachers.items()}
+             for c in ("random", "centred")},
+            margin=T.MARGINS["C2"], xlabel="α", log_x=True,
+            title="C2: top-1 under AWD(α) windows minus a control of the same w×h (paired)",
+        ),
+        "c3_difference": F.difference_figure(
+            curves["betas"][1:],
+            {f"vs {T.BASELINE_NAMES[b]}": {s: t["c3_difference"][b] for s, t in teachers.items()}
+             for b in T.ORDERINGS},
+            margin=margin, xlabel="β (share of patches dropped)",
+            title="C3: top-1 dropping the lowest-U-variance patches minus dropping a baseline's",
+        ),
+        "c3_curves": F.perturbation_curves_figure(
+            curves["betas"], mean_acc,
+            {o: ("U column variance (DIP)" if o == "variance" else T.BASELINE_NAMES[o])
+             for o in T.ORDERINGS},
+        ),
+    }  # fmt: skip
+    return {name: F.save(fig, out_dir / f"claims_{name}.png") for name, fig in figs.items()}
+
+
+def _minutes(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds / 60:.1f}"
+
+
+def report_markdown(result: dict[str, Any], facts: dict[str, Any]) -> str:
+    """The claims part's report, from the summary and the saved facts only."""
+    t0 = facts["passes"][0]
+    n, grid = t0["N"], t0["grid"]
+    source = t0.get("source") or {}
+    lines = [
+        f"# Training-free claims (SPEC 9): {source.get('name', 'the data')} at "
+        f"{t0['view']['img_size']} px, patch {t0['teacher']['patch_size']} "
+        f"({grid[0]} x {grid[1]} grid, N = {n})", "",
+        facts["machine"], "", f"Command: `{facts['command']}`", "",
+        "## Teachers", "",
+        "| seed | test top-1 % | epochs | fit (min) | claims pass: images | pass (min) |",
+        "|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for p in facts["passes"]:
+        row = p["teacher_row"]
+        top1 = "n/a" if row.get("top1") is None else f"{row['top1']:.2f}"
+        lines.append(f"| {p['seed']} | {top1} | {row.get('epochs')} | "
+                     f"{_minutes(row.get('fit_seconds'))} | {p['images']:,} of "
+                     f"{p['split_images']:,} (the first, in stream order) | "
+                     f"{_minutes(p['measure_seconds'])} |")  # fmt: skip
+    wall = facts["wall"]
+    lines += ["", f"Wall time of the part: teachers {_minutes(wall['teachers_seconds'])} min "
+              f"(their fit times), claims passes {_minutes(wall['passes_seconds'])} min, "
+              f"in all {_minutes(wall['teachers_seconds'] + wall['passes_seconds'])} min.", "",
+              "## Verdicts", "", T.claims_markdown(result), result["rule"],
+              "Effects are signed so that the claim predicts > 0. Margins were declared in "
+              "SPEC 9 before the run. Each teacher has its own verdict; a claim's verdict is "
+              "the common one, else *mixed*. Pooled: the mean of the teachers' effects, for "
+              "reading only.", ""]  # fmt: skip
+    chance = facts["keep_chance"]
+    lines += ["## The keep fraction against chance", "",
+              "| alpha | teacher | kept(U) | kept(random U') |", "|---|---|---|---|"]  # fmt: skip
+    for seed, levels in result["keep_levels"].items():
+        for a, (real, null) in levels.items():
+            lines.append(f"| {a} | {seed} | {real:.4f} | {null:.4f} |")
+    paper = chance["paper"]
+    lines += ["", f"A U with no structure (i.i.d. entries, {paper['images']} draws), by the "
+              f"same code: at the paper's N = {paper['N']}, alpha = {paper['alpha']:g}, the "
+              f"windows keep {paper['mean']:.4f} of N² (range {paper['min']:.4f} to "
+              f"{paper['max']:.4f}); here at N = {chance['here']['N']}: "
+              f"{chance['here']['mean']:.4f}. The paper's 8,866 / 38,416 = {T.KEEP_PAPER:.4f} "
+              f"is {1 - T.KEEP_PAPER / paper['mean']:.3f} below its own chance level on the "
+              "keep-fraction effect scale (1 - kept / chance).", ""]  # fmt: skip
+    lines += ["## Every row", "", T.claims_markdown(result, headline_only=False), "",
+              "## Figures", ""]  # fmt: skip
+    lines += [f"![{name}](claims_{name}.png)" for name in FIGURES]
+    return "\n".join(lines) + "\n"
+
+
+def rebuild(out_dir: str | Path) -> dict[str, Any]:
+    """Rebuild ``claims.json``, ``report.md`` and the figures of a claims dir from its
+    ``facts.json`` and records alone (deterministic: the same bytes every time)."""
+    out = Path(out_dir)
+    facts_file = out / "facts.json"
+    if not facts_file.is_file():
+        raise FileNotFoundError(f"{out} has no facts.json: not a claims dir written by the study")
+    facts = json.loads(facts_file.read_text())
+    records = {}
+    for p in facts["passes"]:
+        path = out / "records" / f"teacher_{p['seed']}.npz"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: facts.json lists teacher {p['seed']}")
+        records[p["seed"]] = load_columns(path)
+    settings, first = facts["settings"], facts["passes"][0]
+    result = T.summarise_claims(records, settings, first["N"], resamples=facts["resamples"],
+                                seed=settings["seed"])  # fmt: skip
+    result["N"], result["grid"] = first["N"], first["grid"]
+    write_json_atomic(out / "claims.json", result)
+    _figures(result, out)
+    (out / "report.md").write_text(report_markdown(result, facts))
+    return result
+
+
+def part_facts(passes, settings, resamples, machine, command, keep_chance, teachers_seconds,
+               passes_seconds) -> dict[str, Any]:  # fmt: skip
+    return {"machine": machine, "command": command, "settings": settings,
+            "resamples": resamples, "passes": passes, "keep_chance": keep_chance,
+            "wall": {"teachers_seconds": teachers_seconds, "passes_seconds": passes_seconds,
+                     "finished": time.strftime("%Y-%m-%d %H:%M:%S")}}  # fmt: skip

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_WORKERS ?= 2
 
-.PHONY: install data test lint format bench run study study-quick clean help
+.PHONY: install data test lint format bench run study study-quick study-claims clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -e 's/:.*## /\t/'
@@ -39,8 +39,11 @@ run:  ## the main job: python -m winft_lightning
 study:  ## the paper's study (Hydra multirun + report)
 	$(PY) -m winft_lightning.study
 
-study-quick:  ## the <20 min variant of the study
+study-quick:  ## the <15 min variant of the study
 	$(PY) -m winft_lightning.study study=quick
+
+study-claims:  ## SPEC 9's training-free claims alone: 3 teachers, their claims passes
+	$(PY) -m winft_lightning.study study=claims
 
 clean:  ## remove run outputs (not the venv)
 	rm -rf outputs multirun

@@ -53,6 +53,7 @@ def test_manifest_and_copied_members(analyzed_shards, digits_shards, teacher_ckp
     assert t["sha256"] == file_sha256(teacher_ckpt) and t["model_name"] == "vit_tiny_patch16_224"
     assert (t["img_size"], t["patch_size"], t["grid"], t["num_prefix_tokens"]) == (16, 4, [4, 4], 1)
     assert m["alphas"] == [0.1, 0.5] and m["code_version"] == __version__ and m["kind"] == "masks"
+    assert m["controls"] == ["random"]
     assert m["view"]["mean"] == list(MEAN)  # taken from the teacher checkpoint's datamodule
     assert m["mask_bytes_per_image"] > 0 and m["bitpacked_mask_bytes_per_image"] == 32
     assert m["classes"] == src["classes"]
@@ -72,6 +73,9 @@ def test_manifest_and_copied_members(analyzed_shards, digits_shards, teacher_ckp
             "awd.a0100.i16z",
             "awd.a0500.i16z",
             "dip_order.i16z",
+            "awd_random.a0100.i16z",  # SPEC 9's retrained controls (tests/test_controls.py)
+            "awd_random.a0500.i16z",
+            "dip_order_random.i16z",
         }
         order = decode_mask(members["dip_order.i16z"], "i16z", (16,))
         assert sorted(order.tolist()) == list(range(16))

@@ -99,6 +99,7 @@ def teacher_key(cfg: DictConfig, shards: Path) -> str:
     # the teacher reads no masks: the mask selection (data.alpha -> model.alpha) is not part of
     # its identity; keyed as before that selection moved into the data config (same entries)
     data_opts.update(alpha=None, use_masks=False)
+    data_opts.pop("control", None)  # nor which masks (the teacher's or a control's) a run reads
     if teacher_source(cfg) is not None:  # the students' own subset is not the teacher's
         data_opts["source"] = OmegaConf.to_container(teacher_source(cfg), resolve=True)
     return config_key(
@@ -207,7 +208,11 @@ def _untrained_teacher(cfg: DictConfig, ckpt: Path) -> Path:
 
 
 def mask_key(cfg: DictConfig, teacher_sha256: str, shards: Path) -> str:
-    return config_key(teacher_sha256, list(cfg.analyze.alphas), manifest_digest(shards))
+    from winft_lightning.data.masks import MASK_FORMAT
+
+    return config_key(
+        teacher_sha256, list(cfg.analyze.alphas), manifest_digest(shards), MASK_FORMAT
+    )
 
 
 def ensure_masks(cfg: DictConfig, teacher: Path, teacher_sha256: str, shards: Path) -> Path:

@@ -2,7 +2,7 @@
 
 Batches are dicts (docs/INTERFACES.md): ``image [B,3,H,W]`` float, ``label [B]`` long, ``key``
 list[str]; with ``use_masks`` also ``windows [B,N,4]`` long for the run's ``alpha`` and
-``dip_order [B,N]`` long. Train loaders give every rank ``ceil(count / (batch * world))``
+``dip_order [B,N]`` long (``control="random"``: SPEC 9's stored random controls instead). Train loaders give every rank ``ceil(count / (batch * world))``
 batches per epoch; val/test loaders give each sample exactly once across ranks.
 """
 
@@ -19,7 +19,7 @@ import torch
 from winft_lightning.data.errors import DataError, MaskError
 from winft_lightning.data.geometry import check_augmentations, check_mask_geometry
 from winft_lightning.data.loading import EpochLoader, SampleDecoder, ShardStream, slot_counts
-from winft_lightning.data.masks import awd_name, find_alpha
+from winft_lightning.data.masks import find_alpha, mask_names
 from winft_lightning.data.shards import SPLITS, read_manifest
 
 
@@ -41,6 +41,7 @@ class ShardDataModule(L.LightningDataModule):
         rrc_scale: Sequence[float] = (0.08, 1.0),
         alpha: float | None = None,
         use_masks: bool = False,
+        control: str | None = None,
         on_corrupt: str = "raise",
         shuffle_buffer: int = 2000,
         seed: int = 0,
@@ -58,6 +59,10 @@ class ShardDataModule(L.LightningDataModule):
         if use_masks and alpha is None:
             raise MaskError("use_masks=true needs an alpha (which stored AWD windows to load)")
         check_augmentations(use_masks, random_resized_crop=random_resized_crop)
+        if control is not None and not use_masks:
+            raise MaskError(f"data.control={control!r} needs a module that reads masks")
+        if control is not None:
+            mask_names(0.1, control)  # refuses an unknown control, naming data.control
         self.root = Path(root).expanduser() if root else None
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.eval_batch_size = int(eval_batch_size or batch_size)
@@ -65,7 +70,7 @@ class ShardDataModule(L.LightningDataModule):
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.hflip, self.random_resized_crop = bool(hflip), bool(random_resized_crop)
         self.rrc_scale = (float(rrc_scale[0]), float(rrc_scale[1]))
-        self.alpha, self.use_masks = alpha, bool(use_masks)
+        self.alpha, self.use_masks, self.control = alpha, bool(use_masks), control
         self.on_corrupt, self.shuffle_buffer, self.seed = on_corrupt, int(shuffle_buffer), int(seed)
         self.pin_memory = bool(pin_memory)
         self.expected_classes = num_classes
@@ -120,6 +125,11 @@ class ShardDataModule(L.LightningDataModule):
                 "run `python -m winft_lightning.analyze` and use its output directory"
             )
         self.alpha = find_alpha(self.alpha, m["alphas"], f"{root}/manifest.json")
+        if self.control is not None and self.control not in m.get("controls", []):
+            raise MaskError(
+                f"data.control={self.control} but the mask set {root} has no {self.control} "
+                "controls (made before they were stored): analyse it again"
+            )
         view = int(m["teacher"]["img_size"])
         if view != self.img_size:
             raise MaskError(
@@ -163,7 +173,8 @@ class ShardDataModule(L.LightningDataModule):
             hflip=self.hflip,
             random_resized_crop=self.random_resized_crop,
             rrc_scale=self.rrc_scale,
-            awd_name=awd_name(self.alpha) if self.use_masks else None,
+            awd_name=mask_names(self.alpha, self.control)[0] if self.use_masks else None,
+            dip_name=mask_names(1.0, self.control)[1],
             grid=self.grid if self.use_masks else None,
         )
 

@@ -98,6 +98,7 @@ class SampleDecoder:
     rrc_scale: tuple[float, float] = (0.08, 1.0)
     awd_name: str | None = None
     grid: tuple[int, int] | None = None
+    dip_name: str = DIP  # or a control's order (``masks.mask_names``)
 
     def _image(self, shard: str, key: str, members: dict, rng: random.Random) -> torch.Tensor:
         ext = next((e for e in IMAGE_EXTS if e in members), None)
@@ -133,7 +134,7 @@ class SampleDecoder:
         out = []
         for name, shape, check in (
             (self.awd_name, (n, 4), lambda a: check_windows(a, self.grid)),
-            (DIP, (n,), lambda a: check_order(a, n)),
+            (self.dip_name, (n,), lambda a: check_order(a, n)),
         ):
             found = find_member(members, name)
             if found is None:

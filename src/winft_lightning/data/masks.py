@@ -1,5 +1,8 @@
 """Mask members of a sample, per alpha ``awd.a0100.<enc>`` (alpha = 0.100) ``[N, 4]`` int16
-windows and ``dip_order.<enc>`` ``[N]`` int16, in one of two encodings:
+windows and ``dip_order.<enc>`` ``[N]`` int16, and beside them SPEC 9's retrained controls
+(``awd_random.a0100.<enc>``: per patch a window of AWD's w x h containing p, placed uniformly;
+``dip_order_random.<enc>``: a uniform random order, whose first floor(beta N) are dropped),
+drawn from a generator seeded by the image key, in one of two encodings:
 
 - ``i16z`` (default): the int16 values column by column (x_l of every patch, then y_t, ...),
   little-endian, split into a low-byte and a high-byte plane, zlib level 9. No header: the
@@ -12,6 +15,7 @@ Decoding validates length, shape, range and structure.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import zlib
@@ -19,12 +23,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
+from winft_lightning.core.baselines import random_order
+from winft_lightning.core.claims import random_windows_like
 from winft_lightning.core.interactions import check_alpha
 from winft_lightning.data.errors import MaskError
 
 ENCODINGS = ("i16z", "npy")
 DIP = "dip_order"
+DIP_RANDOM = "dip_order_random"
+CONTROLS = ("random",)  # data.control: the masks a retrained control arm reads
+MASK_FORMAT = 2  # 2: with the random controls beside the teacher's masks
 
 
 def alpha_tag(alpha: float) -> str:
@@ -47,6 +57,39 @@ def awd_member(alpha: float, encoding: str = "i16z") -> str:
 
 def dip_member(encoding: str = "i16z") -> str:
     return f"{DIP}.{encoding}"
+
+
+def mask_names(alpha: float, control: str | None = None) -> tuple[str, str]:
+    """(windows, DIP order) member names a run reads: the teacher's, or a control's."""
+    if control is None:
+        return awd_name(alpha), DIP
+    if control not in CONTROLS:
+        raise MaskError(f"data.control={control!r} is not one of {CONTROLS} (or null)")
+    return f"awd_{control}.{alpha_tag(alpha)}", f"{DIP}_{control}"
+
+
+def control_generator(key: str, what: str) -> torch.Generator:
+    """A CPU generator seeded by the image key (and what it draws): the same draw for one
+    image in every epoch, rank and process, a different one for another image."""
+    digest = hashlib.sha256(f"winft-control/{what}/{key}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def random_controls(
+    key: str, windows: Mapping[float, np.ndarray], grid: tuple[int, int]
+) -> dict[str, np.ndarray]:
+    """SPEC 9's retrained controls of one image: ``{member name without encoding: int16
+    array}``, per alpha random windows of the same w x h as ``windows[alpha]`` (``[N, 4]``)
+    containing p, and one random order ``[N]``; each seeded by ``key``."""
+    out = {}
+    for alpha in sorted(windows):
+        win = torch.from_numpy(np.asarray(windows[alpha], dtype=np.int64))[None]
+        gen = control_generator(key, f"windows/{alpha_tag(alpha)}")
+        drawn = random_windows_like(win, grid, gen)[0]
+        out[mask_names(alpha, "random")[0]] = drawn.numpy().astype(np.int16)
+    order = random_order(1, grid[0] * grid[1], control_generator(key, "order"))[0]
+    out[mask_names(1.0, "random")[1]] = order.numpy().astype(np.int16)
+    return out
 
 
 def check_alphas(alphas: Sequence[float]) -> list[float]:

@@ -2,7 +2,8 @@
 ``python -m winft_lightning.analyze teacher_ckpt=CKPT data=NAME``.
 
 Each input shard becomes one output shard of the same name holding the original members plus
-``awd.aXXXX.i16z`` (``[N, 4]`` int16 per alpha) and ``dip_order.i16z`` (``[N]`` int16).
+``awd.aXXXX.i16z`` (``[N, 4]`` int16 per alpha) and ``dip_order.i16z`` (``[N]`` int16), and
+their retrained controls ``awd_random.aXXXX.i16z`` and ``dip_order_random.i16z`` (SPEC 9).
 U is computed streaming, block by block, batched, on the GPU when there is one; no N x N
 matrix is stored. Completed shards are journalled, so a killed run resumes after them.
 """
@@ -23,12 +24,16 @@ from torch import nn
 from winft_lightning.core.analysis import analyse
 from winft_lightning.data.loading import SampleDecoder, collate
 from winft_lightning.data.masks import (
+    CONTROLS,
     ENCODINGS,
+    MASK_FORMAT,
     MaskStats,
     awd_member,
     check_alphas,
     dip_member,
     encode_mask,
+    mask_names,
+    random_controls,
 )
 from winft_lightning.data.progress import image_progress
 from winft_lightning.data.shards import (
@@ -87,11 +92,19 @@ def analyzed_dir(shards: str | Path, teacher_sha256: str, alphas: Sequence[float
 
 
 def mask_members(
-    wins: dict[float, np.ndarray], order: np.ndarray, alphas: Sequence[float], encoding: str
+    key: str,
+    wins: dict[float, np.ndarray],
+    order: np.ndarray,
+    alphas: Sequence[float],
+    encoding: str,
+    grid: Grid,
 ) -> dict[str, bytes]:
-    """Shard members of one image's masks (see :mod:`winft_lightning.data.masks`)."""
+    """Shard members of one image's masks and their random controls, seeded by its ``key``
+    (see :mod:`winft_lightning.data.masks`)."""
     out = {awd_member(a, encoding): encode_mask(wins[a], encoding) for a in alphas}
     out[dip_member(encoding)] = encode_mask(order, encoding)
+    controls = random_controls(key, {a: wins[a] for a in alphas}, grid)
+    out |= {f"{name}.{encoding}": encode_mask(arr, encoding) for name, arr in controls.items()}
     return out
 
 
@@ -145,7 +158,9 @@ def analyze_shards(
     out = Path(out_dir) if out_dir else analyzed_dir(src["root"], info.sha256, alphas)
     out = out.expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
-    fp = json_digest([src["fingerprint"], src["created"], info.sha256, alphas, mean, std, encoding])
+    fp = json_digest(
+        [src["fingerprint"], src["created"], info.sha256, alphas, mean, std, encoding, MASK_FORMAT]
+    )
     done = finished_set(
         out, fp, "analyze", "teacher/shards/alphas", "choose another out_dir or delete it"
     )
@@ -199,7 +214,7 @@ def analyze_shards(
                     if key != rkey:  # pragma: no cover - analyze_split keeps batch order
                         raise RuntimeError(f"analysis out of order at {shard}: {key} vs {rkey}")
                     new = {k: v for k, v in members.items() if k != "crc"}
-                    new |= mask_members(wins, order, alphas, encoding)
+                    new |= mask_members(key, wins, order, alphas, encoding, info.grid)
                     stats.add(new)
                     bar.advance(task_bar)
                     yield key, new
@@ -245,7 +260,13 @@ def analyze_shards(
             "awd": {str(a): awd_member(a, encoding) for a in alphas},
             "dip_order": dip_member(encoding),
             "encoding": encoding,
+            "controls": {
+                c: {str(a): mask_names(a, c)[0] for a in alphas}
+                | {"dip_order": mask_names(alphas[0], c)[1]}
+                for c in CONTROLS
+            },
         },
+        controls=list(CONTROLS),
         code_version=CODE_VERSION,
         mask_bytes_per_image=storage["mask_bytes_per_image"],
         bitpacked_mask_bytes_per_image=storage["bitpacked_mask_bytes_per_image"],

@@ -13,7 +13,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from winft_lightning.core.interactions import check_alpha, check_beta, check_loss_weight
-from winft_lightning.data.masks import match_alpha
+from winft_lightning.data.masks import CONTROLS, match_alpha
 from winft_lightning.runtime import world as worlds
 from winft_lightning.runtime.checkpoints import checkpoint_file, read_checkpoint
 
@@ -65,6 +65,15 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"model.alpha={alpha} is not among the analysed alphas analyze.alphas={stored}"
             )
+    control = cfg.data.get("control")
+    if control is not None:
+        if not getattr(cls, "uses_masks", False):
+            raise ConfigError(
+                f"data.control={control} replaces the masks a module reads, but "
+                f"{cls.__name__} reads none: use an AWD, AWD+DIP or WinfT model"
+            )
+        if control not in CONTROLS:
+            raise ConfigError(f"data.control={control!r} is not one of {CONTROLS} (or null)")
     check_launch(cfg)
     if cfg.get("ckpt_path") not in (None, "last"):
         checkpoint_file(cfg.ckpt_path, "ckpt_path", ConfigError)

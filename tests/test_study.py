@@ -20,6 +20,7 @@ def test_study_runs_and_aggregates(tmp_path):
         "study=quick",
         "study.families=[vit,awd_vit,winft]",
         "study.seeds=[0,1]",
+        "study.controls=[awd_vit]",
         "study.alphas=[0.1,0.3]",  # 0.3 is not an analysed alpha: that job fails, the rest go on
         "study.geometries=[{img_size:16,patch_size:4}]",
         'study.overrides=["debug=tiny","trainer.max_epochs=1","teacher.max_epochs=1",'
@@ -39,9 +40,11 @@ def test_study_runs_and_aggregates(tmp_path):
     assert res.returncode == 0, res.stderr[-4000:]
 
     runs = list(csv.DictReader((study_dir / "results.csv").open()))
-    assert len(runs) == 8  # vit x 2 seeds + awd x 2 alphas x 2 seeds + winft x 2 seeds
+    assert len(runs) == 12  # vit x 2 seeds + awd (and its control) x 2 alphas x 2 + winft x 2
     failed = [r for r in runs if r["status"] == "failed"]
-    assert len(failed) == 2 and all(float(r["alpha"]) == 0.3 for r in failed)
+    assert len(failed) == 4 and all(float(r["alpha"]) == 0.3 for r in failed)
+    controls = [r for r in runs if r["control"] == "random"]
+    assert len(controls) == 4 and {r["family"] for r in controls} == {"awd_vit:random"}
     assert all("analyze.alphas" in r["error"] for r in failed)
 
     # every ok row is its run's results.json
@@ -83,7 +86,14 @@ def test_study_runs_and_aggregates(tmp_path):
     t1 = by_id["T1"]
     assert t1["n"] == 2 and t1["effect"] == pytest.approx(statistics.fmean(deltas))
     assert (t1["low"], t1["high"]) == pytest.approx((want.low, want.high))
-    assert t1["verdict"] == C.verdict(want, 0.0, "greater")
+    assert t1["verdict"] == C.margin_verdict(want, 0.005)
+    assert t1["mde"] == pytest.approx(C.mde(want)) and want.df == 1
+    assert t1["seeds_above_zero"] == sum(d > 0 for d in deltas)
+    control = {int(r["seed"]): float(r["top1"]) for r in controls if r["status"] == "ok"}
+    deltas = [(top1["awd_vit", 0.1, s] - control[s]) / 100 for s in (0, 1)]
+    t1c = by_id["T1'"]
+    assert t1c["n"] == 2 and t1c["effect"] == pytest.approx(statistics.fmean(deltas))
+    assert "Retrained controls" in report and "AWD-ViT, random windows" in report
     assert by_id["T2"]["n"] == 0 and by_id["T2"]["verdict"] == C.INCONCLUSIVE  # no AWD+DIP run
     measured = json.loads((study_dir / "claims" / "claims.json").read_text())
     facts = json.loads((study_dir / "claims" / "facts.json").read_text())
@@ -93,7 +103,7 @@ def test_study_runs_and_aggregates(tmp_path):
     for row in [r for r in measured["claims"] if r["headline"]]:
         assert f"**{row['verdict']}** |" in report and set(row["teachers"]) == {"0", "1"}
     for row in by_id.values():
-        assert f"| {row['n']} | {row['verdict']} |" in report
+        assert f"{row['seeds_above_zero']} of {row['n']} | **{row['verdict']}** |" in report
     assert {p.name for p in (study_dir / "claims").glob("*.png")} == {
         "claims_verdicts.png", "claims_c2.png", "claims_c3_difference.png",
         "claims_c3_curves.png"}  # fmt: skip
@@ -141,7 +151,9 @@ def test_every_study_job_composes(make_cfg, tmp_path, variant):
         validate_config(cfg)
         assert cfg.teacher.seed == seed and cfg.teacher.max_epochs >= 3
     commands = sweep_commands(study, tmp_path / "study")
-    assert len(commands) == len(study.families) * len(study.geometries)
+    arms = len(study.families) + len(study.get("controls", []))
+    assert len(commands) == arms * len(study.geometries)
+    assert sum("data.control=random" in argv for _, argv in commands) == len(study.controls)
     for _, argv in commands:
         overrides = [a.split(",")[0] for a in argv[3:] if "=" in a and not a.startswith("hydra.")]
         cfg = make_cfg(*overrides)

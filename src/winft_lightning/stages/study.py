@@ -71,6 +71,11 @@ def sweep_commands(study: DictConfig, study_dir: Path) -> list[tuple[str, list[s
                 *study.overrides,
             ]  # fmt: skip
             commands.append((f"{family}_{tag}", argv))
+            if family in study.get("controls", []):  # SPEC 9's retrained control of this arm
+                name = f"{family}_random_{tag}"
+                control = [a.replace(f"{family}_{tag}", name) if a.startswith("hydra.sweep.dir")
+                           else a for a in argv]  # fmt: skip
+                commands.append((name, [*control, "data.control=random"]))
     return commands
 
 

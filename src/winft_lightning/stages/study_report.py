@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 FAMILIES = tuple(BY_NAME)  # the table's order is the report's order
 LABELS = {f.name: f.label for f in BY_NAME.values()}
+CONTROL_LABELS = {"awd_vit:random": "AWD-ViT, random windows", "awd_dip_vit:random":
+                  "AWD+DIP ViT, random drop"}  # fmt: skip
 MODULE_FAMILY = {module: f.name for module, f in BY_MODULE.items()}
 
 # The paper's ImageNet-1k figures (Tables I-III, ViT-B/16 at 224 unless stated), for reference.
@@ -35,7 +37,7 @@ PAPER_TABLE_III = {("ViT", "B/32", 224): (74.46, 2401), ("ViT", "B/32", 384): (8
                    ("WinfT", "B/32", 224): (78.74, 906), ("WinfT", "B/32", 384): (84.33, 8638),
                    ("WinfT", "B/16", 224): (83.11, 16938), ("WinfT", "B/16", 384): (84.62, 136327)}  # fmt: skip
 
-RUN_FIELDS = ["family", "alpha", "beta", "img_size", "patch_size", "seed", "status", "top1",
+RUN_FIELDS = ["family", "control", "alpha", "beta", "img_size", "patch_size", "seed", "status", "top1",
               "top5", "val_top1", "eo", "eo_ratio", "num_patches", "images_per_s", "fit_seconds",
               "run_dir", "error"]  # fmt: skip
 
@@ -48,8 +50,11 @@ def collect_runs(study_dir: Path) -> list[dict[str, Any]]:
         cfg = yaml.safe_load(cfg_file.read_text())
         model = cfg["model"]
         family = MODULE_FAMILY.get(model["_target_"].rsplit(".", 1)[-1], "?")
+        control = (cfg.get("data") or {}).get("control")
         row: dict[str, Any] = {
-            "family": family,
+            # a retrained control arm (SPEC 9) is its own row: "awd_vit:random"
+            "family": f"{family}:{control}" if control else family,
+            "control": control or "",
             # the run's own values; a ViT's full attention is alpha = 1 (the whole grid)
             "alpha": float(model["alpha"]) if model.get("alpha") is not None else 1.0,
             "beta": float(model.get("beta") or 0.0),
@@ -160,6 +165,14 @@ def report_markdown(aggs: list[dict[str, Any]], title: str, machine: str) -> str
                     f"{_pm(a, 'eo', '{:,.0f}')} | {_pm(a, 'top1', '{:.2f}')} | "
                     f"{'-' if paper[0] is None else f'{paper[0]:,}'} | {'-' if paper[1] is None else paper[1]} |"
                 )
+        controls = [a for a in at if a["family"] in CONTROL_LABELS]
+        if controls:
+            lines += ["### Retrained controls (SPEC 9)", "",
+                      "| method | alpha | beta | E_O (ours) | top-1 % (ours) |", "|---|---|---|---|---|"]  # fmt: skip
+            lines += [f"| {CONTROL_LABELS[a['family']]} (n={a['ok']}){_status(a)} | "
+                      f"{a['alpha']:g} | {a['beta']:g} | {_pm(a, 'eo', '{:,.0f}')} | "
+                      f"{_pm(a, 'top1', '{:.2f}')} |" for a in controls]  # fmt: skip
+            lines.append("")
         lines.append("")
     lines += ["## Table III: ViT vs WinfT across geometries", "",
               "| method | image | patch | top-1 % (ours) | E_O (ours) | E_O / N² | train img/s |",
@@ -180,14 +193,26 @@ def report_markdown(aggs: list[dict[str, Any]], title: str, machine: str) -> str
 # ---- trained comparisons and the claims table ----------------------------------------
 
 # (id, claim, the paper's figure, treated (family, alpha, beta), control): Tables I-III's rows
+# and SPEC 9's retrained controls (T1', T2'): the same arm against random windows / drops
 TRAINED_CLAIMS = (
     ("T1", "AWD (alpha = 0.1) beats ViT", "Table I", "81.90 vs 81.20 % (+0.70)",
      ("awd_vit", 0.1, 0.0), ("vit", 1.0, 0.0)),
+    ("T1'", "AWD (alpha = 0.1) windows beat random windows of their size", "SPEC 9",
+     "no paper figure (Table I's +0.70 is against ViT)",
+     ("awd_vit", 0.1, 0.0), ("awd_vit:random", 0.1, 0.0)),
     ("T2", "DIP (beta = 0.2) improves AWD (alpha = 0.1)", "Table II", "82.40 vs 81.90 % (+0.50)",
      ("awd_dip_vit", 0.1, 0.2), ("awd_vit", 0.1, 0.0)),
+    ("T2'", "DIP (beta = 0.2) drops beat as many random drops", "SPEC 9",
+     "no paper figure (Table II's +0.50 is against AWD)",
+     ("awd_dip_vit", 0.1, 0.2), ("awd_dip_vit:random", 0.1, 0.2)),
     ("T3", "WinfT beats ViT", "Table III (B/16, 224)", "83.11 vs 81.20 % (+1.91)",
      ("winft", 0.1, 0.0), ("vit", 1.0, 0.0)),
 )  # fmt: skip
+TRAINED_MARGIN = 0.005  # SPEC 9: 0.5 percentage points
+
+
+def label_of(family: str) -> str:
+    return CONTROL_LABELS.get(family) or LABELS.get(family, family)
 
 
 def _runs_of(rows: list[dict], spec: tuple, geometry: tuple) -> dict[int, dict]:
@@ -200,8 +225,9 @@ def _runs_of(rows: list[dict], spec: tuple, geometry: tuple) -> dict[int, dict]:
 
 def trained_comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each trained claim at the first geometry, as a claims-table row: delta top-1 (treated -
-    control, as a fraction) over the seeds where both finished, with a t interval over seeds;
-    fewer than two pairs give no interval and the verdict inconclusive."""
+    control, as a fraction) over the seeds where both finished, with a t interval over seeds,
+    SPEC 9's margin verdict and MDE, and how many seeds lie on the claimed side; fewer than two
+    pairs give no interval and the verdict inconclusive."""
     if not rows:
         return []
     geometry = min({(r["img_size"], r["patch_size"]) for r in rows}, key=lambda g: (g[0], -g[1]))
@@ -212,31 +238,37 @@ def trained_comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         deltas = [(a[s]["top1"] - b[s]["top1"]) / 100.0 for s in seeds]
         eo = statistics.fmean(a[s]["eo_ratio"] for s in seeds) if seeds else float("nan")
         row = {"id": cid, "claim": cid, "paper": paper, "statement": f"{statement}: {paper_values}",
-               "measure": f"Δ top-1 {LABELS[treated[0]]} − {LABELS[control[0]]}, paired by "
-                          f"seed ({LABELS[treated[0]]} E_O / N² = {eo:.3f})",
+               "measure": f"Δ top-1 {label_of(treated[0])} − {label_of(control[0])}, paired by "
+                          f"seed ({label_of(treated[0])} E_O / N² = {eo:.3f})",
                "null": 0.0, "direction": "greater", "n": len(seeds), "headline": True,
-               "details": {"seeds": seeds, "eo_ratio": eo, "geometry": list(geometry)}}  # fmt: skip
+               "margin": TRAINED_MARGIN, "seeds_above_zero": sum(d > 0 for d in deltas),
+               "details": {"seeds": seeds, "deltas": deltas, "eo_ratio": eo,
+                           "geometry": list(geometry)}}  # fmt: skip
         interval = C.t_interval(deltas) if len(deltas) >= 2 else None
         if interval is None:
             row.update(effect=statistics.fmean(deltas) if deltas else float("nan"),
-                       low=float("nan"), high=float("nan"), verdict=C.INCONCLUSIVE,
-                       method="fewer than 2 paired seeds: no interval")  # fmt: skip
+                       low=float("nan"), high=float("nan"), mde=float("nan"),
+                       verdict=C.INCONCLUSIVE, method="fewer than 2 paired seeds: no interval")  # fmt: skip
         else:
             row.update(effect=interval.estimate, low=interval.low, high=interval.high,
-                       method=interval.method, verdict=C.verdict(interval, 0.0, "greater"))  # fmt: skip
+                       mde=C.mde(interval), method=interval.method,
+                       verdict=C.margin_verdict(interval, TRAINED_MARGIN))  # fmt: skip
         out.append(row)
     return out
 
 
 def trained_markdown(rows: list[dict[str, Any]]) -> str:
-    """The trained comparisons (SPEC 8's rule until the retrained controls of SPEC 9 land)."""
-    lines = ["| claim | paper | statement | our measure | effect [95 % CI] | n | verdict |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    """The trained comparisons: effect, t interval, margin, MDE, seeds on the claimed side and
+    SPEC 9's verdict."""
+    lines = ["| claim | paper | statement | our measure | effect [95 % CI] | margin | MDE | "
+             "seeds > 0 | verdict |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         ci = (f"{r['effect'] * 100:+.2f} pp [{r['low'] * 100:+.2f}, {r['high'] * 100:+.2f}]"
               if math.isfinite(r["low"]) else f"{r['effect'] * 100:+.2f} pp (no interval)")  # fmt: skip
+        mde = f"{r['mde'] * 100:.2f} pp" if math.isfinite(r["mde"]) else "n/a"
         lines.append(f"| {r['id']} | {r['paper']} | {r['statement']} | {r['measure']} | {ci} | "
-                     f"{r['n']} | {r['verdict']} |")  # fmt: skip
+                     f"{r['margin'] * 100:g} pp | {mde} | {r['seeds_above_zero']} of {r['n']} | "
+                     f"**{r['verdict']}** |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -251,9 +283,9 @@ def claims_section(claims: dict[str, Any] | None, trained: list[dict[str, Any]])
                   "every row and figure, is [claims/report.md](claims/report.md)):", "",
                   claims_markdown(claims), claims["rule"], ""]  # fmt: skip
     if trained:
-        lines += ["Trained comparisons: students on the study's train subset, paired by seed; "
-                  "verdict by SPEC 8's rule (the CI on the claimed side of 0).", "",
-                  trained_markdown(trained)]  # fmt: skip
+        lines += ["Trained comparisons: students on the study's train subset, paired by seed "
+                  "(t interval over seeds; verdict by SPEC 9's rule with a 0.5 pp margin; MDE "
+                  "from the noncentral t at 80 % power).", "", trained_markdown(trained)]  # fmt: skip
     return "\n".join(lines)
 
 

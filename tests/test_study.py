@@ -100,6 +100,9 @@ def test_study_runs_and_aggregates(tmp_path):
     assert [p["seed"] for p in facts["passes"]] == [0, 1]
     assert all(p["images"] == 40 and p["N"] == 16 for p in facts["passes"])
     assert all(p["teacher_row"]["epochs"] == 1 for p in facts["passes"])
+    # the teachers live in the study's own cache (paths.root_dir), not where it was started
+    assert all(p["teacher"]["path"].startswith(str(tmp_path / "outputs" / "cache"))
+               for p in facts["passes"])  # fmt: skip
     for row in [r for r in measured["claims"] if r["headline"]]:
         assert f"**{row['verdict']}** |" in report and set(row["teachers"]) == {"0", "1"}
     for row in by_id.values():

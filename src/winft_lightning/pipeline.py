@@ -282,10 +282,15 @@ class Teacher:
     row: dict[str, Any] | None
 
 
-def teacher_config(experiment: str, overrides: list[str], seed: int) -> DictConfig:
+def teacher_config(
+    experiment: str, overrides: list[str], seed: int, root_dir: str | Path | None = None
+) -> DictConfig:
     """The train config of ``experiment`` with ``overrides`` and ``teacher.seed=seed``, composed
-    as ``python -m winft_lightning`` would compose it (inside or outside a Hydra app)."""
+    as ``python -m winft_lightning`` would compose it (inside or outside a Hydra app), writing
+    under ``root_dir`` (default: as that command would, ``$WINFT_ROOT`` or the cwd)."""
     argv = [f"experiment={experiment}", *overrides, f"teacher.seed={seed}"]
+    if root_dir is not None:
+        argv.append(f"paths.root_dir={root_dir}")
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
@@ -295,13 +300,15 @@ def teacher_config(experiment: str, overrides: list[str], seed: int) -> DictConf
         return compose(config_name="train", overrides=argv)
 
 
-def ensure_teachers(experiment: str, overrides: list[str], seeds: list[int]) -> list[Teacher]:
+def ensure_teachers(
+    experiment: str, overrides: list[str], seeds: list[int], root_dir: str | Path | None = None
+) -> list[Teacher]:
     """SPEC 9's K teachers: one baseline ViT per seed by one recipe (``experiment`` with
     ``overrides``), each the cached teacher a main job of that config and ``teacher.seed``
-    would use: trained (one after another) or reused from the store."""
+    would use: trained (one after another) or reused from the store under ``root_dir``."""
     teachers = []
     for seed in seeds:
-        cfg = teacher_config(experiment, list(overrides), int(seed))
+        cfg = teacher_config(experiment, list(overrides), int(seed), root_dir)
         shards = ensure_teacher_shards(cfg, ensure_shards(cfg))
         ckpt, row, sha256 = ensure_teacher(cfg, shards)
         top1 = row and row.get("top1")

@@ -26,17 +26,18 @@ def study_command() -> str:
     return " ".join(["python -m winft_lightning.study", *sys.argv[1:]])
 
 
-def run_claims(study: DictConfig, study_dir: Path) -> dict[str, Any]:
+def run_claims(study: DictConfig, study_dir: Path, root_dir: Path) -> dict[str, Any]:
     """SPEC 9's training-free claims on the study's K teachers (each trained once and cached,
     each pass's per-image values kept under ``claims/records``), rebuilt into
-    ``claims/report.md`` from those records."""
+    ``claims/report.md`` from those records. The teachers live in ``root_dir``'s cache, with
+    the study's other artefacts."""
     from winft_lightning.stages import claims_report as R
     from winft_lightning.stages.claims import keep_chance
 
     spec = OmegaConf.to_container(study.claims, resolve=True)
     teachers_spec, resamples = spec.pop("teachers"), int(spec.pop("resamples"))
     teachers = ensure_teachers(
-        teachers_spec["experiment"], teachers_spec["overrides"], teachers_spec["seeds"]
+        teachers_spec["experiment"], teachers_spec["overrides"], teachers_spec["seeds"], root_dir
     )
     out = study_dir / "claims"
     passes = [R.measure_teacher(t, spec, out) for t in teachers]
@@ -77,8 +78,9 @@ def main(cfg: DictConfig) -> None:
     study_dir = Path(cfg.study_dir)
     start = time.perf_counter()
     if cfg.run and cfg.study.families:
-        run_study(cfg.study, study_dir, Path(cfg.paths.root_dir))
-    claims = run_claims(cfg.study, study_dir) if cfg.study.get("claims") else None
+        run_study(cfg.study, study_dir, Path(cfg.paths.root_dir))  # its cache: the claims' too
+    root = Path(cfg.paths.root_dir)
+    claims = run_claims(cfg.study, study_dir, root) if cfg.study.get("claims") else None
     title = f"winft_lightning study: {cfg.study.name}"
     paths = write_report(study_dir, title, machine_line(), claims=claims)
     figs = study_figures(study_dir)

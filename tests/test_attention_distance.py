@@ -1,0 +1,90 @@
+"""Mean attention distance (core/attention_distance.py) against analytic values and a naive
+loop."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from winft_lightning.core.attention_distance import (
+    mean_attention_distance,
+    uniform_attention_distance,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def with_prefix(patch_attn: torch.Tensor, prefix: int, share: float = 0.3) -> torch.Tensor:
+    """A [B, k, T, T] map whose patch rows give ``share`` to the prefix tokens and the rest in
+    the proportions of ``patch_attn`` [B, k, N, N]."""
+    b, k, n, _ = patch_attn.shape
+    t = prefix + n
+    full = torch.full((b, k, t, t), 1.0 / t, dtype=torch.float64)
+    rows = patch_attn / patch_attn.sum(dim=-1, keepdim=True)
+    full[:, :, prefix:, :prefix] = share / prefix
+    full[:, :, prefix:, prefix:] = (1 - share) * rows
+    return full
+
+
+def test_self_attention_has_distance_zero_and_uniform_the_reference():
+    grid = (3, 5)
+    n = 15
+    eye = torch.eye(n, dtype=torch.float64).expand(2, 3, n, n)
+    assert torch.equal(mean_attention_distance(with_prefix(eye, 1), grid), torch.zeros(2, 3))
+    uniform = torch.ones(1, 2, n, n, dtype=torch.float64)
+    got = mean_attention_distance(with_prefix(uniform, 2, share=0.6), grid, num_prefix=2)
+    assert got[0].tolist() == pytest.approx([uniform_attention_distance(grid)] * 2, abs=1e-12)
+
+
+@pytest.mark.parametrize("n", [2, 7, 14])
+def test_uniform_on_a_line_is_the_closed_form(n):
+    # mean |i - j| over all ordered pairs of 0..n-1: (n^2 - 1) / (3 n)
+    assert uniform_attention_distance((1, n)) == pytest.approx((n * n - 1) / (3 * n))
+
+
+def test_neighbourhoods():
+    grid = (14, 14)
+    assert uniform_attention_distance(grid, 1) == 0.0
+    assert uniform_attention_distance(grid, 27) == pytest.approx(uniform_attention_distance(grid))
+    # an interior query of a 3x3 neighbourhood: 4 neighbours at 1, 4 at sqrt 2, itself at 0
+    interior = (4 + 4 * math.sqrt(2)) / 9
+    assert uniform_attention_distance((3, 3), 3) < interior  # border queries see fewer
+    # edges see 6 cells (3 at 1, 2 at sqrt 2), corners 4 (2 at 1, 1 at sqrt 2)
+    edge, corner = (3 + 2 * math.sqrt(2)) / 6, (2 + math.sqrt(2)) / 4
+    assert uniform_attention_distance((3, 3), 3) == pytest.approx(
+        (interior + 4 * edge + 4 * corner) / 9
+    )
+    levels = [uniform_attention_distance(grid, k) for k in (3, 5, 7)]
+    assert levels == sorted(levels) and levels[-1] < uniform_attention_distance(grid)
+    with pytest.raises(ValueError, match="odd"):
+        uniform_attention_distance(grid, 4)
+    # the same neighbourhood written out as an attention map
+    n = 196
+    p = torch.arange(n)
+    x, y = p % 14, p // 14
+    box = ((x[:, None] - x[None]).abs() <= 2) & ((y[:, None] - y[None]).abs() <= 2)
+    got = mean_attention_distance(with_prefix(box.double()[None, None], 1), grid)
+    assert got.item() == pytest.approx(uniform_attention_distance(grid, 5), abs=1e-12)
+
+
+@pytest.mark.parametrize("prefix", [1, 2, 5])
+def test_matches_a_naive_loop(prefix):
+    g = torch.Generator().manual_seed(prefix)
+    grid = (3, 4)
+    n, t = 12, 12 + prefix
+    attn = torch.softmax(torch.randn(2, 3, t, t, generator=g, dtype=torch.float64) * 3, dim=-1)
+    got = mean_attention_distance(attn, grid, num_prefix=prefix)
+    for b in range(2):
+        for h in range(3):
+            total = 0.0
+            for q in range(n):
+                row = attn[b, h, prefix + q, prefix:]
+                weights = row / row.sum()
+                qx, qy = q % 4, q // 4
+                total += sum(float(weights[j]) * math.hypot(j % 4 - qx, j // 4 - qy)
+                             for j in range(n))  # fmt: skip
+            assert got[b, h].item() == pytest.approx(total / n, abs=1e-12)
+    with pytest.raises(ValueError, match="grid"):
+        mean_attention_distance(attn, (5, 5), num_prefix=prefix)

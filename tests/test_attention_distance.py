@@ -88,3 +88,28 @@ def test_matches_a_naive_loop(prefix):
             assert got[b, h].item() == pytest.approx(total / n, abs=1e-12)
     with pytest.raises(ValueError, match="grid"):
         mean_attention_distance(attn, (5, 5), num_prefix=prefix)
+
+
+def test_analyse_keeps_every_blocks_distance_and_u_hits_have_theirs():
+    from helpers import tiny_vit
+    from winft_lightning.core.analysis import analyse
+    from winft_lightning.core.baselines import hit_distance
+    from winft_lightning.core.capture import iter_block_attention
+    from winft_lightning.core.claims import grid_distances
+
+    torch.manual_seed(0)
+    model = tiny_vit().eval()
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        res = analyse(model, x, (0.1,), rollout=False, distances=True)
+        maps = list(iter_block_attention(model, x, patches_only=False))
+    want = torch.stack([mean_attention_distance(a, (4, 4)) for a in maps], dim=1)
+    assert res.attention_distance.shape == (3, len(maps), maps[0].shape[1])
+    assert torch.allclose(res.attention_distance, want)
+    assert res.rollout is None and res.u is not None  # distances need no rollout
+    hits = torch.rand(2, 16, 16, generator=torch.Generator().manual_seed(1)) < 0.2
+    dist = grid_distances((4, 4))
+    for b in range(2):
+        ds = [float(dist[p][hits[b, p] & (torch.arange(16) != p)].mean())
+              for p in range(16) if (hits[b, p] & (torch.arange(16) != p)).any()]  # fmt: skip
+        assert hit_distance(hits, (4, 4))[b].item() == pytest.approx(sum(ds) / len(ds))

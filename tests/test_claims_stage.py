@@ -197,6 +197,10 @@ def test_recompute_rebuilds_the_report_byte_for_byte(part, tmp_path):
             assert im.format == "PNG" and min(im.size) > 300
     report = built["report.md"].decode()
     assert "| 0 | 50.00 | 1 |" in report and "N = 196" in report
+    assert "## Mean attention distance" in report and "claims_attention_distance.png" in built
+    profile = json.loads(built["claims.json"])["attention_profile"]
+    assert set(profile) == {"0", "1"} and len(profile["0"]["blocks"]) == TINY_NET["depth"]
+    assert all(len(b) == TINY_NET["num_heads"] for b in profile["0"]["blocks"])
     (copy / "records" / "teacher_1.npz").unlink()
     res = cli(f"recompute={copy.parent}", module="winft_lightning.study", timeout=300,
               cwd=tmp_path)  # fmt: skip

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from winft_lightning.core import interactions as ia
+from winft_lightning.core.attention_distance import mean_attention_distance
 from winft_lightning.core.capture import iter_block_attention
 
 Grid = tuple[int, int]
@@ -38,7 +39,8 @@ class Analysis:
     u: U ``[B, N, N]`` (SPEC 1; None when the windows and order came from a mask shard);
     patches: the chosen patch ids of ``rows``; rows: ``[B, l, n, N]`` head-mean attention rows
     of those patches per block; rollout: ``[B, N]`` attention-rollout relevance for CLS;
-    cls_attention: ``[B, N]`` the last block's CLS-to-patch attention, mean over heads."""
+    cls_attention: ``[B, N]`` the last block's CLS-to-patch attention, mean over heads;
+    attention_distance: ``[B, l, k]`` each block's and head's mean attention distance."""
 
     grid: Grid
     windows: dict[float, Tensor]
@@ -48,6 +50,7 @@ class Analysis:
     rows: Tensor | None = None
     rollout: Tensor | None = None
     cls_attention: Tensor | None = None
+    attention_distance: Tensor | None = None
 
     def window(self, alpha: float) -> Tensor:
         """Windows at ``alpha``: the analysed ones, else computed from U."""
@@ -83,6 +86,7 @@ class Analysis:
             rows=c(self.rows),
             rollout=c(self.rollout),
             cls_attention=c(self.cls_attention),
+            attention_distance=c(self.attention_distance),
         )
 
 
@@ -94,13 +98,15 @@ def analyse(
     *,
     patches: Sequence[int] = (),
     rollout: bool = False,
+    distances: bool = False,
 ) -> Analysis:
     """Run ``images [B, 3, H, W]`` (the analysed view, normalised as the model takes it)
     through the timm ViT ``model`` once, block by block, and return its :class:`Analysis`.
 
     Per block only the running U statistics are kept (and, when asked for, the rows of
     ``patches`` and the ``[B, T, T]`` rollout product), never all l maps. grid defaults to
-    the model's patch grid. ``rollout`` also keeps the last block's CLS attention. Tensors
+    the model's patch grid. ``rollout`` also keeps the last block's CLS attention;
+    ``distances`` each block's and head's mean attention distance. Tensors
     are on the images' device (rows, rollout and CLS attention in float32)."""
     if grid is None:
         grid = tuple(int(g) for g in model.patch_embed.grid_size)
@@ -113,13 +119,18 @@ def analyse(
     rows: list[Tensor] = []
     joint: Tensor | None = None
     cls: Tensor | None = None
+    reach: list[Tensor] = []
+    full = rollout or distances
 
     def patch_maps() -> Iterator[Tensor]:
         nonlocal joint, cls
-        for attn in iter_block_attention(model, images, patches_only=not rollout):
+        for attn in iter_block_attention(model, images, patches_only=not full):
+            if distances:
+                reach.append(mean_attention_distance(attn, grid, prefix))
             if rollout:  # full [B, k, T, T] map: rollout needs the prefix rows
                 joint = ia.rollout_step(joint, attn)
                 cls = attn[:, :, 0, prefix:].mean(dim=1).float()  # the last block's stays
+            if full:
                 attn = attn[:, :, prefix:, prefix:]
             if patches:
                 rows.append(attn[:, :, idx, :].mean(dim=1).float())
@@ -137,4 +148,5 @@ def analyse(
         rows=torch.stack(rows, dim=1) if patches else None,
         rollout=joint[:, 0, prefix:].float() if rollout else None,
         cls_attention=cls if rollout else None,
+        attention_distance=torch.stack(reach, dim=1) if distances else None,
     )

@@ -16,6 +16,7 @@ __all__ = [
     "blank_scores",
     "drop_highest",
     "drop_lowest",
+    "hit_distance",
     "locality_index",
     "nearest_distances",
     "random_order",
@@ -78,6 +79,19 @@ def locality_index(hits: Tensor, grid: Grid) -> Tensor:
     num = torch.where(valid, r - d, 0.0).sum(dim=1)
     den = torch.where(valid, r - near, 0.0).sum(dim=1)
     return torch.where(den > 1e-12, num / den, float("nan"))
+
+
+def hit_distance(hits: Tensor, grid: Grid) -> Tensor:
+    """Mean over the patches with |H_p| >= 1 of d_p, the mean grid distance from p to the
+    entries of row p of U' (``hits`` ``[B, N, N]`` bool) other than p: ``[B]`` float64, NaN
+    for an image with no such patch. U's counterpart of a head's mean attention distance."""
+    n = hits.shape[-1]
+    _check_grid(n, grid)
+    off = hits & ~torch.eye(n, dtype=torch.bool, device=hits.device)
+    count = off.sum(dim=-1)
+    d = (off * grid_distances(grid, hits.device)).sum(dim=-1) / count.clamp_min(1)
+    valid = count >= 1
+    return torch.where(valid, d, 0.0).sum(dim=1) / valid.sum(dim=1)
 
 
 def blank_scores(images01: Tensor, grid: Grid) -> Tensor:

@@ -145,6 +145,24 @@ def row_specs(settings: Mapping[str, Any], n_patches: int) -> list[RowSpec]:
     return rows
 
 
+def attention_profile(records: Mapping[int, Columns], n_patches: int) -> dict[str, Any] | None:
+    """Per teacher, the mean attention distance of each block and head (mean over images) and
+    the mean distance of U's hits; None when the pass did not keep them."""
+    out = {}
+    for seed_k, cols in records.items():
+        names = sorted((tuple(int(v) for v in k.split(":")[1:]), k) for k in cols
+                       if k.startswith("attn_distance:"))  # fmt: skip
+        if not names:
+            return None
+        blocks = 1 + max(b for (b, _), _ in names)
+        heads = 1 + max(h for (_, h), _ in names)
+        grid = [[float(cols[column("attn_distance", b, h)].mean()) for h in range(heads)]
+                for b in range(blocks)]  # fmt: skip
+        hits = cols["hit_distance"]
+        out[str(seed_k)] = {"blocks": grid, "hits": float(np.nanmean(hits))}
+    return out
+
+
 def _interval(values: np.ndarray, resamples: int, seed: int) -> C.Interval | None:
     finite = values[np.isfinite(values)]
     if finite.size < 2:
@@ -223,6 +241,7 @@ def summarise_claims(
                          for a in settings["keep_alphas"]} for k, cols in records.items()}  # fmt: skip
     return {
         "claims": rows,
+        "attention_profile": attention_profile(records, n_patches),
         "keep_levels": keep,  # per teacher and alpha: mean kept(U), mean kept(random U')
         "curves": _curves(records, settings, resamples, seed),
         "bootstrap": {"resamples": resamples, "seed": seed, "confidence": 0.95},

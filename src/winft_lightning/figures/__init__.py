@@ -19,6 +19,7 @@ from winft_lightning.figures.attention import (
 )
 from winft_lightning.figures.base import display_images, save, to_hwc
 from winft_lightning.figures.claims import (
+    attention_distance_figure,
     difference_figure,
     perturbation_curves_figure,
     verdict_figure,
@@ -27,6 +28,7 @@ from winft_lightning.figures.tradeoff import tradeoff_figure
 from winft_lightning.figures.windows import field_figure, responsive_field_figure, window_figure
 
 __all__ = [
+    "attention_distance_figure",
     "attention_maps_figure",
     "difference_figure",
     "dip_figure",

@@ -12,7 +12,12 @@ from matplotlib.figure import Figure
 
 from winft_lightning.figures.base import DPI
 
-__all__ = ["difference_figure", "perturbation_curves_figure", "verdict_figure"]
+__all__ = [
+    "attention_distance_figure",
+    "difference_figure",
+    "perturbation_curves_figure",
+    "verdict_figure",
+]
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 LINES = ("-", "--", ":", "-.")
@@ -108,4 +113,30 @@ def perturbation_curves_figure(
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("top-1 (%), mean over teachers")
     axes[0].legend(fontsize=8)
+    return fig
+
+
+def attention_distance_figure(
+    profiles: Mapping[str, Mapping[str, Any]], references: Mapping[str, float], title: str
+) -> Figure:
+    """Mean attention distance per block (x) and head (one dot each), one panel per teacher
+    (``{teacher: {"blocks": [[per head] per block], "hits": U' hit distance}}``), with the
+    uniform references (``{label: distance}``) as grey lines and U's hits as a red line."""
+    fig = Figure(figsize=(3.6 * len(profiles) + 0.6, 3.8), dpi=DPI, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(profiles), sharey=True, squeeze=False)).ravel()
+    for ax, (seed, prof) in zip(axes, profiles.items(), strict=True):
+        blocks = np.asarray(prof["blocks"], dtype=np.float64)
+        for b, heads in enumerate(blocks):
+            ax.scatter(np.full(len(heads), b), heads, s=14, color=COLORS[0],
+                       label="a head" if b == 0 else None)  # fmt: skip
+        for k, (label, level) in enumerate(references.items()):
+            ax.axhline(level, color="grey", lw=1.0, ls=LINES[k % len(LINES)], label=label)
+        ax.axhline(prof["hits"], color="tab:red", lw=1.4, label="U' hits (mean $d_p$)")
+        ax.set_xticks(range(len(blocks)))
+        ax.set_xlabel("block")
+        ax.set_title(f"teacher {seed}", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean attention distance (patches)")
+    axes[-1].legend(fontsize=7, loc="best")
+    fig.suptitle(title, fontsize=10)
     return fig

@@ -87,11 +87,15 @@ def _batch(cols, nets, teacher, x01, labels, norm, opts, gens, grid) -> None:
 
     x = TF.normalize(x01, *norm)  # as SampleDecoder normalises: the teacher's exact input
     wanted = sorted({*opts["alphas"], opts["locality_alpha"], *opts["keep_alphas"]})
-    res = analyse(teacher, x, wanted, grid, rollout=True)
+    res = analyse(teacher, x, wanted, grid, rollout=True, distances=True)
     hits = {a: ia.top_interactions(res.u, a) for a in wanted}
     null = {a: B.random_u_hits(hits[a], gens["null"]) for a in wanted}
     la = opts["locality_alpha"]
     add("locality", B.locality_index(hits[la], grid))
+    add("hit_distance", B.hit_distance(hits[la], grid))
+    for block in range(res.attention_distance.shape[1]):
+        for head in range(res.attention_distance.shape[2]):
+            add(column("attn_distance", block, head), res.attention_distance[:, block, head])
     add("locality_null", B.locality_index(null[la], grid))
     obj = C.object_patch_mask(x01, grid, opts["object_threshold"])
     add("object_fraction", obj.double().mean(dim=1))

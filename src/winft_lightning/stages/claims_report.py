@@ -30,7 +30,16 @@ __all__ = ["load_columns", "measure_teacher", "rebuild", "report_markdown", "sav
 
 log = logging.getLogger(__name__)
 
-FIGURES = ("verdicts", "c2", "c3_difference", "c3_curves")
+FIGURES = ("verdicts", "c2", "c3_difference", "c3_curves", "attention_distance")
+
+
+def distance_references(grid: list[int]) -> dict[str, float]:
+    """The uniform-attention levels a mean attention distance is read against."""
+    from winft_lightning.core.attention_distance import uniform_attention_distance
+
+    refs = {"uniform over the grid": uniform_attention_distance(tuple(grid))}
+    refs |= {f"uniform in {k}x{k}": uniform_attention_distance(tuple(grid), k) for k in (3, 5, 7)}
+    return refs
 
 
 def save_columns(path: Path, columns: dict[str, np.ndarray]) -> Path:
@@ -107,6 +116,13 @@ def _figures(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
              for o in T.ORDERINGS},
         ),
     }  # fmt: skip
+    if result.get("attention_profile"):
+        n, grid = result["N"], result["grid"]
+        figs["attention_distance"] = F.attention_distance_figure(
+            result["attention_profile"], distance_references(grid),
+            f"Mean attention distance per block and head ({grid[0]} x {grid[1]} grid, N = {n}; "
+            "class token excluded)",
+        )  # fmt: skip
     return {name: F.save(fig, out_dir / f"claims_{name}.png") for name, fig in figs.items()}
 
 
@@ -158,10 +174,42 @@ def report_markdown(result: dict[str, Any], facts: dict[str, Any]) -> str:
               f"{chance['here']['mean']:.4f}. The paper's 8,866 / 38,416 = {T.KEEP_PAPER:.4f} "
               f"is {1 - T.KEEP_PAPER / paper['mean']:.3f} below its own chance level on the "
               "keep-fraction effect scale (1 - kept / chance).", ""]  # fmt: skip
+    lines += _profile_markdown(result, grid, facts["settings"]["locality_alpha"])
     lines += ["## Every row", "", T.claims_markdown(result, headline_only=False), "",
               "## Figures", ""]  # fmt: skip
-    lines += [f"![{name}](claims_{name}.png)" for name in FIGURES]
+    lines += [f"![{name}](claims_{name}.png)" for name in FIGURES
+              if name != "attention_distance" or result.get("attention_profile")]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _profile_markdown(result: dict[str, Any], grid: list[int], alpha: float) -> list[str]:
+    """Each teacher's mean attention distance per block (mean over heads, min-max over heads)
+    in patches and as a fraction of uniform attention over the grid, and U's hits beside."""
+    profile = result.get("attention_profile")
+    if not profile:
+        return []
+    refs = distance_references(grid)
+    ceiling = refs["uniform over the grid"]
+    seeds = list(profile)
+    lines = ["## Mean attention distance (Dosovitskiy et al. 2021, Fig. 7)", "",
+             "Per block, the attention-weighted mean grid distance from each query patch to the "
+             "key patches (class token excluded, weights renormalised over the patches), mean "
+             "over images; mean over heads [min, max], and / uniform over the grid. References: "
+             + ", ".join(f"{k} {v:.3f}" for k, v in refs.items()) + " patches.", "",
+             "| block | " + " | ".join(f"teacher {s}" for s in seeds) + " |",
+             "|---|" + "---|" * len(seeds)]  # fmt: skip
+    for b in range(len(profile[seeds[0]]["blocks"])):
+        cells = []
+        for s in seeds:
+            heads = profile[s]["blocks"][b]
+            mean = float(np.mean(heads))
+            cells.append(f"{mean:.3f} [{min(heads):.3f}, {max(heads):.3f}] ({mean / ceiling:.2f})")
+        lines.append(f"| {b} | " + " | ".join(cells) + " |")
+    hits = " | ".join(
+        f"{profile[s]['hits']:.3f} ({profile[s]['hits'] / ceiling:.2f})" for s in seeds
+    )
+    lines += [f"| U' hits at alpha={alpha:g} (mean d_p) | {hits} |", ""]
+    return lines
 
 
 def rebuild(out_dir: str | Path) -> dict[str, Any]:

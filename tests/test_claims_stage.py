@@ -179,31 +179,39 @@ def test_records_are_reused_by_their_stamp(part, teacher, digits_shards):
 
 def test_recompute_rebuilds_the_report_byte_for_byte(part, tmp_path):
     out, _ = part
-    copy = tmp_path / "report" / "claims"
-    shutil.copytree(out, copy)
-    built = {
-        p.name: p.read_bytes() for p in copy.iterdir() if p.is_file() and p.name != "facts.json"
-    }
-    for name in built:
-        (copy / name).unlink()
-    res = cli(f"recompute={copy.parent}", module="winft_lightning.study", timeout=300,
+    saved = tmp_path / "report"  # a report dir as committed: the claims part under claims/
+    shutil.copytree(out, saved / "claims")
+    before = {p: p.read_bytes() for p in saved.rglob("*") if p.is_file()}
+    res = cli(f"recompute={saved}", module="winft_lightning.study", timeout=300,
               cwd=tmp_path)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
-    assert {name: (copy / name).read_bytes() for name in built} == built
+    assert "7 of 7 saved files identical" in res.stdout
+    rebuilt = tmp_path / "outputs" / "recompute" / "report"
+    built = {p.name: p.read_bytes() for p in (saved / "claims").iterdir()
+             if p.is_file() and p.name != "facts.json"}  # fmt: skip
     assert {"report.md", "claims.json", "claims_verdicts.png", "claims_c2.png",
-            "claims_c3_difference.png", "claims_c3_curves.png"} <= set(built)  # fmt: skip
-    for png in copy.glob("*.png"):
+            "claims_c3_difference.png", "claims_c3_curves.png",
+            "claims_attention_distance.png"} <= set(built)  # fmt: skip
+    assert {name: (rebuilt / name).read_bytes() for name in built} == built
+    assert {p: p.read_bytes() for p in saved.rglob("*") if p.is_file()} == before  # only read
+    for png in rebuilt.glob("*.png"):
         with Image.open(png) as im:
             assert im.format == "PNG" and min(im.size) > 300
     report = built["report.md"].decode()
     assert "| 0 | 50.00 | 1 |" in report and "N = 196" in report
-    assert "## Mean attention distance" in report and "claims_attention_distance.png" in built
+    assert "## Mean attention distance" in report
     profile = json.loads(built["claims.json"])["attention_profile"]
     assert set(profile) == {"0", "1"} and len(profile["0"]["blocks"]) == TINY_NET["depth"]
     assert all(len(b) == TINY_NET["num_heads"] for b in profile["0"]["blocks"])
-    (copy / "records" / "teacher_1.npz").unlink()
-    res = cli(f"recompute={copy.parent}", module="winft_lightning.study", timeout=300,
-              cwd=tmp_path)  # fmt: skip
+    # a changed value is caught, and a missing record is named
+    records = saved / "claims" / "records"
+    cols = R.load_columns(records / "teacher_1.npz")
+    cols["correct:full"] = ~cols["correct:full"]
+    R.save_columns(records / "teacher_1.npz", cols)
+    res = cli(f"recompute={saved}", module="winft_lightning.study", timeout=300, cwd=tmp_path)
+    assert res.returncode != 0 and "differ" in res.stderr and "report.md" in res.stderr
+    (records / "teacher_1.npz").unlink()
+    res = cli(f"recompute={saved}", module="winft_lightning.study", timeout=300, cwd=tmp_path)
     assert res.returncode != 0 and "teacher_1.npz" in res.stderr
 
 

@@ -6,6 +6,7 @@ and SPEC 9's training-free claims part on K cached teachers, whose saved records
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -58,22 +59,38 @@ def run_claims(study: DictConfig, study_dir: Path, root_dir: Path) -> dict[str, 
     return result
 
 
-def recompute(path: Path) -> Path:
-    """``recompute=<report dir>``: rebuild a claims part (its ``claims/`` dir, or the dir
-    itself) from its saved records; returns its report."""
+def recompute(path: Path, out_root: Path) -> dict[str, bool]:
+    """``recompute=<report dir>``: copy a claims part's records and facts (its ``claims/`` dir,
+    or the dir itself) to ``out_root/<name>``, rebuild the report and figures there from them
+    alone, and compare each rebuilt file with the saved one: ``{file: identical}``. The
+    report dir itself is only read."""
     from winft_lightning.stages import claims_report as R
 
-    out = path / "claims" if (path / "claims" / "facts.json").is_file() else path
+    src = path / "claims" if (path / "claims" / "facts.json").is_file() else path
+    if not (src / "facts.json").is_file():
+        raise FileNotFoundError(f"recompute={path}: no facts.json there or in its claims/")
+    out = out_root / path.resolve().name
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(src / "records", out / "records")
+    shutil.copy2(src / "facts.json", out / "facts.json")
     R.rebuild(out)
-    return out / "report.md"
+    return {p.name: p.read_bytes() == (src / p.name).read_bytes()
+            for p in sorted(out.iterdir()) if p.is_file() and (src / p.name).is_file()
+            and p.name != "facts.json"}  # fmt: skip
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="study")
 def main(cfg: DictConfig) -> None:
     if cfg.get("recompute"):
-        report = recompute(Path(cfg.recompute).expanduser())
-        log.info("study: recomputed %s from its records", report)
-        print(report.read_text())
+        out_root = Path(cfg.paths.output_root) / "recompute"
+        same = recompute(Path(cfg.recompute).expanduser(), out_root)
+        for name, identical in same.items():
+            log.info("recompute: %s %s", name, "identical" if identical else "DIFFERS")
+        rebuilt = out_root / Path(cfg.recompute).expanduser().resolve().name
+        print(f"rebuilt under {rebuilt}: {sum(same.values())} of {len(same)} saved files identical")
+        if not all(same.values()):
+            raise SystemExit(f"recompute: {[k for k, v in same.items() if not v]} differ")
         return
     study_dir = Path(cfg.study_dir)
     start = time.perf_counter()

@@ -211,8 +211,8 @@ def test_recompute_rebuilds_the_report_byte_for_byte(part, tmp_path):
     res = cli(f"recompute={saved}", module="winft_lightning.study", timeout=300, cwd=tmp_path)
     assert res.returncode != 0 and "differ" in res.stderr and "report.md" in res.stderr
     (records / "teacher_1.npz").unlink()
-    res = cli(f"recompute={saved}", module="winft_lightning.study", timeout=300, cwd=tmp_path)
-    assert res.returncode != 0 and "teacher_1.npz" in res.stderr
+    with pytest.raises(FileNotFoundError, match="teacher_1.npz"):
+        R.rebuild(saved / "claims")
 
 
 def test_keep_chance_is_the_same_code_on_a_structureless_u():

@@ -101,7 +101,7 @@ def row_specs(settings: Mapping[str, Any], n_patches: int) -> list[RowSpec]:
                 "sum_p (r_p - n_p); 0 = chance, 1 = the nearest patches", MARGINS["C1"], "",
                 True, lambda c: c["locality"].astype(np.float64)),
         RowSpec("C1b", "C1b", f"object-minus-background mean field size (alpha={la:g}, beta=0) under "
-                "a random U' with the same |H_p|, minus the same gap under U (paired)",
+                "a random U' with the same hits per row, minus the same gap under U (paired)",
                 MARGINS["C1b"] * n_patches, "patches", True, _diff("gap_null", "gap")),
     ]  # fmt: skip
     for a in keep_alphas:

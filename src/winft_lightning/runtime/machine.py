@@ -84,3 +84,20 @@ def summary(info: dict[str, Any] | None = None) -> str:
     detail.append(str(info["cpu_isa"]))
     line = f"{cpu} ({', '.join(detail)}), {info['cpu_threads']} threads, torch {info['torch']}"
     return f"{line}, {info['gpu']}" if info.get("gpu") else line
+
+
+def trim_heap() -> None:
+    """Hand the heap's freed pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+    A long CPU loop of many differently shaped forwards fragments glibc's per-thread arenas:
+    the claims pass grew by ~450 MB a batch without it (16.6 GB peak over 5,000 images), and
+    stays flat with it."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        libc = None
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)

@@ -36,6 +36,7 @@ from winft_lightning.data.progress import image_progress
 from winft_lightning.models import build_vit
 from winft_lightning.models.teacher import TeacherError, load_teacher, teacher_norm
 from winft_lightning.runtime.checkpoints import read_checkpoint
+from winft_lightning.runtime.machine import trim_heap
 
 __all__ = ["collect_claims", "keep_chance"]
 
@@ -187,6 +188,7 @@ def collect_claims(
             labels = batch["label"][:take].to(dev)
             _batch(cols, nets, teacher, x01, labels, (mean, std), opts, gens, grid)
             keys += list(batch["key"][:take])
+            trim_heap()
             bar.advance(task, take)
             if len(keys) >= total:
                 break

@@ -1,0 +1,39 @@
+"""The committed claims report (docs/results/) is what its records say: rebuilt from its saved
+per-image values it gives the same claims.json and report.md, and README quotes its verdicts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from winft_lightning.stages import claims_report as R
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORT = ROOT / "docs" / "results" / "2026-12-02_study_claims"
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_the_committed_claims_report_rebuilds_from_its_records(tmp_path):
+    saved = REPORT / "claims"
+    out = tmp_path / "claims"
+    shutil.copytree(saved / "records", out / "records")
+    shutil.copy2(saved / "facts.json", out / "facts.json")
+    R.rebuild(out)
+    for name in ("claims.json", "report.md"):
+        assert (out / name).read_bytes() == (saved / name).read_bytes(), name
+    assert {p.name for p in out.glob("*.png")} == {p.name for p in saved.glob("*.png")}
+
+
+def test_readme_quotes_the_committed_verdicts():
+    claims = json.loads((REPORT / "claims" / "claims.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Latest measured: the training-free claims") :]
+    for row in (r for r in claims["claims"] if r["headline"]):
+        line = next(x for x in section.splitlines() if x.startswith(f"| {row['id']} |"))
+        assert line.endswith(f"**{row['verdict']}** |"), line
+        for cell in row["teachers"].values():
+            assert f"→ {cell['verdict']}" in line

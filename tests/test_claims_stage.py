@@ -211,7 +211,7 @@ def test_recompute_rebuilds_the_report_byte_for_byte(part, tmp_path):
     res = cli(f"recompute={saved}", module="winft_lightning.study", timeout=300, cwd=tmp_path)
     assert res.returncode != 0 and "differ" in res.stderr and "report.md" in res.stderr
     (records / "teacher_1.npz").unlink()
-    with pytest.raises(FileNotFoundError, match="teacher_1.npz"):
+    with pytest.raises(FileNotFoundError, match=r"teacher_1\.npz"):
         R.rebuild(saved / "claims")
 
 

@@ -109,7 +109,7 @@ def test_study_runs_and_aggregates(tmp_path):
         assert f"{row['seeds_above_zero']} of {row['n']} | **{row['verdict']}** |" in report
     assert {p.name for p in (study_dir / "claims").glob("*.png")} == {
         "claims_verdicts.png", "claims_c2.png", "claims_c3_difference.png",
-        "claims_c3_curves.png"}  # fmt: skip
+        "claims_c3_curves.png", "claims_attention_distance.png"}  # fmt: skip
 
     # the paper's figures for fixed test images, with WinfT's predicted W (Fig. 10)
     figs = study_dir / "figures" / "16px_p4"

@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .claims import grid_distances, random_hits
-from .interactions import Grid, _check_grid, dip_drop_count
+from .claims import dip_keep_highest, grid_distances, random_hits
+from .interactions import Grid, _check_grid, dip_keep
 
 __all__ = [
     "ascending_order",
@@ -120,21 +120,13 @@ def random_order(batch: int, n: int, generator: torch.Generator) -> Tensor:
     return keys.argsort(dim=1)
 
 
-def _keep_without(dropped: Tensor, n: int) -> Tensor:
-    keep = torch.ones(dropped.shape[0], n, dtype=torch.bool, device=dropped.device)
-    return keep.scatter_(1, dropped.long(), False)
-
-
 def drop_lowest(order: Tensor, beta: float) -> Tensor:
     """Keep mask ``[B, N]`` bool without the floor(beta N) *first* patches of ``order``
-    (negative perturbation: the least relevant first)."""
-    n = order.shape[1]
-    return _keep_without(order[:, : dip_drop_count(beta, n)], n)
+    (negative perturbation: the least relevant first); DIP's own ``interactions.dip_keep``."""
+    return dip_keep(order, beta)
 
 
 def drop_highest(order: Tensor, beta: float) -> Tensor:
     """Keep mask ``[B, N]`` bool without the floor(beta N) *last* patches of ``order``
-    (positive perturbation: the most relevant first)."""
-    n = order.shape[1]
-    count = dip_drop_count(beta, n)
-    return _keep_without(order[:, n - count :], n)
+    (positive perturbation: the most relevant first); ``claims.dip_keep_highest``."""
+    return dip_keep_highest(order, beta)

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_WORKERS ?= 2
 
-.PHONY: install data test lint format bench run study study-quick study-claims clean help
+.PHONY: install data test lint format bench run study study-quick study-claims study-trained study-paper-grid clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -e 's/:.*## /\t/'
@@ -44,6 +44,12 @@ study-quick:  ## the <15 min variant of the study
 
 study-claims:  ## SPEC 9's training-free claims alone: 3 teachers, their claims passes
 	$(PY) -m winft_lightning.study study=claims
+
+study-trained:  ## the trained comparisons alone: 6 arms x 4 seeds, masks from claims teacher 0
+	$(PY) -m winft_lightning.study study=trained
+
+study-paper-grid:  ## the training-free claims at N = 196 (28 px, patch 2), 3 teachers
+	$(PY) -m winft_lightning.study study=paper_grid
 
 clean:  ## remove run outputs (not the venv)
 	rm -rf outputs multirun

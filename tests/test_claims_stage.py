@@ -29,6 +29,7 @@ from winft_lightning.pipeline import Teacher
 from winft_lightning.runtime.files import write_json_atomic
 from winft_lightning.stages import claims_report as R
 from winft_lightning.stages.claims import collect_claims, keep_chance
+from winft_lightning.study import recompute
 
 MEAN, STD = [0.3053] * 3, [0.3759] * 3
 SETTINGS = dict(alphas=[0.1, 0.5], keep_alphas=[0.1], betas=[0.25, 0.5, 0.75],
@@ -186,7 +187,7 @@ def test_recompute_rebuilds_the_report_byte_for_byte(part, tmp_path):
               cwd=tmp_path)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     assert "7 of 7 saved files identical" in res.stdout
-    rebuilt = tmp_path / "outputs" / "recompute" / "report"
+    rebuilt = tmp_path / "outputs" / "recompute" / "report" / "claims"
     built = {p.name: p.read_bytes() for p in (saved / "claims").iterdir()
              if p.is_file() and p.name != "facts.json"}  # fmt: skip
     assert {"report.md", "claims.json", "claims_verdicts.png", "claims_c2.png",
@@ -208,8 +209,8 @@ def test_recompute_rebuilds_the_report_byte_for_byte(part, tmp_path):
     cols = R.load_columns(records / "teacher_1.npz")
     cols["correct:full"] = ~cols["correct:full"]
     R.save_columns(records / "teacher_1.npz", cols)
-    res = cli(f"recompute={saved}", module="winft_lightning.study", timeout=300, cwd=tmp_path)
-    assert res.returncode != 0 and "differ" in res.stderr and "report.md" in res.stderr
+    same = recompute(saved, tmp_path / "again")
+    assert not same["claims/report.md"] and not same["claims/claims.json"]
     (records / "teacher_1.npz").unlink()
     with pytest.raises(FileNotFoundError, match=r"teacher_1\.npz"):
         R.rebuild(saved / "claims")
@@ -220,3 +221,65 @@ def test_keep_chance_is_the_same_code_on_a_structureless_u():
     assert 0.85 < paper["mean"] < 0.97 and paper["N"] == 196  # SPEC 9: about 93 % at N = 196
     here = keep_chance((8, 8), 0.1, images=16)
     assert 0.6 < here["mean"] < paper["mean"]
+
+
+def test_forwards_per_image_counts_the_pass(teacher, digits_shards, monkeypatch):
+    """The projection's multiplier is the pass's own count: every forward but the analysis's
+    goes through claims.per_image_correct (wrapped here, not replaced)."""
+    from winft_lightning.stages import claims as stage
+
+    calls = []
+    real = C.per_image_correct
+
+    def counted(net, x, *args, **kw):
+        calls.append(x.shape[0])
+        return real(net, x, *args, **kw)
+
+    monkeypatch.setattr(C, "per_image_correct", counted)
+    alphas, betas = [0.1, 0.2], [0.5]
+    collect_claims(teacher, digits_shards, **{**SETTINGS, "alphas": alphas, "keep_alphas": [0.1],
+                                              "betas": betas, "limit": 20, "batch_size": 20})  # fmt: skip
+    assert len(calls) + 1 == stage.forwards_per_image(alphas, betas) == 2 + 6 + 2 * 5
+    assert set(calls) == {20}
+
+
+def test_a_plain_weights_teacher_needs_its_net_and_gives_the_same_columns(
+    teacher, digits_shards, tmp_path
+):
+    """A timm state dict of the same weights (no hyper_parameters) reads with ``net=`` and gives
+    the columns of the Lightning checkpoint (both without a stored normalisation, so both
+    analyse the same view); without ``net`` the error says what to give."""
+    from winft_lightning.runtime.checkpoints import net_weights
+
+    ckpt = torch.load(teacher, weights_only=True)
+    ckpt.pop("datamodule_hyper_parameters")
+    lightning = tmp_path / "teacher.ckpt"
+    torch.save(ckpt, lightning)
+    plain = tmp_path / "teacher.pth"
+    torch.save(net_weights(ckpt["state_dict"]), plain)
+    small = {**SETTINGS, "alphas": [0.1], "keep_alphas": [0.1], "betas": [0.5], "limit": 20}
+    with pytest.raises(ValueError, match="plain weights file: pass model_name"):
+        collect_claims(plain, digits_shards, **small)
+    want, want_facts = collect_claims(lightning, digits_shards, **small)
+    got, facts = collect_claims(plain, digits_shards, **small, net={**TINY_NET, "num_classes": 10})
+    assert facts["view"] == want_facts["view"] and facts["grid"] == [4, 4]
+    assert got.keys() == want.keys()
+    for name in want:
+        assert np.array_equal(got[name], want[name], equal_nan=want[name].dtype.kind == "f"), name
+
+
+def test_the_two_grid_table_flags_a_verdict_that_moves(part):
+    _, result = part
+    reference = R.reference_of(result, "N = 16 (here)")
+    moved = json.loads(json.dumps(reference))
+    moved["N"] = 64
+    moved["claims"][0]["verdict"] = "made up for this test"
+    lines = R.grid_table(moved, result)
+    first = result["claims"][0]["id"]
+    assert lines[2] == "| claim | N = 64 | N = 16 | verdict moves |"
+    rows = [ln for ln in lines if ln.startswith(f"| {first} |")]
+    assert len(rows) == 1 and rows[0].endswith("| yes |")
+    assert f"Verdicts that move with the grid: {first}." in "\n".join(lines)
+    same = R.grid_table(reference, result)
+    assert "Verdicts that move with the grid: none." in "\n".join(same)
+    assert sum(ln.endswith("| no |") for ln in same) == len(reference["claims"])

@@ -100,6 +100,11 @@ def test_study_runs_and_aggregates(tmp_path):
     assert [p["seed"] for p in facts["passes"]] == [0, 1]
     assert all(p["images"] == 40 and p["N"] == 16 for p in facts["passes"])
     assert all(p["teacher_row"]["epochs"] == 1 for p in facts["passes"])
+    # the students read masks from the claims teacher of seed 0: one teacher for both parts
+    awd = next(r for r in runs if r["family"] == "awd_vit" and r["status"] == "ok")
+    teacher_0 = next(p for p in facts["passes"] if p["seed"] == 0)["teacher"]["path"]
+    assert json.loads((Path(awd["run_dir"]) / "results.json").read_text())["teacher_ckpt"] == (
+        teacher_0)  # fmt: skip
     # the teachers live in the study's own cache (paths.root_dir), not where it was started
     assert all(p["teacher"]["path"].startswith(str(tmp_path / "outputs" / "cache"))
                for p in facts["passes"])  # fmt: skip
@@ -107,6 +112,20 @@ def test_study_runs_and_aggregates(tmp_path):
         assert f"**{row['verdict']}** |" in report and set(row["teachers"]) == {"0", "1"}
     for row in by_id.values():
         assert f"{row['seeds_above_zero']} of {row['n']} | **{row['verdict']}** |" in report
+    # the trained part's records and report, rebuilt from them alone; its wall from sweeps.json
+    trained = study_dir / "trained"
+    assert json.loads((trained / "comparisons.json").read_text()) == json.loads(
+        (study_dir / "comparisons.json").read_text())  # fmt: skip
+    facts = json.loads((trained / "facts.json").read_text())
+    sweeps = json.loads((study_dir / "sweeps.json").read_text())
+    assert len(sweeps) == 1 and set(sweeps[0]["sweeps"]) == {
+        "vit_16px_p4", "awd_vit_16px_p4", "awd_vit_random_16px_p4", "winft_16px_p4"}  # fmt: skip
+    assert facts["wall"]["seconds"] == pytest.approx(
+        sum(s["seconds"] for s in sweeps[0]["sweeps"].values()), abs=0.2)  # fmt: skip
+    assert "claims teacher of seed 0" in facts["teacher"] and facts["seeds"] == [0, 1]
+    assert len(list(csv.DictReader((trained / "records" / "runs.csv").open()))) == 12
+    assert (trained / "trained_deltas.png").is_file() and "## Arms" in (
+        trained / "report.md").read_text()  # fmt: skip
     assert {p.name for p in (study_dir / "claims").glob("*.png")} == {
         "claims_verdicts.png", "claims_c2.png", "claims_c3_difference.png",
         "claims_c3_curves.png", "claims_attention_distance.png"}  # fmt: skip
@@ -137,7 +156,7 @@ def test_study_runs_and_aggregates(tmp_path):
     assert len(list((figs / "inputs").iterdir())) == 3
 
 
-@pytest.mark.parametrize("variant", ["full", "quick", "claims"])
+@pytest.mark.parametrize("variant", ["full", "quick", "claims", "trained", "paper_grid"])
 def test_every_study_job_composes(make_cfg, tmp_path, variant):
     """Each job of each sweep of the shipped studies, and each claims teacher, composes and
     validates (first value of every swept option), so a long study cannot die on a typo."""
@@ -162,3 +181,19 @@ def test_every_study_job_composes(make_cfg, tmp_path, variant):
         cfg = make_cfg(*overrides)
         validate_config(cfg)
         assert cfg.skip_if_done and not cfg.compare_teacher
+
+
+def test_the_paper_grid_study_is_the_papers_grid(tmp_path):
+    """study=paper_grid: teachers at 28 px, patch 2 (N = 196 = ViT-B/16-224's 14 x 14) with at
+    least 6 heads, each at least 85 % by its recipe's bar; the two-grid table reads the
+    committed N = 64 report."""
+    from conftest import compose_config
+    from winft_lightning.pipeline import teacher_config
+
+    study = compose_config(["study=paper_grid"], tmp_path, config_name="study").study
+    spec = study.claims.teachers
+    net = teacher_config(spec.experiment, list(spec.overrides), 0).model.net
+    assert (net.img_size // net.patch_size) ** 2 == 196 and net.num_heads >= 6
+    assert spec.min_top1 >= 85 and list(spec.seeds) == [0, 1, 2]
+    reference = Path(__file__).resolve().parents[1] / study.claims.reference / "claims.json"
+    assert json.loads(reference.read_text())["N"] == 64

@@ -5,6 +5,7 @@ and SPEC 9's training-free claims part on K cached teachers, whose saved records
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import sys
@@ -15,7 +16,14 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from winft_lightning.pipeline import ensure_teachers
+from winft_lightning.pipeline import (
+    Teacher,
+    ensure_shards,
+    ensure_teacher,
+    ensure_teachers,
+    teacher_config,
+)
+from winft_lightning.runtime.checkpoints import checkpoint_file
 from winft_lightning.stages.study import machine_line, run_study, study_figures
 from winft_lightning.stages.study_report import write_report
 
@@ -25,6 +33,52 @@ log = logging.getLogger(__name__)
 def study_command() -> str:
     """The command line this study was started with, as a user would type it."""
     return " ".join(["python -m winft_lightning.study", *sys.argv[1:]])
+
+
+def students_teacher(study: DictConfig, root_dir: Path) -> tuple[list[str], str]:
+    """The students' masks come from the claims part's teacher of seed ``students_teacher``
+    (trained once and cached, shared with the claims part): ``["teacher.ckpt=<its file>"]``
+    and a line saying which; ``students_teacher: null``: each job's own ``teacher.*``."""
+    seed = study.get("students_teacher")
+    if seed is None:
+        return [], "each job's own teacher (its teacher.* config)"
+    spec = study.claims.teachers
+    (teacher,) = ensure_teachers(spec.experiment, list(spec.overrides), [int(seed)], root_dir)
+    top1 = (teacher.row or {}).get("top1")
+    top1 = "" if top1 is None else f", top-1 {top1:.2f} %"
+    return [f"teacher.ckpt={teacher.ckpt}"], (
+        f"the claims teacher of seed {seed} ({spec.experiment}, sha256 {teacher.sha256[:12]}{top1})"
+    )
+
+
+def trained_facts(study: DictConfig, study_dir: Path, teacher: str) -> dict[str, Any]:
+    """What the trained part ran: students, seeds, teacher, machine, command, and its wall
+    time summed over every start of its sweeps (``sweeps.json``)."""
+    record = study_dir / "sweeps.json"
+    starts = json.loads(record.read_text()) if record.is_file() else []
+    seconds = sum(s["seconds"] for start in starts for s in start["sweeps"].values())
+    return {"machine": machine_line(), "command": study_command(),
+            "students": "the overrides " + ", ".join(f"`{o}`" for o in study.overrides),
+            "seeds": list(study.seeds), "teacher": teacher,
+            "wall": {"seconds": round(seconds, 1), "starts": len(starts)}}  # fmt: skip
+
+
+def given_teachers(spec: dict[str, Any], root_dir: Path) -> tuple[list[Teacher], dict]:
+    """The user's own trained teachers (``claims.teachers.ckpts``, in any format the checkpoint
+    reader accepts), numbered 0..K-1, on the shard set of ``experiment`` with ``overrides``
+    (built once and cached), and the experiment's net config: the architecture of a plain
+    weights file."""
+    teachers, net = [], None
+    for i, ckpt in enumerate(spec["ckpts"]):
+        path = checkpoint_file(Path(ckpt).expanduser(), f"study.claims.teachers.ckpts[{i}]")
+        cfg = teacher_config(spec["experiment"], [*spec["overrides"], f"teacher.ckpt={path}"], i,
+                             root_dir)  # fmt: skip
+        shards = ensure_shards(cfg)
+        path, _, sha256 = ensure_teacher(cfg, shards)
+        teachers.append(Teacher(i, path, sha256, shards, None))
+        net = OmegaConf.to_container(cfg.model.net, resolve=True)
+        net.pop("num_classes", None)  # a weights file's classes are its head's
+    return teachers, net
 
 
 def run_claims(study: DictConfig, study_dir: Path, root_dir: Path) -> dict[str, Any]:
@@ -37,9 +91,12 @@ def run_claims(study: DictConfig, study_dir: Path, root_dir: Path) -> dict[str, 
 
     spec = OmegaConf.to_container(study.claims, resolve=True)
     teachers_spec, resamples = spec.pop("teachers"), int(spec.pop("resamples"))
-    teachers = ensure_teachers(
-        teachers_spec["experiment"], teachers_spec["overrides"], teachers_spec["seeds"], root_dir
-    )
+    reference = spec.pop("reference", None)
+    if teachers_spec.get("ckpts"):
+        teachers, spec["net"] = given_teachers(teachers_spec, root_dir)
+    else:
+        teachers = ensure_teachers(teachers_spec["experiment"], teachers_spec["overrides"],
+                                   teachers_spec["seeds"], root_dir)  # fmt: skip
     out = study_dir / "claims"
     passes = [R.measure_teacher(t, spec, out) for t in teachers]
     grid = tuple(passes[0]["grid"])
@@ -49,6 +106,12 @@ def run_claims(study: DictConfig, study_dir: Path, root_dir: Path) -> dict[str, 
                          round(sum(fits), 1), round(sum(p["measure_seconds"] for p in passes), 1))  # fmt: skip
     from winft_lightning.runtime.files import write_json_atomic
 
+    if reference:  # another grid's claims report: the two-grid table
+        path = Path(reference).expanduser() / "claims.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"study.claims.reference={reference}: no claims.json there")
+        ref = json.loads(path.read_text())
+        facts["reference"] = R.reference_of(ref, f"N = {ref['N']} ({reference})")
     write_json_atomic(out / "facts.json", facts)
     result = R.rebuild(out)
     for p in passes:
@@ -59,25 +122,39 @@ def run_claims(study: DictConfig, study_dir: Path, root_dir: Path) -> dict[str, 
     return result
 
 
-def recompute(path: Path, out_root: Path) -> dict[str, bool]:
-    """``recompute=<report dir>``: copy a claims part's records and facts (its ``claims/`` dir,
-    or the dir itself) to ``out_root/<name>``, rebuild the report and figures there from them
-    alone, and compare each rebuilt file with the saved one: ``{file: identical}``. The
-    report dir itself is only read."""
-    from winft_lightning.stages import claims_report as R
+def _parts(path: Path) -> dict[str, Path]:
+    """The report parts under ``path`` (a study dir with ``claims/`` and/or ``trained/``, or
+    one part's dir): ``{part: its dir}``."""
+    if (path / "facts.json").is_file():
+        return {"trained" if (path / "records" / "runs.csv").is_file() else "claims": path}
+    return {p: path / p for p in ("claims", "trained") if (path / p / "facts.json").is_file()}
 
-    src = path / "claims" if (path / "claims" / "facts.json").is_file() else path
-    if not (src / "facts.json").is_file():
-        raise FileNotFoundError(f"recompute={path}: no facts.json there or in its claims/")
-    out = out_root / path.resolve().name
-    if out.exists():
-        shutil.rmtree(out)
-    shutil.copytree(src / "records", out / "records")
-    shutil.copy2(src / "facts.json", out / "facts.json")
-    R.rebuild(out)
-    return {p.name: p.read_bytes() == (src / p.name).read_bytes()
-            for p in sorted(out.iterdir()) if p.is_file() and (src / p.name).is_file()
-            and p.name != "facts.json"}  # fmt: skip
+
+def recompute(path: Path, out_root: Path) -> dict[str, bool]:
+    """``recompute=<report dir>``: copy each part's records and facts (its ``claims/`` and
+    ``trained/`` dirs, or one such dir itself) to ``out_root/<name>/<part>``, rebuild its report
+    and figures there from them alone, and compare each rebuilt file with the saved one:
+    ``{"<part>/<file>": identical}``. The report dir itself is only read."""
+    from winft_lightning.stages import claims_report, trained_report
+
+    parts = _parts(path)
+    if not parts:
+        raise FileNotFoundError(
+            f"recompute={path}: no facts.json there or in its claims/ or trained/"
+        )
+    out_dir = out_root / path.resolve().name
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    same = {}
+    for part, src in parts.items():
+        out = out_dir / part
+        shutil.copytree(src / "records", out / "records")
+        shutil.copy2(src / "facts.json", out / "facts.json")
+        {"claims": claims_report, "trained": trained_report}[part].rebuild(out)
+        same |= {f"{part}/{p.name}": p.read_bytes() == (src / p.name).read_bytes()
+                 for p in sorted(out.iterdir()) if p.is_file() and (src / p.name).is_file()
+                 and p.name != "facts.json"}  # fmt: skip
+    return same
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="study")
@@ -94,12 +171,17 @@ def main(cfg: DictConfig) -> None:
         return
     study_dir = Path(cfg.study_dir)
     start = time.perf_counter()
-    if cfg.run and cfg.study.families:
-        run_study(cfg.study, study_dir, Path(cfg.paths.root_dir))  # its cache: the claims' too
-    root = Path(cfg.paths.root_dir)
-    claims = run_claims(cfg.study, study_dir, root) if cfg.study.get("claims") else None
+    root = Path(cfg.paths.root_dir)  # the study's cache: its teachers, shards, masks and runs
+    trained = None
+    if cfg.study.families:
+        extra, teacher = students_teacher(cfg.study, root)
+        if cfg.run:
+            run_study(cfg.study, study_dir, root, extra)
+        trained = trained_facts(cfg.study, study_dir, teacher)
+    part = cfg.study.get("claims") and cfg.study.get("claims_part", True)
+    claims = run_claims(cfg.study, study_dir, root) if part else None
     title = f"winft_lightning study: {cfg.study.name}"
-    paths = write_report(study_dir, title, machine_line(), claims=claims)
+    paths = write_report(study_dir, title, machine_line(), claims=claims, trained_facts=trained)
     figs = study_figures(study_dir)
     log.info("study figures: %d PNGs under %s", len(figs), study_dir / "figures")
     log.info("study done in %.0f s: %s", time.perf_counter() - start, paths["report"])

@@ -22,6 +22,7 @@ from winft_lightning.figures.claims import (
     attention_distance_figure,
     difference_figure,
     perturbation_curves_figure,
+    trained_deltas_figure,
     verdict_figure,
 )
 from winft_lightning.figures.tradeoff import tradeoff_figure
@@ -40,6 +41,7 @@ __all__ = [
     "save",
     "to_hwc",
     "tradeoff_figure",
+    "trained_deltas_figure",
     "uncertainty_rows_figure",
     "verdict_figure",
     "window_figure",

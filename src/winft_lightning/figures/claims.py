@@ -16,6 +16,7 @@ __all__ = [
     "attention_distance_figure",
     "difference_figure",
     "perturbation_curves_figure",
+    "trained_deltas_figure",
     "verdict_figure",
 ]
 
@@ -139,4 +140,31 @@ def attention_distance_figure(
     axes[0].set_ylabel("mean attention distance (patches)")
     axes[-1].legend(fontsize=7, loc="best")
     fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def trained_deltas_figure(rows: Sequence[Mapping[str, Any]]) -> Figure:
+    """One line per trained comparison: each seed's paired delta top-1 (dots), their mean with
+    its t interval (bar), the ±margin band, and the MDE (tick) in percentage points."""
+    fig = Figure(figsize=(7.6, 0.55 * len(rows) + 1.5), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    margin = 100 * rows[0]["margin"] if rows else 0.5
+    ax.axvspan(-margin, margin, color="black", alpha=0.08, lw=0, label=f"±margin ({margin:g} pp)")
+    ax.axvline(0, color="black", lw=0.8)
+    for i, row in enumerate(rows):
+        deltas = 100 * np.asarray(row["details"]["deltas"], dtype=np.float64)
+        ax.scatter(deltas, np.full(len(deltas), i + 0.18), s=14, color=COLORS[1],
+                   label="a seed" if i == 0 else None)  # fmt: skip
+        if np.isfinite(row["low"]):
+            est, low, high = (100 * row[k] for k in ("effect", "low", "high"))
+            ax.errorbar(est, i, xerr=[[est - low], [high - est]], fmt="o", ms=5, capsize=3,
+                        color=COLORS[0], label="mean, 95 % t interval" if i == 0 else None)  # fmt: skip
+            ax.plot([100 * row["mde"]] * 2, [i - 0.25, i + 0.25], color="tab:red", lw=1.6,
+                    label="MDE (80 % power)" if i == 0 else None)  # fmt: skip
+    ax.set_yticks(range(len(rows)), [f"{r['id']}: {r['verdict']}" for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("paired difference in top-1 (pp), treated − control")
+    ax.set_title("Trained comparisons, paired by seed (SPEC 9)", fontsize=10)
+    ax.grid(alpha=0.3, axis="x")
+    fig.legend(fontsize=7, loc="outside lower center", ncols=4)
     return fig

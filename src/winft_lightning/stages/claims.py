@@ -38,7 +38,7 @@ from winft_lightning.models.teacher import TeacherError, load_teacher, teacher_n
 from winft_lightning.runtime.checkpoints import read_checkpoint
 from winft_lightning.runtime.machine import trim_heap
 
-__all__ = ["collect_claims", "keep_chance"]
+__all__ = ["collect_claims", "forwards_per_image", "keep_chance"]
 
 Grid = tuple[int, int]
 
@@ -49,13 +49,22 @@ def _generator(seed: int, stream: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(state & ((1 << 63) - 1))
 
 
-def _nets(ckpt: Path, device: torch.device) -> tuple[dict[str, torch.nn.Module], dict]:
-    """The teacher's weights as build_vit networks: full, AWD-restricted, DIP-multiplied."""
-    obj = read_checkpoint(ckpt)
+def _nets(
+    ckpt: Path, device: torch.device, net: dict[str, Any] | None = None
+) -> tuple[dict[str, torch.nn.Module], dict]:
+    """The teacher's weights as build_vit networks: full, AWD-restricted, DIP-multiplied. The
+    architecture is the checkpoint's ``hyper_parameters.net`` (a Lightning checkpoint of our
+    modules) or, for a plain weights file, ``net`` (timm's name, img_size, patch_size, ...)."""
+    obj = None if ckpt.suffix == ".safetensors" else read_checkpoint(ckpt)
     hp = obj.get("hyper_parameters") if isinstance(obj, dict) else None
-    if not (isinstance(hp, dict) and isinstance(hp.get("net"), dict)):
-        raise TeacherError(f"{ckpt} is not a Lightning checkpoint with hyper_parameters.net")
-    net = {k: v for k, v in hp["net"].items() if k not in ("attn", "dip", "checkpoint")}
+    if isinstance(hp, dict) and isinstance(hp.get("net"), dict):
+        net = hp["net"]
+    elif not net:
+        raise TeacherError(
+            f"{ckpt} is not a Lightning checkpoint with hyper_parameters.net: give its net config "
+            "(model_name, img_size, patch_size, num_classes, ...) to read it as plain weights"
+        )
+    net = {k: v for k, v in net.items() if k not in ("attn", "dip", "checkpoint")}
     kinds = {"full": {}, "awd": {"attn": "awd"}, "dip": {"dip": "multiply"}}
     nets = {
         k: build_vit(**net, **kw, checkpoint=str(ckpt)).eval().to(device) for k, kw in kinds.items()
@@ -145,19 +154,23 @@ def collect_claims(
     device: str = "auto",
     num_workers: int = 0,
     teacher_sha256: str | None = None,
+    net: dict[str, Any] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """One pass over the test split (or its first ``limit`` images, in stream order):
     ``(columns, facts)``: ``columns`` maps each per-image value's name to an ``[n]`` array
     (``key`` the image keys); facts = what the pass ran on (teacher, view, grid, seconds).
     ``device`` "auto": CUDA when present. ``teacher_sha256``: the teacher file's digest when
-    the caller has it, else it is hashed here."""
+    the caller has it, else it is hashed here. ``net``: the architecture of a plain weights
+    file (a Lightning checkpoint of our modules carries its own)."""
     start = time.perf_counter()
     ckpt = Path(teacher_ckpt).expanduser()
     dev = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     )
-    teacher, info = load_teacher(ckpt, device=dev, sha256=teacher_sha256)
-    nets, net_hp = _nets(ckpt, dev)
+    teacher, info = load_teacher(ckpt, device=dev, sha256=teacher_sha256, **(net or {}))
+    if net:  # a plain file's classes are its head's (load_teacher read them from the file)
+        net = {**net, "num_classes": info.num_classes}
+    nets, net_hp = _nets(ckpt, dev, net)
     mean, std = teacher_norm(teacher, info)
     dm = ShardDataModule(
         shards_root, batch_size=batch_size, num_workers=num_workers, img_size=info.img_size,
@@ -212,6 +225,13 @@ def collect_claims(
         "settings": dict(opts, batch_size=int(batch_size), seed=int(seed), limit=limit),
     }  # fmt: skip
     return columns, facts
+
+
+def forwards_per_image(alphas: Sequence[float], betas: Sequence[float]) -> int:
+    """Network forwards one image costs in :func:`collect_claims`: the analysis (non-fused,
+    maps kept), the full net, C2's three windows per alpha, and each C3 ordering both ways per
+    beta. What a projection of the pass's time multiplies by one forward's time."""
+    return 2 + 3 * len(alphas) + 2 * len(ORDERINGS) * len(betas)
 
 
 def keep_chance(grid: Grid, alpha: float, images: int = 64, seed: int = 0) -> dict[str, Any]:

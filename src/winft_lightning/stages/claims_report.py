@@ -149,7 +149,7 @@ def report_markdown(result: dict[str, Any], facts: dict[str, Any]) -> str:
         top1 = "n/a" if row.get("top1") is None else f"{row['top1']:.2f}"
         lines.append(f"| {p['seed']} | {top1} | {row.get('epochs')} | "
                      f"{_minutes(row.get('fit_seconds'))} | {p['images']:,} of "
-                     f"{p['split_images']:,} (the first, in stream order) | "
+                     f"{p['split_images']:,} ({_which_images(p)}) | "
                      f"{_minutes(p['measure_seconds'])} |")  # fmt: skip
     wall = facts["wall"]
     lines += ["", f"Wall time of the part: teachers {_minutes(wall['teachers_seconds'])} min "
@@ -175,11 +175,60 @@ def report_markdown(result: dict[str, Any], facts: dict[str, Any]) -> str:
               f"is {1 - T.KEEP_PAPER / paper['mean']:.3f} below its own chance level on the "
               "keep-fraction effect scale (1 - kept / chance).", ""]  # fmt: skip
     lines += _profile_markdown(result, grid, facts["settings"]["locality_alpha"])
+    if facts.get("reference"):
+        lines += grid_table(facts["reference"], result)
     lines += ["## Every row", "", T.claims_markdown(result, headline_only=False), "",
               "## Figures", ""]  # fmt: skip
     lines += [f"![{name}](claims_{name}.png)" for name in FIGURES
               if name != "attention_distance" or result.get("attention_profile")]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _which_images(p: dict[str, Any]) -> str:
+    limit = ((p.get("source") or {}).get("limit") or {}).get("test")
+    subset = f"a seeded subset: data.source.limit.test={limit}" if limit else "the whole split"
+    return subset if p["images"] == p["split_images"] else "the first, in stream order"
+
+
+def reference_of(claims: dict[str, Any], label: str) -> dict[str, Any]:
+    """What :func:`grid_table` needs of another claims report (its ``claims.json``): each
+    headline row's id, unit, verdict and every teacher's effect and interval."""
+    keep = ("effect", "low", "high", "verdict")
+    return {"label": label, "N": claims["N"],
+            "claims": [{"id": r["id"], "unit": r.get("unit", ""), "verdict": r["verdict"],
+                        "teachers": {s: {k: c[k] for k in keep} for s, c in r["teachers"].items()}}
+                       for r in claims["claims"] if r["headline"]]}  # fmt: skip
+
+
+def _cell(row: dict[str, Any]) -> str:
+    cells = [c for c in row["teachers"].values() if c["effect"] is not None]
+    if not cells:
+        return f"no interval → {row['verdict']}"
+    effects = [c["effect"] for c in cells]
+    lows, highs = min(c["low"] for c in cells), max(c["high"] for c in cells)
+    return (f"{np.mean(effects):+.4g} (teachers {min(effects):+.4g} to {max(effects):+.4g}; "
+            f"CIs within [{lows:+.4g}, {highs:+.4g}]) → **{row['verdict']}**")  # fmt: skip
+
+
+def grid_table(reference: dict[str, Any], result: dict[str, Any]) -> list[str]:
+    """Every headline claim here beside the same claim in ``reference`` (another grid's report,
+    :func:`reference_of`): the mean effect over teachers, the range of their effects and CIs,
+    the verdict at each grid, and whether the verdict moves with the grid."""
+    here = {r["id"]: r for r in result["claims"] if r["headline"]}
+    lines = [f"## Beside {reference['label']}", "",
+             f"| claim | N = {reference['N']} | N = {result['N']} | verdict moves |",
+             "|---|---|---|---|"]  # fmt: skip
+    moved = []
+    for ref in reference["claims"]:
+        row = here.get(ref["id"])
+        if row is None:
+            continue
+        moves = row["verdict"] != ref["verdict"]
+        moved += [ref["id"]] if moves else []
+        lines.append(f"| {ref['id']} | {_cell(ref)} | {_cell(row)} | {'yes' if moves else 'no'} |")
+    lines += ["", f"Verdicts that move with the grid: {', '.join(moved) or 'none'}. Effects "
+              "are in each row's unit; C1b's margin scales with N (SPEC 9).", ""]  # fmt: skip
+    return lines
 
 
 def _profile_markdown(result: dict[str, Any], grid: list[int], alpha: float) -> list[str]:

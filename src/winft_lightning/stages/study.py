@@ -40,8 +40,10 @@ log = logging.getLogger(__name__)
 # ---- running -------------------------------------------------------------------------
 
 
-def sweep_commands(study: DictConfig, study_dir: Path) -> list[tuple[str, list[str]]]:
-    """(name, argv) of each Hydra multirun of the study."""
+def sweep_commands(
+    study: DictConfig, study_dir: Path, extra: list[str] | None = None
+) -> list[tuple[str, list[str]]]:
+    """(name, argv) of each Hydra multirun of the study (``extra``: overrides for every job)."""
     seeds = ",".join(str(s) for s in study.seeds)
     commands = []
     for geom in study.geometries:
@@ -69,6 +71,7 @@ def sweep_commands(study: DictConfig, study_dir: Path) -> list[tuple[str, list[s
                 "skip_if_done=true",
                 f"task_name=study_{family}",
                 *study.overrides,
+                *(extra or []),
             ]  # fmt: skip
             commands.append((f"{family}_{tag}", argv))
             if family in study.get("controls", []):  # SPEC 9's retrained control of this arm
@@ -79,18 +82,29 @@ def sweep_commands(study: DictConfig, study_dir: Path) -> list[tuple[str, list[s
     return commands
 
 
-def run_study(study: DictConfig, study_dir: Path, root_dir: Path) -> dict[str, int]:
+def run_study(
+    study: DictConfig, study_dir: Path, root_dir: Path, extra: list[str] | None = None
+) -> dict[str, dict[str, float]]:
     """Run every sweep (a failing job is recorded by the job itself; the sweep goes on). The
-    jobs write under the study's own ``root_dir`` (its cache and runs), wherever started."""
+    jobs write under the study's own ``root_dir`` (its cache and runs), wherever started. Each
+    sweep's return code and wall time are appended to this start's entry of ``sweeps.json``
+    (a resumed study keeps every start's times: the trained part's wall is their sum)."""
+    from winft_lightning.runtime.files import write_json_atomic
+
     study_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "WINFT_ROOT": str(root_dir)}
-    codes = {}
-    for name, argv in sweep_commands(study, study_dir):
+    record = study_dir / "sweeps.json"
+    starts = json.loads(record.read_text()) if record.is_file() else []
+    sweeps: dict[str, dict[str, float]] = {}
+    starts.append({"started": time.strftime("%Y-%m-%d %H:%M:%S"), "sweeps": sweeps})
+    for name, argv in sweep_commands(study, study_dir, extra):
         log.info("study: sweep %s", name)
         start = time.perf_counter()
-        codes[name] = subprocess.run(argv, check=False, env=env).returncode
-        log.info("study: sweep %s rc=%s in %.0f s", name, codes[name], time.perf_counter() - start)
-    return codes
+        rc = subprocess.run(argv, check=False, env=env).returncode
+        sweeps[name] = {"rc": rc, "seconds": round(time.perf_counter() - start, 1)}
+        log.info("study: sweep %s rc=%s in %.0f s", name, rc, sweeps[name]["seconds"])
+        write_json_atomic(record, starts)
+    return sweeps
 
 
 def study_figures(study_dir: Path, count: int = 3) -> list[Path]:

@@ -17,15 +17,18 @@ from typing import Any
 
 import yaml
 
-from winft_lightning.core import claims as C
 from winft_lightning.core.families import BY_MODULE, BY_NAME
+from winft_lightning.stages.trained_report import (
+    CONTROL_LABELS,
+    trained_comparisons,
+    trained_markdown,
+    write_part,
+)
 
 log = logging.getLogger(__name__)
 
 FAMILIES = tuple(BY_NAME)  # the table's order is the report's order
 LABELS = {f.name: f.label for f in BY_NAME.values()}
-CONTROL_LABELS = {"awd_vit:random": "AWD-ViT, random windows", "awd_dip_vit:random":
-                  "AWD+DIP ViT, random drop"}  # fmt: skip
 MODULE_FAMILY = {module: f.name for module, f in BY_MODULE.items()}
 
 # The paper's ImageNet-1k figures (Tables I-III, ViT-B/16 at 224 unless stated), for reference.
@@ -190,86 +193,7 @@ def report_markdown(aggs: list[dict[str, Any]], title: str, machine: str) -> str
     return "\n".join(lines)
 
 
-# ---- trained comparisons and the claims table ----------------------------------------
-
-# (id, claim, the paper's figure, treated (family, alpha, beta), control): Tables I-III's rows
-# and SPEC 9's retrained controls (T1', T2'): the same arm against random windows / drops
-TRAINED_CLAIMS = (
-    ("T1", "AWD (alpha = 0.1) beats ViT", "Table I", "81.90 vs 81.20 % (+0.70)",
-     ("awd_vit", 0.1, 0.0), ("vit", 1.0, 0.0)),
-    ("T1'", "AWD (alpha = 0.1) windows beat random windows of their size", "SPEC 9",
-     "no paper figure (Table I's +0.70 is against ViT)",
-     ("awd_vit", 0.1, 0.0), ("awd_vit:random", 0.1, 0.0)),
-    ("T2", "DIP (beta = 0.2) improves AWD (alpha = 0.1)", "Table II", "82.40 vs 81.90 % (+0.50)",
-     ("awd_dip_vit", 0.1, 0.2), ("awd_vit", 0.1, 0.0)),
-    ("T2'", "DIP (beta = 0.2) drops beat as many random drops", "SPEC 9",
-     "no paper figure (Table II's +0.50 is against AWD)",
-     ("awd_dip_vit", 0.1, 0.2), ("awd_dip_vit:random", 0.1, 0.2)),
-    ("T3", "WinfT beats ViT", "Table III (B/16, 224)", "83.11 vs 81.20 % (+1.91)",
-     ("winft", 0.1, 0.0), ("vit", 1.0, 0.0)),
-)  # fmt: skip
-TRAINED_MARGIN = 0.005  # SPEC 9: 0.5 percentage points
-
-
-def label_of(family: str) -> str:
-    return CONTROL_LABELS.get(family) or LABELS.get(family, family)
-
-
-def _runs_of(rows: list[dict], spec: tuple, geometry: tuple) -> dict[int, dict]:
-    family, alpha, beta = spec
-    return {r["seed"]: r for r in rows
-            if r["status"] == "ok" and r["family"] == family
-            and math.isclose(r["alpha"], alpha) and math.isclose(r["beta"], beta)
-            and (r["img_size"], r["patch_size"]) == geometry}  # fmt: skip
-
-
-def trained_comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each trained claim at the first geometry, as a claims-table row: delta top-1 (treated -
-    control, as a fraction) over the seeds where both finished, with a t interval over seeds,
-    SPEC 9's margin verdict and MDE, and how many seeds lie on the claimed side; fewer than two
-    pairs give no interval and the verdict inconclusive."""
-    if not rows:
-        return []
-    geometry = min({(r["img_size"], r["patch_size"]) for r in rows}, key=lambda g: (g[0], -g[1]))
-    out = []
-    for cid, statement, paper, paper_values, treated, control in TRAINED_CLAIMS:
-        a, b = _runs_of(rows, treated, geometry), _runs_of(rows, control, geometry)
-        seeds = sorted(set(a) & set(b))
-        deltas = [(a[s]["top1"] - b[s]["top1"]) / 100.0 for s in seeds]
-        eo = statistics.fmean(a[s]["eo_ratio"] for s in seeds) if seeds else float("nan")
-        row = {"id": cid, "claim": cid, "paper": paper, "statement": f"{statement}: {paper_values}",
-               "measure": f"Δ top-1 {label_of(treated[0])} − {label_of(control[0])}, paired by "
-                          f"seed ({label_of(treated[0])} E_O / N² = {eo:.3f})",
-               "null": 0.0, "direction": "greater", "n": len(seeds), "headline": True,
-               "margin": TRAINED_MARGIN, "seeds_above_zero": sum(d > 0 for d in deltas),
-               "details": {"seeds": seeds, "deltas": deltas, "eo_ratio": eo,
-                           "geometry": list(geometry)}}  # fmt: skip
-        interval = C.t_interval(deltas) if len(deltas) >= 2 else None
-        if interval is None:
-            row.update(effect=statistics.fmean(deltas) if deltas else float("nan"),
-                       low=float("nan"), high=float("nan"), mde=float("nan"),
-                       verdict=C.INCONCLUSIVE, method="fewer than 2 paired seeds: no interval")  # fmt: skip
-        else:
-            row.update(effect=interval.estimate, low=interval.low, high=interval.high,
-                       mde=C.mde(interval), method=interval.method,
-                       verdict=C.margin_verdict(interval, TRAINED_MARGIN))  # fmt: skip
-        out.append(row)
-    return out
-
-
-def trained_markdown(rows: list[dict[str, Any]]) -> str:
-    """The trained comparisons: effect, t interval, margin, MDE, seeds on the claimed side and
-    SPEC 9's verdict."""
-    lines = ["| claim | paper | statement | our measure | effect [95 % CI] | margin | MDE | "
-             "seeds > 0 | verdict |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for r in rows:
-        ci = (f"{r['effect'] * 100:+.2f} pp [{r['low'] * 100:+.2f}, {r['high'] * 100:+.2f}]"
-              if math.isfinite(r["low"]) else f"{r['effect'] * 100:+.2f} pp (no interval)")  # fmt: skip
-        mde = f"{r['mde'] * 100:.2f} pp" if math.isfinite(r["mde"]) else "n/a"
-        lines.append(f"| {r['id']} | {r['paper']} | {r['statement']} | {r['measure']} | {ci} | "
-                     f"{r['margin'] * 100:g} pp | {mde} | {r['seeds_above_zero']} of {r['n']} | "
-                     f"**{r['verdict']}** |")  # fmt: skip
-    return "\n".join(lines) + "\n"
+# ---- the claims table -------------------------------------------------------------
 
 
 def claims_section(claims: dict[str, Any] | None, trained: list[dict[str, Any]]) -> str:
@@ -290,10 +214,16 @@ def claims_section(claims: dict[str, Any] | None, trained: list[dict[str, Any]])
 
 
 def write_report(
-    study_dir: Path, title: str, machine: str, claims: dict[str, Any] | None = None
+    study_dir: Path,
+    title: str,
+    machine: str,
+    claims: dict[str, Any] | None = None,
+    trained_facts: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Aggregate the study dir's runs into results.csv, summary.csv, comparisons.json and
-    report.md (claims table first: ``claims``' training-free rows, then the trained ones)."""
+    report.md (claims table first: ``claims``' training-free rows, then the trained ones);
+    with ``trained_facts``, also the trained part's records and its own report under
+    ``trained/`` (:mod:`winft_lightning.stages.trained_report`)."""
     rows = collect_runs(study_dir)
     paths = {"results": study_dir / "results.csv", "summary": study_dir / "summary.csv",
              "report": study_dir / "report.md", "comparisons": study_dir / "comparisons.json"}  # fmt: skip
@@ -309,6 +239,8 @@ def write_report(
         writer = csv.DictWriter(f, fieldnames=list(aggs[0]))
         writer.writeheader()
         writer.writerows(aggs)
+    if trained_facts is not None:
+        write_part(study_dir / "trained", rows, trained_facts)
     trained = trained_comparisons(rows)
     paths["comparisons"].write_text(json.dumps(trained, indent=2))  # NaN where no interval
     report = report_markdown(aggs, title, machine)

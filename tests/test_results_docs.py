@@ -37,3 +37,14 @@ def test_readme_quotes_the_committed_verdicts():
         assert line.endswith(f"**{row['verdict']}** |"), line
         for cell in row["teachers"].values():
             assert f"→ {cell['verdict']}" in line
+
+
+def test_readme_quotes_the_imagenet_projection_the_code_gives():
+    from bench.claims_projection import BENCH, project
+
+    p = project(json.loads(BENCH.read_text()))
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"the pass's {p['forwards_per_image']} forwards an image" in readme
+    per_forward = json.loads(BENCH.read_text())["analysis"]["b16_224"]
+    assert f"forward ({per_forward['teacher_forward_nonfused_s_per_image'] * 1000:.2f} ms" in readme
+    assert f"**about {p['minutes']:.0f} min** for the 50,000 val images on one H100" in readme

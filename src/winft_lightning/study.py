@@ -52,12 +52,13 @@ def students_teacher(study: DictConfig, root_dir: Path) -> tuple[list[str], str]
 
 
 def trained_facts(study: DictConfig, study_dir: Path, teacher: str) -> dict[str, Any]:
-    """What the trained part ran: students, seeds, teacher, machine, command, and its wall
-    time summed over every start of its sweeps (``sweeps.json``)."""
+    """What the trained part ran: students, seeds, teacher, machine, the last command that ran
+    sweeps, and the wall time summed over every start of its sweeps (``sweeps.json``)."""
     record = study_dir / "sweeps.json"
     starts = json.loads(record.read_text()) if record.is_file() else []
     seconds = sum(s["seconds"] for start in starts for s in start["sweeps"].values())
-    return {"machine": machine_line(), "command": study_command(),
+    ran = [start.get("command") for start in starts if start["sweeps"] and start.get("command")]
+    return {"machine": machine_line(), "command": ran[-1] if ran else study_command(),
             "students": "the overrides " + ", ".join(f"`{o}`" for o in study.overrides),
             "seeds": list(study.seeds), "teacher": teacher,
             "wall": {"seconds": round(seconds, 1), "starts": len(starts)}}  # fmt: skip
@@ -176,7 +177,7 @@ def main(cfg: DictConfig) -> None:
     if cfg.study.families:
         extra, teacher = students_teacher(cfg.study, root)
         if cfg.run:
-            run_study(cfg.study, study_dir, root, extra)
+            run_study(cfg.study, study_dir, root, extra, study_command())
         trained = trained_facts(cfg.study, study_dir, teacher)
     part = cfg.study.get("claims") and cfg.study.get("claims_part", True)
     claims = run_claims(cfg.study, study_dir, root) if part else None

@@ -83,7 +83,11 @@ def sweep_commands(
 
 
 def run_study(
-    study: DictConfig, study_dir: Path, root_dir: Path, extra: list[str] | None = None
+    study: DictConfig,
+    study_dir: Path,
+    root_dir: Path,
+    extra: list[str] | None = None,
+    command: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """Run every sweep (a failing job is recorded by the job itself; the sweep goes on). The
     jobs write under the study's own ``root_dir`` (its cache and runs), wherever started. Each
@@ -96,7 +100,8 @@ def run_study(
     record = study_dir / "sweeps.json"
     starts = json.loads(record.read_text()) if record.is_file() else []
     sweeps: dict[str, dict[str, float]] = {}
-    starts.append({"started": time.strftime("%Y-%m-%d %H:%M:%S"), "sweeps": sweeps})
+    starts.append({"started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command,
+                   "sweeps": sweeps})  # fmt: skip
     for name, argv in sweep_commands(study, study_dir, extra):
         log.info("study: sweep %s", name)
         start = time.perf_counter()

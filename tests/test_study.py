@@ -123,6 +123,8 @@ def test_study_runs_and_aggregates(tmp_path):
     assert facts["wall"]["seconds"] == pytest.approx(
         sum(s["seconds"] for s in sweeps[0]["sweeps"].values()), abs=0.2)  # fmt: skip
     assert "claims teacher of seed 0" in facts["teacher"] and facts["seeds"] == [0, 1]
+    assert facts["command"] == sweeps[0]["command"]
+    assert facts["command"].startswith("python -m winft_lightning.study study=quick ")
     assert len(list(csv.DictReader((trained / "records" / "runs.csv").open()))) == 12
     assert (trained / "trained_deltas.png").is_file() and "## Arms" in (
         trained / "report.md").read_text()  # fmt: skip

@@ -76,6 +76,7 @@ def test_comparisons_pair_by_seed_and_match_a_naive_t_interval(tmp_path):
     for row in comparisons:
         assert f"{row['seeds_above_zero']} of {row['n']} | **{row['verdict']}** |" in report
     assert "60.0 min" in report and "AWD-ViT, random windows" in report
+    assert f"T1 {by_id['T1']['mde'] * 100:.2f} pp against the paper's +0.70" in report
     with Image.open(tmp_path / "trained" / "trained_deltas.png") as im:
         assert im.format == "PNG" and min(im.size) > 300
 

@@ -55,6 +55,9 @@ TRAINED_CLAIMS = (
      ("winft", 0.1, 0.0), ("vit", 1.0, 0.0)),
 )  # fmt: skip
 TRAINED_MARGIN = 0.005  # SPEC 9: 0.5 percentage points
+# the paper's effect each design must be able to see (pp, ImageNet-1k, B/16 at 224); WinfT's
+# +2.56 is the abstract's average over the paper's structures and resolutions
+PAPER_EFFECT_PP = {"T1": 0.70, "T2": 0.50, "T3": 1.91}
 
 RECORD_FIELDS = ("family", "control", "alpha", "beta", "img_size", "patch_size", "seed",
                  "status", "top1", "eo", "eo_ratio", "num_patches", "fit_seconds")  # fmt: skip
@@ -196,6 +199,19 @@ def _arms_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _power_lines(comparisons: list[dict]) -> list[str]:
+    """Each paper comparison's MDE beside the effect the paper reports."""
+    cells = [f"{c['id']} {c['mde'] * 100:.2f} pp against the paper's "
+             f"+{PAPER_EFFECT_PP[c['id']]:.2f}" for c in comparisons
+             if c["id"] in PAPER_EFFECT_PP and math.isfinite(c["mde"])]  # fmt: skip
+    if not cells:
+        return [""]
+    return ["", "Power: the MDE (80 % power) of each paper comparison beside the paper's own "
+            "effect: " + "; ".join(cells) + " (WinfT: +2.56 averaged over the paper's "
+            "structures). A design whose MDE exceeds the paper's effect could not have seen "
+            "it.", ""]  # fmt: skip
+
+
 def report_markdown(comparisons: list[dict], rows: list[dict], facts: dict[str, Any]) -> str:
     wall = facts.get("wall", {})
     minutes = (wall.get("seconds") or 0) / 60
@@ -207,7 +223,7 @@ def report_markdown(comparisons: list[dict], rows: list[dict], facts: dict[str, 
              "Each row pairs two arms by seed: the delta of their top-1 on the whole test split, "
              "a t interval over seeds, SPEC 9's verdict with a 0.5 pp margin, and the MDE "
              "(the effect this design detects with 80 % power at its spread: noncentral t).", "",
-             trained_markdown(comparisons),
+             trained_markdown(comparisons), *_power_lines(comparisons),
              "## Arms", "", *_arms_table(rows), "",
              "![paired differences](trained_deltas.png)", ""]  # fmt: skip
     return "\n".join(lines)

@@ -48,3 +48,31 @@ def test_readme_quotes_the_imagenet_projection_the_code_gives():
     per_forward = json.loads(BENCH.read_text())["analysis"]["b16_224"]
     assert f"forward ({per_forward['teacher_forward_nonfused_s_per_image'] * 1000:.2f} ms" in readme
     assert f"**about {p['minutes']:.0f} min** for the 50,000 val images on one H100" in readme
+
+
+TRAINED = ROOT / "docs" / "results" / "2026-12-02_study_trained"
+
+
+def test_the_committed_trained_report_rebuilds_from_its_records(tmp_path):
+    from winft_lightning.stages import trained_report
+
+    saved = TRAINED / "trained"
+    out = tmp_path / "trained"
+    shutil.copytree(saved / "records", out / "records")
+    shutil.copy2(saved / "facts.json", out / "facts.json")
+    trained_report.rebuild(out)
+    for name in ("comparisons.json", "report.md"):
+        assert (out / name).read_bytes() == (saved / name).read_bytes(), name
+
+
+def test_readme_quotes_the_committed_trained_verdicts():
+    rows = json.loads((TRAINED / "trained" / "comparisons.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Latest measured: the trained comparisons") :]
+    for row in rows:
+        line = next(x for x in section.splitlines() if x.startswith(f"| {row['id']} |"))
+        assert line.endswith(f"{row['seeds_above_zero']} of {row['n']} | **{row['verdict']}** |")
+        assert (
+            f"{row['effect'] * 100:+.2f} pp [{row['low'] * 100:+.2f}, {row['high'] * 100:+.2f}]"
+            in line
+        )

@@ -1,6 +1,6 @@
 """Shared fixtures: compose the project's Hydra configs the way the CLI does, into tmp_path;
-real digits shard sets, a tiny untrained teacher and its mask set (session-scoped, built once).
-Plain helpers live in ``helpers.py``."""
+real digits shard sets, a tiny untrained teacher and its mask set (session-scoped, built once);
+a real one-node SLURM cluster (``slurm_cluster.py``). Plain helpers live in ``helpers.py``."""
 
 from __future__ import annotations
 
@@ -132,3 +132,18 @@ def analyzed_shards(tmp_path_factory, digits_shards, teacher_ckpt) -> Path:
         progress=False,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real one-node SLURM cluster (munged, slurmctld, slurmd; ``slurm_cluster.py``) for the
+    session, stopped at its end. Skipped only where SLURM is not installed or this is not root
+    (``make install`` installs it as root)."""
+    from slurm_cluster import missing, start_cluster
+
+    why = missing()
+    if why:
+        pytest.skip(why)
+    cluster = start_cluster(tmp_path_factory.mktemp("slurm"))
+    yield cluster
+    cluster.stop()

@@ -117,3 +117,54 @@ def chance_top1(shards: Path, split: str = "test", q: float = 0.999) -> float:
     labels = [int(m["cls"]) for name in names for _, m in iter_tar(shards / name)]
     share = max(Counter(labels).values()) / len(labels)
     return 100.0 * binom.ppf(q, len(labels), share) / len(labels)
+
+
+def scrambled(model: torch.nn.Module, seed: int = 0, std: float = 0.3) -> torch.nn.Module:
+    """``model`` with every parameter redrawn from N(0, std^2) (O(1) logits, so comparing
+    two networks' logits tests every weight; timm's init leaves the head near zero)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model.eval()
+
+
+def google_npz(model: torch.nn.Module, path: Path, big_vision: bool = False) -> Path:
+    """A timm ViT's weights written as Google's JAX ``.npz`` (the inverse of timm's
+    ``vision_transformer._load_weights``): the original ViT layout (``Transformer/
+    encoderblock_{i}/MultiHeadDotProductAttention_1``, ``MlpBlock_3``, ``LayerNorm_2``), or
+    big_vision's (keys under ``params/``, ``pos_embedding`` at the top, ``..._0``,
+    ``MlpBlock_0``, ``LayerNorm_1``)."""
+    sd = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    d = int(model.embed_dim)
+    h = int(model.blocks[0].attn.num_heads)
+    p = "params/" if big_vision else ""
+    mha, mlp, ln2 = (0, 0, 1) if big_vision else (1, 3, 2)
+    pos = f"{p}pos_embedding" if big_vision else "Transformer/posembed_input/pos_embedding"
+    w = {
+        f"{p}embedding/kernel": sd["patch_embed.proj.weight"].transpose(2, 3, 1, 0),
+        f"{p}embedding/bias": sd["patch_embed.proj.bias"],
+        f"{p}cls": sd["cls_token"],
+        pos: sd["pos_embed"],
+        f"{p}Transformer/encoder_norm/scale": sd["norm.weight"],
+        f"{p}Transformer/encoder_norm/bias": sd["norm.bias"],
+        f"{p}head/kernel": sd["head.weight"].T,
+        f"{p}head/bias": sd["head.bias"],
+    }
+    for i in range(len(model.blocks)):
+        b, s = f"{p}Transformer/encoderblock_{i}/", f"blocks.{i}."
+        a = f"{b}MultiHeadDotProductAttention_{mha}/"
+        for j, n in enumerate(("query", "key", "value")):
+            w[f"{a}{n}/kernel"] = sd[s + "attn.qkv.weight"][j * d : (j + 1) * d].T.reshape(d, h, -1)
+            w[f"{a}{n}/bias"] = sd[s + "attn.qkv.bias"][j * d : (j + 1) * d].reshape(h, -1)
+        w[f"{a}out/kernel"] = sd[s + "attn.proj.weight"].reshape(d, h, -1).transpose(1, 2, 0)
+        w[f"{a}out/bias"] = sd[s + "attn.proj.bias"]
+        for ln, norm in ((0, "norm1"), (ln2, "norm2")):
+            w[f"{b}LayerNorm_{ln}/scale"] = sd[f"{s}{norm}.weight"]
+            w[f"{b}LayerNorm_{ln}/bias"] = sd[f"{s}{norm}.bias"]
+        for r in range(2):
+            w[f"{b}MlpBlock_{mlp}/Dense_{r}/kernel"] = sd[f"{s}mlp.fc{r + 1}.weight"].T
+            w[f"{b}MlpBlock_{mlp}/Dense_{r}/bias"] = sd[f"{s}mlp.fc{r + 1}.bias"]
+    with open(path, "wb") as f:  # a file object: np.savez would add ".npz" to a path
+        np.savez(f, **w)
+    return Path(path)

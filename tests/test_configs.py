@@ -161,7 +161,8 @@ def paper_row_expected(name: str, env: dict[str, str]) -> dict:
     module, extras = BY_NAME[method].module, PAPER_METHODS[method]
     net = {"model_name": model_name, "img_size": img, "patch_size": patch,
            "num_classes": rec["data"]["num_classes"], "embed_dim": None, "depth": None,
-           "num_heads": None, "checkpoint": env.get(var), "drop_path_rate": 0.0}  # fmt: skip
+           "num_heads": None, "checkpoint": env.get(var), "pretrained": False,
+           "drop_path_rate": 0.0}  # fmt: skip
     return {
         "task_name": name,
         "tags": [rec["data"]["name"], method, *backbone.split("_")],

@@ -7,6 +7,11 @@ masked model's (:mod:`.stages.results`)."""
 
 from __future__ import annotations
 
+from winft_lightning.runtime.world import refuse_bad_launch
+
+if __name__ == "__main__":  # before the heavy imports: a wrong sbatch script stops in a second
+    refuse_bad_launch()
+
 import json
 import logging
 import traceback

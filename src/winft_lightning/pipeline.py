@@ -102,8 +102,11 @@ def teacher_key(cfg: DictConfig, shards: Path) -> str:
     data_opts.pop("control", None)  # nor which masks (the teacher's or a control's) a run reads
     if teacher_source(cfg) is not None:  # the students' own subset is not the teacher's
         data_opts["source"] = OmegaConf.to_container(teacher_source(cfg), resolve=True)
+    model = OmegaConf.to_container(cfg.teacher.model, resolve=True)
+    if not model.get("net", {}).get("pretrained", True):
+        del model["net"]["pretrained"]  # keyed as before model.net.pretrained existed
     return config_key(
-        cfg.teacher.model,
+        model,
         cfg.teacher.max_epochs,
         cfg.teacher.get("limit_train_batches"),
         data_opts,

@@ -2,10 +2,11 @@
 
 ``load_teacher(path)`` accepts (a) a Lightning checkpoint of our modules
 (``hyper_parameters.net`` = timm ViT kwargs, state-dict keys ``net.<timm key>``), or (b) a plain
-timm weights file (``.pth``/``.pt``/``.bin``/``.safetensors``) with an explicit model config,
-loaded through timm's own pretrained path (so the position embedding is resampled when
-``img_size`` differs from the weights'). :func:`teacher_norm` is the one rule for the
-normalisation of the teacher's analysed view.
+weights file (timm/torch state dict, ``.safetensors``, or a Google ``.npz``; the format read
+from the content) with an explicit model config, loaded through timm's own pretrained path
+(:func:`~winft_lightning.models.weights.create_with_weights`, so the position embedding is
+resampled when ``img_size`` differs from the weights'). :func:`teacher_norm` is the one rule
+for the normalisation of the teacher's analysed view.
 """
 
 from __future__ import annotations
@@ -23,16 +24,18 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from winft_lightning.runtime.checkpoints import (
+    UnreadableCheckpoint,
     UntrustedCheckpoint,
     checkpoint_file,
+    checkpoint_format,
     net_weights,
     read_checkpoint,
 )
 from winft_lightning.runtime.hashing import file_sha256  # also imported from here
 
-log = logging.getLogger(__name__)
+from .weights import create_with_weights
 
-PLAIN_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+log = logging.getLogger(__name__)
 
 
 class TeacherError(ValueError):
@@ -99,7 +102,7 @@ def timm_kwargs(net: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 def _torch_load(path: Path, trust_pickle: bool, option: str) -> Any:
     try:
         return read_checkpoint(path, trust_pickle=trust_pickle, option=option)
-    except UntrustedCheckpoint as err:
+    except (UntrustedCheckpoint, UnreadableCheckpoint) as err:
         raise TeacherError(str(err)) from err
     except Exception as err:
         raise TeacherError(
@@ -129,24 +132,6 @@ def _info(
     )
 
 
-def _head_classes(path: Path, obj: Any) -> int | None:
-    """Rows of ``head.weight`` in a weights file (to load a matching head), else None."""
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), "pt") as f:
-                names = set(f.keys())
-                return f.get_slice("head.weight").get_shape()[0] if "head.weight" in names else None
-        except Exception as e:  # not a safetensors file
-            raise TeacherError(
-                f"teacher file {path} is not a readable safetensors file: {e}"
-            ) from e
-    sd = obj.get("state_dict", obj.get("model", obj)) if isinstance(obj, dict) else {}
-    w = sd.get("head.weight") if isinstance(sd, dict) else None
-    return int(w.shape[0]) if isinstance(w, torch.Tensor) else None
-
-
 def load_teacher(
     path: str | Path,
     *,
@@ -169,7 +154,11 @@ def load_teacher(
     path = Path(path).expanduser()
     if sha256 is None:
         sha256 = file_sha256(checkpoint_file(path, path_option))
-    obj = None if path.suffix == ".safetensors" else _torch_load(path, trust_pickle, trust_option)
+    try:
+        fmt = checkpoint_format(path)
+    except UnreadableCheckpoint as err:
+        raise TeacherError(str(err)) from err
+    obj = None if fmt == "npz" else _torch_load(path, trust_pickle, trust_option)
     hp = obj.get("hyper_parameters") if isinstance(obj, dict) else None
     if isinstance(hp, dict) and isinstance(hp.get("net"), dict) and "state_dict" in obj:
         name, kw = timm_kwargs(dict(hp["net"]))
@@ -185,10 +174,10 @@ def load_teacher(
             ) from e
         kind = "lightning"
     else:
-        if path.suffix not in PLAIN_SUFFIXES and not isinstance(obj, dict):
+        if fmt != "npz" and not isinstance(obj, dict):
             raise TeacherError(
                 f"teacher file {path} is neither a Lightning checkpoint with "
-                f"hyper_parameters.net nor a weights file ({', '.join(PLAIN_SUFFIXES)})"
+                f"hyper_parameters.net nor a weights file (it holds a {type(obj).__name__})"
             )
         if isinstance(obj, dict) and "state_dict" in obj and not model_name:
             raise TeacherError(
@@ -201,12 +190,10 @@ def load_teacher(
                 "patch_size, num_classes, ...) so timm can build the network"
             )
         name, kw = timm_kwargs({"model_name": model_name, **net})
-        overlay: dict[str, Any] = {"file": str(path)}
-        head = _head_classes(path, obj)
-        if head is not None:
-            overlay["num_classes"] = head  # timm keeps the head iff the classes match
         try:
-            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kw)
+            model = create_with_weights(name, path, obj, **kw)
+        except UnreadableCheckpoint as e:
+            raise TeacherError(str(e)) from e
         except Exception as e:  # timm/safetensors raise several types
             raise TeacherError(f"weights file {path} does not fit {name}{kw}: {e}") from e
         kind = "timm"

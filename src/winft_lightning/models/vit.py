@@ -10,17 +10,17 @@ import timm
 import torch
 import torch.nn.functional as F
 from timm.layers import Attention
-from timm.models._helpers import load_state_dict
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from winft_lightning.core.capture import embed_tokens
-from winft_lightning.runtime.checkpoints import checkpoint_file, net_weights
+from winft_lightning.runtime.checkpoints import checkpoint_file
 
 from .attention import AwdAttention, NetAttention, WinftAttention, WinftBlockOutput, winft_window
 from .block import NetBlock
 from .inputs import SPEC_ATTR, NetInputs, NetSpec, net_inputs
 from .sparse import DEFAULT_BLOCK, block_sizes
+from .weights import create_pretrained, create_with_weights
 
 __all__ = [
     "ATTN_KINDS",
@@ -36,15 +36,6 @@ __all__ = [
 ATTN_KINDS = ("full", "awd", "winft")
 WINFT_MODES = ("multiply", "neg_inf")
 DIP_MODES = ("none", "multiply", "key_mask")
-_HEAD_KEYS = ("head.weight", "head.bias")
-
-
-def _read_checkpoint(path: str) -> dict[str, Tensor]:
-    """timm state dict from a file: a timm/torch state dict, or a Lightning checkpoint whose
-    network is the attribute ``net`` (keys ``net.<timm key>``)."""
-    checkpoint_file(path)
-    sd = load_state_dict(path, use_ema=False)
-    return net_weights(sd) or sd
 
 
 class WinftOutput(NamedTuple):
@@ -129,6 +120,7 @@ def build_vit(
     sparse: bool = False,
     dip: str | None = None,
     checkpoint: str | None = None,
+    pretrained: bool = False,
     drop_path_rate: float = 0.0,
     tile: int = 0,
     block_size: int | Sequence[int] = DEFAULT_BLOCK,
@@ -142,11 +134,15 @@ def build_vit(
     ``sparse=True``). ``dip`` in {None/"none", "multiply" (SPEC 3), "key_mask" (ablation)}.
     Per-batch inputs are arguments: ``net(x, windows=..., keep=...)`` (see :class:`NetViT`).
 
-    ``checkpoint``: a weight file (timm state dict, or Lightning checkpoint with keys ``net.*``)
-    loaded through timm's pretrained path, so the pos-embed is resampled to ``img_size`` and
-    patch embedding to ``patch_size``. The classifier head is kept when its size matches
-    ``num_classes`` and dropped (fresh head) otherwise. embed_dim/depth/num_heads override the
-    named architecture only when given. ``tile`` (token order: 0 row-major with the prefix last,
+    ``checkpoint``: a weights file, its format read from its content (a timm/torch state dict,
+    a Lightning checkpoint with keys ``net.*``, ``.safetensors``, or a Google ``.npz``; see
+    :func:`.weights.create_with_weights`) loaded through timm's pretrained path, so the
+    pos-embed is resampled to ``img_size`` and patch embedding to ``patch_size``. The
+    classifier head is kept when its size matches ``num_classes`` and dropped (fresh head)
+    otherwise. ``pretrained=True``: timm's own weights of ``model_name`` (with its tag, e.g.
+    ``vit_base_patch16_224.augreg_in21k``) from the Hugging Face hub/cache instead
+    (:func:`.weights.create_pretrained`; offline with ``HF_HUB_OFFLINE=1``).
+    embed_dim/depth/num_heads override the named architecture only when given. ``tile`` (token order: 0 row-major with the prefix last,
     -1 timm's order, > 0 square tiles) and ``block_size`` (flex block, int or (q, kv) pair) set
     the sparse path (see :mod:`.sparse`).
     """
@@ -175,29 +171,26 @@ def build_vit(
     for name, value in (("embed_dim", embed_dim), ("depth", depth), ("num_heads", num_heads)):
         if value is not None:
             kwargs[name] = value
-    overlay = None
-    if checkpoint is not None:
-        sd = _read_checkpoint(os.fspath(checkpoint))
-        head = sd.get("head.weight")
-        # timm drops the head whenever num_classes differs from the *registry* cfg's count, which
-        # would discard a fine-tuned head of the right size; declare the file's own count instead.
-        overlay = dict(state_dict=sd, num_classes=head.shape[0] if head is not None else 0)
-    model = timm.create_model(
-        model_name,
-        pretrained=checkpoint is not None,
-        pretrained_cfg_overlay=overlay,
+    if checkpoint is not None and pretrained:
+        raise ValueError(
+            f"give either checkpoint ({checkpoint}) or pretrained=True (timm's hub weights of "
+            f"{model_name}), not both"
+        )
+    kwargs.update(
         img_size=img_size,
         patch_size=patch_size,
         num_classes=num_classes,
         drop_path_rate=drop_path_rate,
         attn_layer=attn_layer,
         block_fn=NetBlock,
-        **kwargs,
     )
-    if overlay is not None:  # do not keep a second copy of the weights on the model
-        for cfg in (getattr(model, "pretrained_cfg", None), getattr(model, "default_cfg", None)):
-            if isinstance(cfg, dict):
-                cfg.pop("state_dict", None)
+    if checkpoint is not None:
+        path = checkpoint_file(os.fspath(checkpoint))
+        model = create_with_weights(model_name, path, **kwargs)
+    elif pretrained:
+        model = create_pretrained(model_name, **kwargs)
+    else:
+        model = timm.create_model(model_name, pretrained=False, **kwargs)
 
     if type(model) is not VisionTransformer:
         raise TypeError(f"{model_name} is a {type(model).__name__}, not a timm VisionTransformer")

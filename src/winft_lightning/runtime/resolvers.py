@@ -5,7 +5,9 @@
   resolve ``hydra.sweep.dir`` (``oc.env``'s default is resolved eagerly).
 * ``${winft.run_stamp:FORMAT}``: the start time plus a random suffix: two jobs started in the
   same second (a SLURM array, two sweeps) never share a directory. Every rank of a
-  torchrun/SLURM job gets rank 0's stamp, so all ranks write one run directory.
+  torchrun/SLURM job gets rank 0's stamp, so all ranks write one run directory. In a SLURM
+  batch job the stamp is the job's own name instead (``slurm-<job>.<step>-<command hash>``,
+  :func:`~winft_lightning.runtime.world.slurm_run_name`): a requeued job resumes in it.
 * ``${winft.rank_suffix:}``: ``""`` on global rank 0, ``.rank<r>`` on the others (log files).
 """
 
@@ -22,7 +24,9 @@ def run_stamp(pattern: str = "%Y-%m-%d_%H-%M-%S") -> str:
     from winft_lightning.runtime import world as worlds
 
     world = worlds.current()
-    mine = f"{time.strftime(pattern)}_{secrets.token_hex(2)}" if world.is_zero else None
+    mine = None
+    if world.is_zero:
+        mine = worlds.slurm_run_name() or f"{time.strftime(pattern)}_{secrets.token_hex(2)}"
     return world.share("run_stamp", mine)
 
 

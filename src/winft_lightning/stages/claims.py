@@ -35,7 +35,7 @@ from winft_lightning.data.datamodule import ShardDataModule
 from winft_lightning.data.progress import image_progress
 from winft_lightning.models import build_vit
 from winft_lightning.models.teacher import TeacherError, load_teacher, teacher_norm
-from winft_lightning.runtime.checkpoints import read_checkpoint
+from winft_lightning.runtime.checkpoints import checkpoint_format, read_checkpoint
 from winft_lightning.runtime.machine import trim_heap
 
 __all__ = ["collect_claims", "forwards_per_image", "keep_chance"]
@@ -55,7 +55,7 @@ def _nets(
     """The teacher's weights as build_vit networks: full, AWD-restricted, DIP-multiplied. The
     architecture is the checkpoint's ``hyper_parameters.net`` (a Lightning checkpoint of our
     modules) or, for a plain weights file, ``net`` (timm's name, img_size, patch_size, ...)."""
-    obj = None if ckpt.suffix == ".safetensors" else read_checkpoint(ckpt)
+    obj = read_checkpoint(ckpt) if checkpoint_format(ckpt) == "torch" else None
     hp = obj.get("hyper_parameters") if isinstance(obj, dict) else None
     if isinstance(hp, dict) and isinstance(hp.get("net"), dict):
         net = hp["net"]
@@ -64,7 +64,7 @@ def _nets(
             f"{ckpt} is not a Lightning checkpoint with hyper_parameters.net: give its net config "
             "(model_name, img_size, patch_size, num_classes, ...) to read it as plain weights"
         )
-    net = {k: v for k, v in net.items() if k not in ("attn", "dip", "checkpoint")}
+    net = {k: v for k, v in net.items() if k not in ("attn", "dip", "checkpoint", "pretrained")}
     kinds = {"full": {}, "awd": {"attn": "awd"}, "dip": {"dip": "multiply"}}
     nets = {
         k: build_vit(**net, **kw, checkpoint=str(ckpt)).eval().to(device) for k, kw in kinds.items()

@@ -39,13 +39,26 @@ def make_datamodule(data_cfg: DictConfig, root: Path, use_masks: bool) -> L.Ligh
 
 
 def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
+    """The checkpoint ``fit`` resumes from: ``ckpt_path``, else this run dir's last.ckpt (a
+    rerun in the same dir, a requeued SLURM job). Under SLURM, Lightning's requeue signal
+    (``--signal=SIGUSR1@90``) also leaves a mid-epoch ``hpc_ckpt_<n>.ckpt`` here; the loaders
+    replay an epoch's batches exactly only from its start, so last.ckpt wins over it (Lightning
+    takes the hpc checkpoint only when there is no last.ckpt yet)."""
     last = run_dir / "checkpoints" / "last.ckpt"
+    hpc = sorted(p.name for p in run_dir.glob("hpc_ckpt_*.ckpt"))
     if cfg.get("ckpt_path") == "last" or (cfg.get("ckpt_path") is None and last.is_file()):
         if last.is_file():
-            log.info("resuming from %s", last)
+            log.info("resuming from %s%s", last, f" (not from the mid-epoch {hpc})" if hpc else "")
             return str(last)
         if cfg.get("ckpt_path") == "last":
             raise ConfigError(f"ckpt_path=last but {last} does not exist")
+    if cfg.get("ckpt_path") is None and hpc and worlds.slurm_layout() is not None:
+        log.warning(
+            "Lightning resumes from its newest mid-epoch checkpoint of %s (no last.ckpt yet): "
+            "the rest of that epoch does not replay exactly the batches an uninterrupted run "
+            "sees",
+            hpc,
+        )
     return cfg.get("ckpt_path")
 
 

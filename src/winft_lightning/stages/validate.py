@@ -1,6 +1,7 @@
 """Refuse a composed config that cannot run, before any work, with an error naming the option:
 the model class, geometry, alpha / beta / lambdas, the analysed alphas, the launch (plain
-``ddp`` over several devices), and the checkpoints a run reads (``ckpt_path``, ``teacher.ckpt``)."""
+``ddp`` over several devices; under SLURM, the tasks against ``trainer.devices`` and
+``trainer.num_nodes``), and the checkpoints a run reads (``ckpt_path``, ``teacher.ckpt``)."""
 
 from __future__ import annotations
 
@@ -98,9 +99,51 @@ def _device_count(devices: Any, accelerator: str) -> int:
     )
 
 
+def check_slurm_layout(cfg: DictConfig) -> None:
+    """Under SLURM, refuse ``trainer.devices`` / ``trainer.num_nodes`` that disagree with the
+    job's tasks per node and nodes (Lightning refuses them only when the Trainer starts, after
+    the teacher and the masks are built), and the launch mistakes of
+    :func:`~winft_lightning.runtime.world.slurm_launch_error`."""
+    worlds.check_slurm_launch()
+    layout = worlds.slurm_layout()
+    if layout is None:
+        return
+    trainer = cfg.trainer
+    devices = _device_count(trainer.get("devices", 1), str(trainer.get("accelerator", "auto")))
+    nodes = int(trainer.get("num_nodes") or 1)
+    per_node = layout["per_node"] or layout["tasks"]
+    script = (
+        "or change the script's `#SBATCH --ntasks-per-node` / `--nodes`; each task is one "
+        "rank (scripts/slurm/one_node.sbatch passes trainer.devices=$SLURM_NTASKS_PER_NODE "
+        "trainer.num_nodes=$SLURM_NNODES)"
+    )
+    if devices != per_node:
+        raise ConfigError(
+            f"trainer.devices={trainer.get('devices')} ({devices} per node), but SLURM job "
+            f"{os.environ.get('SLURM_JOB_ID')} runs {per_node} tasks per node "
+            f"(SLURM_NTASKS_PER_NODE={per_node}): set trainer.devices={per_node}, {script}"
+        )
+    if nodes != layout["nodes"]:
+        raise ConfigError(
+            f"trainer.num_nodes={nodes}, but SLURM job {os.environ.get('SLURM_JOB_ID')} runs on "
+            f"{layout['nodes']} node(s) (SLURM_NNODES={layout['nodes']}): set "
+            f"trainer.num_nodes={layout['nodes']}, {script}"
+        )
+    if devices * nodes != layout["tasks"]:
+        raise ConfigError(
+            f"trainer.devices={devices} x trainer.num_nodes={nodes} = {devices * nodes} ranks, "
+            f"but srun started {layout['tasks']} task(s) (SLURM_NTASKS={layout['tasks']}): run "
+            "`srun` with the job's own task count (no `-n`), " + script
+        )
+
+
 def check_launch(cfg: DictConfig) -> None:
     """Refuse ``strategy=ddp`` over several processes started as one plain process: Lightning
-    would re-run this script per device, and every copy would build the prerequisites."""
+    would re-run this script per device, and every copy would build the prerequisites; and a
+    SLURM job whose tasks disagree with the trainer (:func:`check_slurm_layout`)."""
+    check_slurm_layout(cfg)
+    if worlds.slurm_layout() is not None:
+        return  # srun started every rank, as many as the trainer expects (checked above)
     trainer = cfg.trainer
     strategy = trainer.get("strategy")
     target = strategy if isinstance(strategy, str) else (strategy or {}).get("_target_", "")

@@ -50,6 +50,10 @@ def _path() -> str:
     return os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
 
 
+LAUNCH_VARS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK",
+               "LOCAL_WORLD_SIZE", "NODE_RANK", "GROUP_RANK")  # fmt: skip
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -115,8 +119,11 @@ class SlurmCluster:
 
     @property
     def env(self) -> dict[str, str]:
-        """The caller's environment with ``SLURM_CONF`` set and no SLURM job of its own."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+        """The caller's environment with ``SLURM_CONF`` set, no SLURM job of its own, and no
+        process-group variables: an earlier in-process DDP test of this pytest worker leaves
+        MASTER_PORT behind, and every job would then take that one port."""
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("SLURM_", "TORCHELASTIC_")) and k not in LAUNCH_VARS}  # fmt: skip
         return {**env, "SLURM_CONF": str(self.conf), "PATH": _path()}
 
     def run(self, *cmd: str, check: bool = True, timeout: float = 60, **kw) -> str:

@@ -26,9 +26,11 @@ ONE_NODE = REPO / "scripts" / "slurm" / "one_node.sbatch"
 CPU_VALUES = {"hydra.launcher.gpus_per_node": "null", "hydra.launcher.tasks_per_node": "2",
               "trainer.devices": "2", "model.alpha": "0.05,0.1"}  # fmt: skip
 CPU_APPENDED = ("debug=tiny", "trainer.accelerator=cpu", "trainer.precision=32-true")
-# the sweep's job at alpha 0.1 (its cache entries are warm), for six epochs
+# the sweep's job at alpha 0.1 (its cache entries are warm), for four epochs (an interrupt
+# after the first leaves three to resume)
+EPOCHS = 4
 RUN_ARGS = ("experiment=awd_vit_b16_224", "model.alpha=0.1", *CPU_APPENDED, "trainer.devices=2",
-            "trainer.max_epochs=6")  # fmt: skip
+            f"trainer.max_epochs={EPOCHS}")  # fmt: skip
 # the template's GPU lines replaced on sbatch's command line: two CPU tasks
 SBATCH_CPU = ("--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1")
 
@@ -166,7 +168,7 @@ def test_one_node_sbatch_template_runs_two_ranks_into_one_run_dir(template_runs,
     assert [p.parent for p in (workdir / "outputs" / "runs").rglob("results.json")
             if p.parent.name.startswith(f"slurm-{ref['job']}.")] == [run_dir]  # fmt: skip
     row = json.loads((run_dir / "results.json").read_text())
-    assert row["epochs"] == 6 and row["alpha"] == 0.1 and row["run_dir"] == str(run_dir)
+    assert row["epochs"] == EPOCHS and row["alpha"] == 0.1 and row["run_dir"] == str(run_dir)
     assert ref["log"].count("winft_lightning results") == 1  # global rank 0 alone prints
     assert "masks: reusing cached" in ref["log"]  # the sweep's cache entries
 
@@ -183,7 +185,7 @@ def test_requeued_run_resumes_in_its_run_dir_with_the_same_metrics(template_runs
     (run_dir,) = run_dirs(workdir, job["job"])  # the second start found the first's directory
     assert f"resuming from {run_dir}/checkpoints/last.ckpt" in job["log"]
     # the first start never finished fitting
-    assert job["log"].count("`Trainer.fit` stopped: `max_epochs=6` reached.") == 1
+    assert job["log"].count(f"`Trainer.fit` stopped: `max_epochs={EPOCHS}` reached.") == 1
     assert job["log"].count("winft_lightning results") == 1
     if how == "signalled":  # Lightning saved its mid-epoch checkpoint; last.ckpt won
         assert "Handling auto-requeue signal" in job["log"]
@@ -195,7 +197,7 @@ def test_requeued_run_resumes_in_its_run_dir_with_the_same_metrics(template_runs
     print(f"\n{how} at epoch {job['epoch']}: uninterrupted top1 {expected['top1']!r} "
           f"val_top1 {expected['val_top1']!r}; {how} top1 {got['top1']!r} "
           f"val_top1 {got['val_top1']!r}")  # fmt: skip
-    assert got["epochs"] == expected["epochs"] == 6
+    assert got["epochs"] == expected["epochs"] == EPOCHS
     for key in ("top1", "top5", "val_top1"):
         assert got[key] == pytest.approx(expected[key], abs=1e-6), key
 

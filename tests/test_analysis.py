@@ -4,6 +4,7 @@ separate passes it replaces; the one analysed view shared by the masks and the f
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,3 +146,39 @@ def test_run_figure_callback_draws_the_analysis(family):
     shown = fig.axes[1].get_images()[-1].get_array()  # first patch's S_p
     want = field[0, default_patches(GRID)[0]].view(GRID).numpy()
     np.testing.assert_array_equal(~np.ma.getmaskarray(shown), want)
+
+
+def test_library_call_on_a_users_own_timm_model():
+    """``from winft_lightning import analyse`` on a model straight from timm (train mode, the
+    default alphas): the core call's U, windows and order, and the fields from them."""
+    import subprocess
+    import sys
+
+    import timm
+    from omegaconf import OmegaConf
+
+    import winft_lightning
+    from winft_lightning import analyse as library_analyse
+    from winft_lightning.core.analysis import DEFAULT_ALPHAS
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32,
+                              patch_size=4, embed_dim=32, depth=2, num_heads=2)  # fmt: skip
+    x, n, grid = torch.randn(2, 3, 32, 32), 64, (8, 8)
+    res = library_analyse(model, x)
+    assert model.training  # its mode is restored
+    assert res.grid == grid and res.u.shape == (2, n, n) and res.order.shape == (2, n)
+    assert list(res.windows) == list(DEFAULT_ALPHAS)
+    fields = res.fields(0.2)
+    assert list(fields) == list(DEFAULT_ALPHAS)
+    core = analyse(model.eval(), x, DEFAULT_ALPHAS, grid)
+    assert torch.equal(res.u, core.u) and torch.equal(res.order, core.order)
+    for alpha in DEFAULT_ALPHAS:
+        assert res.windows[alpha].shape == (2, n, 4)
+        assert torch.equal(res.windows[alpha], core.windows[alpha])
+        want = ia.responsive_field(core.windows[alpha], core.order, 0.2, grid)
+        assert fields[alpha].shape == (2, n, n) and torch.equal(fields[alpha], want)
+    conf = Path(winft_lightning.__file__).parent / "conf" / "analyze" / "default.yaml"
+    assert tuple(OmegaConf.load(conf).alphas) == DEFAULT_ALPHAS
+    light = "import sys, winft_lightning; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", light], check=False).returncode == 0

@@ -1,11 +1,11 @@
 """Prerequisites that build themselves: shards -> teacher -> masks.
 
 Each is an entry of the :class:`~winft_lightning.runtime.store.ArtifactStore` under
-``paths.cache_dir``, keyed by the content of what made it (the source config, the shard
-manifest's content hash, the teacher file's hash), built once however many processes ask for
-it at the same time, and reused by every later run (which says so). Inside a torchrun/SLURM
-world the ranks build together: shards once, the teacher as one DDP run over every rank, the
-analysis split over the ranks' shards.
+``paths.cache_dir``, keyed by the content of what made it (the source config and, for an
+ImageFolder tree, the listing of its files; the shard manifest's content hash; the teacher
+file's hash), built once however many processes ask for it at the same time, and reused by
+every later run (which says so). Inside a torchrun/SLURM world the ranks build together: shards
+once, the teacher as one DDP run over every rank, the analysis split over the ranks' shards.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,17 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from winft_lightning.data.folder_listing import (
+    LISTING_FILE,
+    FolderListing,
+    describe_changes,
+    list_folder,
+    load_records,
+)
 from winft_lightning.data.shards import FORMAT_VERSION, MANIFEST
 from winft_lightning.runtime import world as worlds
 from winft_lightning.runtime.hashing import json_digest
-from winft_lightning.runtime.store import ArtifactStore
+from winft_lightning.runtime.store import ENTRY, ArtifactStore
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +71,57 @@ def ensure_shards(cfg: DictConfig, source: DictConfig | None = None) -> Path:
         log.info("shards: using data.root=%s", root)
         return root
     source = cfg.data.source if source is None else source
+    store = store_of(cfg)
     key = f"{source.name}-{config_key(FORMAT_VERSION, source)}"
+    listing = None
+    if source.name == "imagefolder":  # fixed-file sources keep their config-only key
+        key, listing = _folder_key(store, key, source)
 
     def build(out: Path) -> dict[str, Any]:
+        if listing is not None:
+            _log_folder_changes(store, key, listing)
         manifest = prepare_shards(source, out, progress=False)
-        return {"count": {s: e["count"] for s, e in manifest["splits"].items()}}
+        info = {"count": {s: e["count"] for s, e in manifest["splits"].items()}}
+        if listing is not None:
+            listing.save(out / LISTING_FILE)
+            info["source_listing"] = listing.summary()
+        return info
 
-    return store_of(cfg).ensure("shards", key, build, what="shards", resume=True)
+    return store.ensure("shards", key, build, what="shards", resume=True)
+
+
+def _folder_key(
+    store: ArtifactStore, key: str, source: DictConfig
+) -> tuple[str, FolderListing | None]:
+    """An ImageFolder source's key also ends in the digest of its tree's listing (paths, sizes,
+    mtimes), so a changed tree builds new shards. Rank 0 walks the tree and tells the others."""
+    listing = None
+    if store.world.is_zero:
+        start = time.perf_counter()
+        listing = list_folder(OmegaConf.to_container(source, resolve=True))
+        log.info("shards: %s", listing.dirs.note())
+        log.info(
+            "shards: listed %d image files of %s in %.2f s (listing digest %s)",
+            len(listing.files()), listing.dirs.root, time.perf_counter() - start,
+            listing.digest[:12],
+        )  # fmt: skip
+    digest = store.world.share("shards/source_listing", listing and listing.digest)
+    return f"{key}-{digest[:12]}", listing
+
+
+def _log_folder_changes(store: ArtifactStore, key: str, listing: FolderListing) -> None:
+    """Say what changed in the tree since the newest entry of the same source config."""
+    prefix = key.rsplit("-", 1)[0]
+    earlier = [
+        p
+        for p in (store.root / "shards").glob(f"{prefix}-*")
+        if (p / ENTRY).is_file() and (p / LISTING_FILE).is_file()
+    ]
+    if not earlier:
+        return
+    latest = max(earlier, key=lambda p: (p / ENTRY).stat().st_mtime_ns)
+    changes = describe_changes(load_records(latest / LISTING_FILE), listing.records)
+    log.info("shards: source changed since %s: %s", latest.name, changes)
 
 
 def teacher_source(cfg: DictConfig) -> DictConfig | None:

@@ -20,8 +20,10 @@ from winft_lightning.core.attention_distance import mean_attention_distance
 from winft_lightning.core.capture import iter_block_attention
 
 Grid = tuple[int, int]
+# conf/analyze/default.yaml's alphas, the ones the masks are made at (a test holds them equal)
+DEFAULT_ALPHAS = (0.025, 0.05, 0.1, 0.2, 0.5, 1.0)
 
-__all__ = ["Analysis", "analyse", "default_patches"]
+__all__ = ["DEFAULT_ALPHAS", "Analysis", "analyse", "default_patches"]
 
 
 def default_patches(grid: Grid) -> list[int]:
@@ -65,6 +67,10 @@ class Analysis:
         if self.order is None:
             raise ValueError("responsive fields need the DIP order")
         return ia.responsive_field(self.window(alpha), self.order, beta, self.grid)
+
+    def fields(self, beta: float) -> dict[float, Tensor]:
+        """The responsive fields at every analysed alpha and this ``beta``."""
+        return {alpha: self.field(alpha, beta) for alpha in self.windows}
 
     def column_variance(self) -> Tensor:
         """``v_p = Var_i U[i, p]`` ``[B, N]``, the quantity the DIP order sorts."""

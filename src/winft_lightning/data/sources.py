@@ -37,6 +37,7 @@ FASHION_MNIST_CLASSES = [
     "Ankle boot",
 ]
 FOLDER_EXTS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp", ".bmp": "bmp"}
+DEFAULT_FOLDER_SPLITS = {"train": "train", "val": "val", "test": "test"}
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ def imagefolder(
     root = Path(path).expanduser()
     if not root.is_dir():
         raise SourceError(f"ImageFolder root {root} (data.source.path) is not a directory")
-    splits = dict(splits or {"train": "train", "val": "val", "test": "test"})
+    splits = dict(splits or DEFAULT_FOLDER_SPLITS)
     if not splits.get("train"):
         raise SourceError("data.source.splits.train must name the training directory")
     train_dir = root / splits["train"]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from winft_lightning.data.errors import DataError
+from winft_lightning.data.folder_listing import folder_dirs
 from winft_lightning.data.progress import image_progress
 from winft_lightning.data.shards import (
     FORMAT_VERSION,
@@ -163,6 +164,8 @@ def main() -> None:
     @hydra.main(config_path="../conf", config_name="prepare", version_base="1.3")
     def cli(cfg: DictConfig) -> None:
         out = default_out_dir(cfg)
+        if cfg.data.source.name == "imagefolder":
+            log.info("prepare: %s", folder_dirs(cfg.data.source).note())
         manifest = prepare_shards(
             cfg.data.source, out, overwrite=bool(cfg.overwrite), progress=bool(cfg.progress)
         )

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_WORKERS ?= 2
 
-.PHONY: install data slurm test lint format bench run study study-quick study-claims study-trained study-paper-grid clean help
+.PHONY: install data slurm test test-slurm lint format bench run study study-quick study-claims study-trained study-paper-grid clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -e 's/:.*## /\t/'
@@ -31,8 +31,11 @@ format:  ## ruff autofix + format
 	$(VENV)/bin/ruff check --fix src tests bench
 	$(VENV)/bin/ruff format src tests bench
 
-test: lint  ## lint, then the whole test suite
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q --durations=15
+test: lint  ## lint, then the test suite (all but the minutes-long SLURM runs: make test-slurm)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q --durations=15 -m "not cluster_heavy"
+
+test-slurm:  ## the SLURM template's runs and requeues on the one-node cluster (root; minutes)
+	$(PY) -m pytest -q --durations=10 -m cluster_heavy tests/test_slurm.py
 
 bench:  ## benchmarks -> outputs/bench/bench_<date>.json
 	$(PY) -m bench

@@ -64,13 +64,15 @@ def run_dirs(root: Path, job: int) -> list[Path]:
     return sorted((root / "outputs" / "runs").glob(f"*/slurm-{job}.*"))
 
 
-@pytest.fixture(scope="module")
+# session-scoped: pytest tears a module fixture down whenever another module's test runs in
+# between on the same worker, and these cost minutes of SLURM jobs
+@pytest.fixture(scope="session")
 def workdir(tmp_path_factory) -> Path:
     """Where every job of this module is submitted from: one outputs/ (runs and cache)."""
     return tmp_path_factory.mktemp("slurm_runs")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def sweep(slurm_cluster, workdir) -> subprocess.CompletedProcess:
     """README's submitit_slurm sweep, started on an empty cache."""
     assert not (workdir / "outputs").exists()
@@ -81,7 +83,7 @@ def sweep(slurm_cluster, workdir) -> subprocess.CompletedProcess:
     return res
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def template_runs(slurm_cluster, workdir, sweep) -> dict:
     """Three submissions of one_node.sbatch with the same overrides, at the same time (the
     cache is warm from the sweep). ``reference`` runs through. Once its first epoch's last.ckpt
@@ -155,6 +157,7 @@ def test_readme_submitit_slurm_sweep_runs_two_jobs_of_two_ranks_on_a_cold_cache(
     assert len({r["teacher_ckpt"] for r in rows}) == 1
 
 
+@pytest.mark.cluster_heavy
 def test_one_node_sbatch_template_runs_two_ranks_into_one_run_dir(template_runs, workdir):
     ref = template_runs["reference"]
     assert ref["info"]["JobState"] == "COMPLETED"
@@ -173,6 +176,7 @@ def test_one_node_sbatch_template_runs_two_ranks_into_one_run_dir(template_runs,
     assert "masks: reusing cached" in ref["log"]  # the sweep's cache entries
 
 
+@pytest.mark.cluster_heavy
 @pytest.mark.parametrize("how", ["requeued", "signalled"])
 def test_requeued_run_resumes_in_its_run_dir_with_the_same_metrics(template_runs, workdir, how):
     """``requeued``: ``scontrol requeue`` mid-training; ``signalled``: Lightning's SIGUSR1 path.

@@ -38,12 +38,12 @@ def test_imagenet_claims_runs_on_a_user_weights_file(tmp_path):
     res = cli(
         "study=imagenet_claims",
         f"study.claims.teachers.ckpts=[{weights}]",
-        # CPU-sized: 4 of the 9 images, one alpha and one beta (the GPU run keeps the defaults)
-        "study.claims.limit=4",
+        # CPU-sized: 2 of the 9 images, one alpha and one beta (the GPU run keeps the defaults)
+        "study.claims.limit=2",
         "study.claims.alphas=[0.1]",
         "study.claims.keep_alphas=[0.1]",
         "study.claims.betas=[0.5]",
-        "study.claims.batch_size=4",
+        "study.claims.batch_size=2",
         "study.claims.num_workers=0",
         f"paths.root_dir={tmp_path}",
         env={**os.environ, "WINFT_IMAGENET": str(tree), "WANDB_MODE": "offline"},
@@ -55,7 +55,7 @@ def test_imagenet_claims_runs_on_a_user_weights_file(tmp_path):
     out = tmp_path / "outputs" / "study" / "imagenet_claims" / "claims"
     facts = json.loads((out / "facts.json").read_text())
     (p,) = facts["passes"]
-    assert p["N"] == 196 and p["grid"] == [14, 14] and p["images"] == 4  # of ImageNet's val
+    assert p["N"] == 196 and p["grid"] == [14, 14] and p["images"] == 2  # of ImageNet's val
     assert (
         p["teacher"]["path"] == str(weights)
         and p["teacher"]["model_name"] == "vit_base_patch16_224"

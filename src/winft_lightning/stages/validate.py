@@ -76,7 +76,11 @@ def validate_config(cfg: DictConfig) -> None:
         if control not in CONTROLS:
             raise ConfigError(f"data.control={control!r} is not one of {CONTROLS} (or null)")
     check_launch(cfg)
-    if cfg.get("ckpt_path") not in (None, "last"):
+    if cfg.get("ckpt_path") == "last":  # before any prerequisite is built
+        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise ConfigError(f"ckpt_path=last but {last} does not exist")
+    elif cfg.get("ckpt_path") is not None:
         checkpoint_file(cfg.ckpt_path, "ckpt_path", ConfigError)
         check_checkpoint_geometry(cfg.ckpt_path, model.net, "ckpt_path")
     teacher = cfg.get("teacher") or {}

@@ -4,6 +4,7 @@ the digits source, a real tiny timm ViT, a PNG decoder."""
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +169,14 @@ def google_npz(model: torch.nn.Module, path: Path, big_vision: bool = False) -> 
     with open(path, "wb") as f:  # a file object: np.savez would add ".npz" to a path
         np.savez(f, **w)
     return Path(path)
+
+
+def store_builds(root: Path) -> dict[str, list[dict]]:
+    """The artifact store's build log under ``root/outputs/cache``: its records by kind."""
+    from winft_lightning.runtime.store import BUILDS
+
+    by_kind: dict[str, list[dict]] = {}
+    for line in (root / "outputs" / "cache" / BUILDS).read_text().splitlines():
+        record = json.loads(line)
+        by_kind.setdefault(record["kind"], []).append(record)
+    return by_kind

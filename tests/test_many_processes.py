@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import store_builds
+
 pytestmark = pytest.mark.slow
 
 TINY = ("experiment=fmnist_awd_vit", "debug=tiny")
@@ -43,14 +45,6 @@ def run(cmd, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     return res
 
 
-def builds(cwd: Path) -> dict[str, list[dict]]:
-    by_kind: dict[str, list[dict]] = {}
-    for line in (cwd / "outputs" / "cache" / "builds.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        by_kind.setdefault(record["kind"], []).append(record)
-    return by_kind
-
-
 def results(root: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(root.rglob("results.json"))
             if "cache" not in p.parts]  # fmt: skip
@@ -58,7 +52,7 @@ def results(root: Path) -> list[dict]:
 
 def test_torchrun_on_an_empty_cache_then_warm(tmp_path):
     res = run((*TORCHRUN, "-m", "winft_lightning", *TINY, *DDP_CPU, *ONE_EPOCH), tmp_path)
-    made = builds(tmp_path)
+    made = store_builds(tmp_path)
     assert {k: len(v) for k, v in made.items()} == {"shards": 1, "teachers": 1, "masks": 1}
     assert made["teachers"][0]["built_by"]["world_size"] == 2  # one 2-rank DDP teacher
     masks = tmp_path / "outputs" / "cache" / "masks" / made["masks"][0]["key"]
@@ -76,7 +70,7 @@ def test_torchrun_on_an_empty_cache_then_warm(tmp_path):
 
     warm = run((*TORCHRUN, "-m", "winft_lightning", *TINY, *DDP_CPU, *ONE_EPOCH), tmp_path)
     assert "teacher: reusing cached" in warm.stdout + warm.stderr
-    assert {k: len(v) for k, v in builds(tmp_path).items()} == {
+    assert {k: len(v) for k, v in store_builds(tmp_path).items()} == {
         "shards": 1,
         "teachers": 1,
         "masks": 1,
@@ -95,7 +89,7 @@ def test_parallel_sweep_jobs_on_an_empty_cache_build_the_teacher_once(tmp_path):
                sweep, "teacher.max_epochs=8", "trainer.max_epochs=1"), tmp_path)  # fmt: skip
     rows = results(tmp_path / "outputs" / "multirun")
     assert sorted(r["alpha"] for r in rows) == sorted(alphas)
-    made = builds(tmp_path)
+    made = store_builds(tmp_path)
     assert len(made["teachers"]) == 1 and len(made["shards"]) == 1 and len(made["masks"]) == 1
     assert len({r["teacher_ckpt"] for r in rows}) == 1
     logs = [p.read_text() for p in (tmp_path / "outputs" / "multirun").rglob("debug_tiny.log")]
@@ -141,7 +135,7 @@ def test_killed_teacher_builder_is_taken_over(tmp_path):
     log = logs[1 - builder].read_text()
     assert "taking over teachers/" in log and f"pid {first.pid}" in log
     assert training in log and "resuming from" not in log
-    (teacher,) = builds(tmp_path)["teachers"]
+    (teacher,) = store_builds(tmp_path)["teachers"]
     assert teacher["built_by"]["pid"] == second.pid
     entry = teachers / teacher["key"]
     assert json.loads((entry / "results.json").read_text())["epochs"] == epochs
@@ -161,7 +155,7 @@ def test_truncated_cached_mask_shard_is_rebuilt_with_the_same_metrics(tmp_path):
     log = res.stdout + res.stderr
     assert f"{shard} is {size // 2} bytes" in log and "moving it to" in log
     assert shard.stat().st_size == size
-    assert len(builds(tmp_path)["masks"]) == 2
+    assert len(store_builds(tmp_path)["masks"]) == 2
     first, second = results(tmp_path / "outputs" / "runs")
     for key in ("top1", "top5", "eo"):
         assert second[key] == pytest.approx(first[key], abs=1e-9)

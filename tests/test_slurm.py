@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import store_builds
 from readme import SWEEPS, is_slurm
 from winft_lightning.runtime.checkpoints import read_checkpoint
 
@@ -50,14 +51,6 @@ def job_env(cluster) -> dict[str, str]:
     path = f"{Path(sys.executable).parent}:{env['PATH']}"
     return env | {"PATH": path, "PYTHON": sys.executable, "WANDB_MODE": "offline",
                   "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1"}  # fmt: skip
-
-
-def builds(root: Path) -> dict[str, list[dict]]:
-    by_kind: dict[str, list[dict]] = {}
-    for line in (root / "outputs" / "cache" / "builds.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        by_kind.setdefault(record["kind"], []).append(record)
-    return by_kind
 
 
 def run_dirs(root: Path, job: int) -> list[Path]:
@@ -148,7 +141,7 @@ def test_readme_submitit_slurm_sweep_runs_two_jobs_of_two_ranks_on_a_cold_cache(
         assert len(list((sweep_dir / ".submitit" / f"{array}_{i}").glob("*_result.pkl"))) == 2
     # on the cold cache the jobs ran together: one built the teacher (one 2-rank DDP run), the
     # other waited for it or found it built, and reused it
-    made = builds(workdir)
+    made = store_builds(workdir)
     assert {k: len(v) for k, v in made.items()} == {"shards": 1, "teachers": 1, "masks": 1}
     assert made["teachers"][0]["built_by"]["world_size"] == 2
     logs = [(job / "debug_tiny.log").read_text() for job in jobs]

@@ -239,9 +239,10 @@ def write_report(
         writer = csv.DictWriter(f, fieldnames=list(aggs[0]))
         writer.writeheader()
         writer.writerows(aggs)
-    if trained_facts is not None:
-        write_part(study_dir / "trained", rows, trained_facts)
-    trained = trained_comparisons(rows)
+    if trained_facts is not None:  # the part's records, and its comparisons rebuilt from them
+        trained = write_part(study_dir / "trained", rows, trained_facts)
+    else:
+        trained = trained_comparisons(rows)
     paths["comparisons"].write_text(json.dumps(trained, indent=2))  # NaN where no interval
     report = report_markdown(aggs, title, machine)
     head, _, rest = report.partition("\n\n")  # the title, then the claims table

@@ -15,7 +15,16 @@ from .attention import (
 from .block import NetBlock
 from .inputs import NetInputs, NetSpec, net_inputs, net_spec
 from .sparse import block_mask_from_dense, flex_kernel_options
-from .vit import NetViT, WinftOutput, build_vit, predicted_window_sum, winft_bce_loss
+from .vit import (
+    NetViT,
+    NetViTDistilled,
+    UnsupportedModel,
+    WinftOutput,
+    build_vit,
+    check_vit_family,
+    predicted_window_sum,
+    winft_bce_loss,
+)
 
 __all__ = [
     "AwdAttention",
@@ -23,6 +32,8 @@ __all__ = [
     "NetInputs",
     "NetSpec",
     "NetViT",
+    "NetViTDistilled",
+    "UnsupportedModel",
     "WinftAttention",
     "WinftBlockOutput",
     "WinftOutput",
@@ -30,6 +41,7 @@ __all__ = [
     "awd_block_mask",
     "block_mask_from_dense",
     "build_vit",
+    "check_vit_family",
     "expand_prefix",
     "flex_kernel_options",
     "net_inputs",

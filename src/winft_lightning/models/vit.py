@@ -10,6 +10,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from timm.layers import Attention
+from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
@@ -25,10 +26,14 @@ from .weights import create_pretrained, create_with_weights
 __all__ = [
     "ATTN_KINDS",
     "DIP_MODES",
+    "VIT_MODULES",
     "WINFT_MODES",
     "NetViT",
+    "NetViTDistilled",
+    "UnsupportedModel",
     "WinftOutput",
     "build_vit",
+    "check_vit_family",
     "predicted_window_sum",
     "winft_bce_loss",
 ]
@@ -36,6 +41,32 @@ __all__ = [
 ATTN_KINDS = ("full", "awd", "winft")
 WINFT_MODES = ("multiply", "neg_inf")
 DIP_MODES = ("none", "multiply", "key_mask")
+# timm modules whose models are VisionTransformer (or DeiT's distilled subclass)
+VIT_MODULES = ("vision_transformer", "deit")
+SUPPORTED = (
+    "timm's ViT family: the VisionTransformer models of timm's vision_transformer and deit "
+    "modules (vit_*, deit_*, deit3_*, DeiT's distilled models included), e.g. "
+    "vit_base_patch16_224 or deit_tiny_distilled_patch16_224"
+)
+
+
+class UnsupportedModel(ValueError):
+    """A timm model outside the ViT family this framework analyses and trains."""
+
+
+def check_vit_family(model_name: str, option: str = "model_name") -> None:
+    """Refuse ``model_name`` unless it names a model of :data:`VIT_MODULES`, before anything
+    is built. ``hf-hub:`` names are checked once built (their class comes with the hub)."""
+    if model_name.startswith("hf-hub:"):
+        return
+    if not timm.models.is_model(model_name):
+        raise UnsupportedModel(f"{option}={model_name} is not a timm model; supported: {SUPPORTED}")
+    if not timm.models.is_model_in_modules(timm.models.get_arch_name(model_name), VIT_MODULES):
+        module = timm.models._registry._model_to_module.get(timm.models.get_arch_name(model_name))
+        raise UnsupportedModel(
+            f"{option}={model_name} is a timm {module} model, whose attention this framework "
+            f"cannot capture or window; supported: {SUPPORTED}"
+        )
 
 
 class WinftOutput(NamedTuple):
@@ -107,6 +138,16 @@ class NetViT(VisionTransformer):
         return WinftOutput(logits, w_logits, eo)
 
 
+class NetViTDistilled(NetViT, VisionTransformerDistilled):
+    """DeiT's distilled ViT (class and distillation tokens: 2 prefix tokens; two heads) as a
+    :class:`NetViT`. Its logits are the mean of the two heads, timm's own inference output, in
+    training too: these recipes have no DeiT distillation teacher, so both heads learn the
+    run's loss through that mean."""
+
+
+NET_CLASSES = {VisionTransformer: NetViT, VisionTransformerDistilled: NetViTDistilled}
+
+
 def build_vit(
     model_name: str = "vit_base_patch16_224",
     img_size: int = 224,
@@ -159,6 +200,7 @@ def build_vit(
         raise ValueError("sparse WinfT needs winft_mode='neg_inf' (multiply mode is dense)")
     if sparse and attn == "full" and dip != "key_mask":
         raise ValueError("sparse=True needs a mask: attn 'awd' or 'winft', or dip='key_mask'")
+    check_vit_family(model_name)
 
     block_size = block_sizes(block_size)  # validates
     block_size = block_size[0] if block_size[0] == block_size[1] else block_size
@@ -192,9 +234,9 @@ def build_vit(
     else:
         model = timm.create_model(model_name, pretrained=False, **kwargs)
 
-    if type(model) is not VisionTransformer:
-        raise TypeError(f"{model_name} is a {type(model).__name__}, not a timm VisionTransformer")
-    model.__class__ = NetViT  # a subclass: same modules, state dict and initialisation
+    if type(model) not in NET_CLASSES:
+        raise UnsupportedModel(f"{model_name} is a {type(model).__name__}; supported: {SUPPORTED}")
+    model.__class__ = NET_CLASSES[type(model)]  # a subclass: same modules and state dict
     spec = NetSpec(
         grid=tuple(model.patch_embed.grid_size),
         num_prefix_tokens=int(model.num_prefix_tokens),

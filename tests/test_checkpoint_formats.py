@@ -6,6 +6,7 @@ accepted formats."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -172,3 +173,50 @@ def test_torch_and_safetensors_files_still_give_the_source_logits(tmp_path, src,
         net = build_vit(**KW, checkpoint=str(tmp_path / name))
         same_weights(net, src)
         same_logits(net, src, x)
+
+
+def test_readme_headline_command_trains_from_a_google_npz_on_an_imagefolder(tmp_path):
+    """README's headline command as written, its three paths pointed at a tiny ImageFolder
+    tree and a Google ``.npz`` (a width-32 ViT-B/16-224 layout, so the run at 384 resamples
+    the pos-embed 14x14 -> 24x24; the same file is the teacher), with the CPU overrides and
+    the file's width; it takes its training steps and tests."""
+    from PIL import Image
+
+    from conftest import cli
+    from readme import COMMANDS
+
+    (headline,) = [
+        c for c in COMMANDS if c.module == "winft_lightning" and "checkpoint=/" in c.text
+    ]
+    source = tiny_vit(img_size=224, patch_size=16, num_classes=2)
+    npz = google_npz(scrambled(source, seed=2), tmp_path / "vit_b16_in21k.npz")
+    tree = tmp_path / "imagenet"
+    g = np.random.default_rng(0)
+    for split, per_class in (("train", 6), ("val", 2)):
+        for cls in ("n01", "n02"):
+            (tree / split / cls).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = g.integers(0, 255, (48, 40, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tree / split / cls / f"{i}.JPEG")
+    paths = {"data.source.path": tree, "teacher.ckpt": npz, "model.net.checkpoint": npz}
+    args = []
+    for arg in headline.args:
+        key = arg.split("=", 1)[0]
+        args.append(f"{key}={paths.pop(key)}" if key in paths else arg)
+    assert not paths, f"README's headline command lost {sorted(paths)}"
+    cpu = ["trainer=cpu", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+           "trainer.accumulate_grad_batches=1", "+trainer.limit_val_batches=1",
+           "+trainer.limit_test_batches=1", "data.batch_size=4",
+           "data.num_workers=0", "data.num_classes=2", "data.source.val_count=2",
+           "model.net.embed_dim=32", "model.net.depth=2", "model.net.num_heads=2",
+           f"paths.root_dir={tmp_path}", "logger=csv"]  # fmt: skip
+    proc = cli(*args, *cpu, timeout=400, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (results,) = (tmp_path / "outputs").rglob("results.json")
+    result = json.loads(results.read_text())
+    assert result["module"] == "WinfTModule" and result["num_patches"] == 24 * 24
+    assert result["teacher_ckpt"] == str(npz)
+    ckpt = torch.load(result["best_ckpt"], map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 2
+    assert ckpt["hyper_parameters"]["net"]["checkpoint"] == str(npz)
+    assert ckpt["state_dict"]["net.pos_embed"].shape == (1, 1 + 24 * 24, 32)

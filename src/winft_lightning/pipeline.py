@@ -273,6 +273,7 @@ def mask_key(cfg: DictConfig, teacher_sha256: str, shards: Path) -> str:
 def ensure_masks(cfg: DictConfig, teacher: Path, teacher_sha256: str, shards: Path) -> Path:
     """Shards with AWD windows (every ``analyze.alphas``) and DIP order beside each image;
     under DDP each rank analyses its share of the shards."""
+    from winft_lightning.models.teacher import plain_file_net
     from winft_lightning.stages.analyze import analyze_shards
 
     if cfg.analyze.get("mask_root"):
@@ -294,6 +295,7 @@ def ensure_masks(cfg: DictConfig, teacher: Path, teacher_sha256: str, shards: Pa
             teacher_kwargs={
                 "trust_pickle": bool(cfg.teacher.get("trust_pickle", False)),
                 "trust_option": "teacher.trust_pickle",
+                **plain_file_net(OmegaConf.to_container(cfg.model.net, resolve=True)),
             },
             teacher_sha256=teacher_sha256,
             world=store.world,

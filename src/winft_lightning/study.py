@@ -69,6 +69,8 @@ def given_teachers(spec: dict[str, Any], root_dir: Path) -> tuple[list[Teacher],
     reader accepts), numbered 0..K-1, on the shard set of ``experiment`` with ``overrides``
     (built once and cached), and the experiment's net config: the architecture of a plain
     weights file."""
+    from winft_lightning.models.teacher import plain_file_net
+
     teachers, net = [], None
     for i, ckpt in enumerate(spec["ckpts"]):
         path = checkpoint_file(Path(ckpt).expanduser(), f"study.claims.teachers.ckpts[{i}]")
@@ -77,8 +79,7 @@ def given_teachers(spec: dict[str, Any], root_dir: Path) -> tuple[list[Teacher],
         shards = ensure_shards(cfg)
         path, _, sha256 = ensure_teacher(cfg, shards)
         teachers.append(Teacher(i, path, sha256, shards, None))
-        net = OmegaConf.to_container(cfg.model.net, resolve=True)
-        net.pop("num_classes", None)  # a weights file's classes are its head's
+        net = plain_file_net(OmegaConf.to_container(cfg.model.net, resolve=True))
     return teachers, net
 
 

@@ -99,6 +99,13 @@ def timm_kwargs(net: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return str(net["model_name"]), kw
 
 
+def plain_file_net(net: dict[str, Any]) -> dict[str, Any]:
+    """The architecture a plain weights teacher file (no ``hyper_parameters.net``) is read
+    with: the run's ``model.net`` (name, geometry, width), the head's class count left to the
+    file; :func:`load_teacher` ignores it for a Lightning checkpoint, which carries its own."""
+    return {k: v for k, v in net.items() if k not in ("num_classes", "checkpoint", "pretrained")}
+
+
 def _torch_load(path: Path, trust_pickle: bool, option: str) -> Any:
     try:
         return read_checkpoint(path, trust_pickle=trust_pickle, option=option)

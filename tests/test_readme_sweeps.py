@@ -114,6 +114,9 @@ def test_readme_sweep_runs_as_written(cmd: Command, tmp_path):
         starts = [(j / ".hydra" / "config.yaml").stat().st_mtime for j in jobs]
         ends = [(j / "results.json").stat().st_mtime for j in jobs]
         assert max(starts) < min(ends), (starts, ends)
+        # on the empty cache one job trained the teacher, and the others used its entry
+        logs = [next(j.glob("*.log")).read_text() for j in jobs]
+        assert sum("teacher: training a baseline ViT" in log for log in logs) == 1
 
     if is_optuna(cmd):
         result = OmegaConf.to_container(OmegaConf.load(sweep / "optimization_results.yaml"))

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from helpers import store_builds
 from readme import SWEEPS, is_slurm
@@ -197,6 +198,13 @@ def test_requeued_run_resumes_in_its_run_dir_with_the_same_metrics(template_runs
     assert got["epochs"] == expected["epochs"] == EPOCHS
     for key in ("top1", "top5", "val_top1"):
         assert got[key] == pytest.approx(expected[key], abs=1e-6), key
+    # the same numbers because the same network: every weight of the final checkpoints
+    final, reference = (
+        read_checkpoint(d / "checkpoints" / "last.ckpt") for d in (run_dir, ref_dir)
+    )
+    assert final["global_step"] == reference["global_step"] > 0
+    for name, weight in reference["state_dict"].items():
+        torch.testing.assert_close(final["state_dict"][name], weight, rtol=0, atol=1e-6, msg=name)
 
 
 def test_sbatch_with_ntasks_is_refused_before_any_work(slurm_cluster, workdir):

@@ -31,11 +31,11 @@ format:  ## ruff autofix + format
 	$(VENV)/bin/ruff check --fix src tests bench
 	$(VENV)/bin/ruff format src tests bench
 
-test: lint  ## lint, then the test suite (all but the minutes-long SLURM runs: make test-slurm)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q --durations=15 -m "not cluster_heavy"
+test: lint  ## lint, then the whole test suite (the SLURM tests' one-node cluster included)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q --durations=15
 
-test-slurm:  ## the SLURM template's runs and requeues on the one-node cluster (root; minutes)
-	$(PY) -m pytest -q --durations=10 -m cluster_heavy tests/test_slurm.py
+test-slurm:  ## the SLURM tests alone, on the one-node cluster they start (root)
+	$(PY) -m pytest -q --durations=10 tests/test_slurm.py tests/test_slurm_launch.py
 
 bench:  ## benchmarks -> outputs/bench/bench_<date>.json
 	$(PY) -m bench

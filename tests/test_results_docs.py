@@ -65,3 +65,34 @@ def test_readme_quotes_the_committed_trained_verdicts():
             f"{row['effect'] * 100:+.2f} pp [{row['low'] * 100:+.2f}, {row['high'] * 100:+.2f}]"
             in line
         )
+
+
+PAPER_GRID = ROOT / "docs" / "results" / "2026-12-02_study_paper_grid"
+
+
+def test_the_committed_paper_grid_report_rebuilds_from_its_records(tmp_path):
+    same = recompute(PAPER_GRID, tmp_path)
+    assert same["claims/claims.json"] and same["claims/report.md"]
+    facts = json.loads((PAPER_GRID / "claims" / "facts.json").read_text())
+    assert [p["N"] for p in facts["passes"]] == [196] * 3
+    assert all(p["images"] == 1000 for p in facts["passes"])
+
+
+def test_readme_quotes_the_paper_grid_beside_n64_and_its_teachers():
+    here = json.loads((PAPER_GRID / "claims" / "claims.json").read_text())
+    there = json.loads((REPORT / "claims" / "claims.json").read_text())
+    verdict = {r["id"]: r["verdict"] for r in there["claims"] if r["headline"]}
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Latest measured: the claims at the paper's grid") :]
+    for row in (r for r in here["claims"] if r["headline"]):
+        line = next(x for x in section.splitlines() if x.startswith(f"| {row['id']} |"))
+        moves = "yes" if row["verdict"] != verdict[row["id"]] else "no"
+        assert line == f"| {row['id']} | {verdict[row['id']]} | **{row['verdict']}** | {moves} |"
+    whole = [json.loads((PAPER_GRID / "teachers_whole_test" / f"teacher_{s}.json").read_text())
+             for s in range(3)]  # fmt: skip
+    assert all(r["num_patches"] == 196 for r in whole)
+    quoted = ", ".join(f"{r['top1']:.2f}" for r in whole[:2]) + f" and {whole[2]['top1']:.2f} %"
+    assert quoted in " ".join(section.split())
+    facts = json.loads((PAPER_GRID / "claims" / "facts.json").read_text())
+    minutes = (facts["wall"]["teachers_seconds"] + facts["wall"]["passes_seconds"]) / 60
+    assert f"**Wall time: {minutes:.1f} min**" in section

@@ -9,6 +9,7 @@ import lightning as L
 import pytest
 import torch
 
+from test_capture import hand_attention
 from test_interactions import naive_dip_order, naive_field, naive_u, naive_windows
 from winft_lightning import analyse
 from winft_lightning.lit.modules import MODULES
@@ -40,22 +41,6 @@ def images_for(name: str, b: int = 3, seed: int = 0) -> torch.Tensor:
     return torch.randn(b, 3, h, w, generator=torch.Generator().manual_seed(seed))
 
 
-def hand_patch_attention(model, images, prefix):
-    """Each block's softmax(q k^T * scale), blocks run by hand, prefix rows and columns cut."""
-    maps = []
-    with torch.no_grad():
-        x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
-        for blk in model.blocks:
-            attn, y = blk.attn, blk.norm1(x)
-            b, t, _ = y.shape
-            qkv = attn.qkv(y).reshape(b, t, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-            q, k, _ = qkv.unbind(0)
-            full = ((q @ k.transpose(-2, -1)) * attn.head_dim**-0.5).softmax(-1)
-            maps.append(full[:, :, prefix:, prefix:].double())
-            x = blk(x)
-    return maps
-
-
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_analysis_of_each_variant_matches_the_naive_loops(variant):
     torch.manual_seed(0)
@@ -67,7 +52,7 @@ def test_analysis_of_each_variant_matches_the_naive_loops(variant):
     n = grid[0] * grid[1]
     assert result.grid == grid and result.u.shape == (3, n, n)
 
-    u = naive_u(hand_patch_attention(model, images, prefix))
+    u = naive_u([a[:, :, prefix:, prefix:].double() for a in hand_attention(model, images)])
     torch.testing.assert_close(result.u.double(), u, rtol=1e-4, atol=1e-7)
     # ranks are taken on the analysis's own U (float32 ties would differ in float64)
     measured = result.u.double()

@@ -54,16 +54,20 @@ class UnsupportedModel(ValueError):
     """A timm model outside the ViT family this framework analyses and trains."""
 
 
-def check_vit_family(model_name: str, option: str = "model_name") -> None:
-    """Refuse ``model_name`` unless it names a model of :data:`VIT_MODULES`, before anything
-    is built. ``hf-hub:`` names are checked once built (their class comes with the hub)."""
+def check_vit_family(
+    model_name: str, option: str = "model_name", error: type[Exception] = UnsupportedModel
+) -> None:
+    """Refuse ``model_name`` (raise ``error`` naming ``option``) unless it names a model of
+    :data:`VIT_MODULES`, before anything is built. ``hf-hub:`` names are checked once built
+    (their class comes with the hub)."""
     if model_name.startswith("hf-hub:"):
         return
     if not timm.models.is_model(model_name):
-        raise UnsupportedModel(f"{option}={model_name} is not a timm model; supported: {SUPPORTED}")
-    if not timm.models.is_model_in_modules(timm.models.get_arch_name(model_name), VIT_MODULES):
-        module = timm.models._registry._model_to_module.get(timm.models.get_arch_name(model_name))
-        raise UnsupportedModel(
+        raise error(f"{option}={model_name} is not a timm model; supported: {SUPPORTED}")
+    arch = timm.models.get_arch_name(model_name)
+    if not timm.models.is_model_in_modules(arch, VIT_MODULES):
+        module = timm.models._registry._model_to_module.get(arch)
+        raise error(
             f"{option}={model_name} is a timm {module} model, whose attention this framework "
             f"cannot capture or window; supported: {SUPPORTED}"
         )

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from winft_lightning.core.interactions import check_alpha, check_beta, check_loss_weight
 from winft_lightning.data.masks import CONTROLS, match_alpha
-from winft_lightning.models.vit import UnsupportedModel, check_vit_family
+from winft_lightning.models.vit import check_vit_family
 from winft_lightning.runtime import world as worlds
 from winft_lightning.runtime.checkpoints import checkpoint_file, read_checkpoint
 
@@ -53,10 +53,7 @@ def validate_config(cfg: DictConfig) -> None:
             f"model.net.img_size={img} is not divisible by model.net.patch_size={patch}"
         )
     if net.get("model_name") is not None:
-        try:
-            check_vit_family(str(net.model_name), "model.net.model_name")
-        except UnsupportedModel as err:
-            raise ConfigError(str(err)) from None
+        check_vit_family(str(net.model_name), "model.net.model_name", ConfigError)
     alpha = model.get("alpha")
     if alpha is not None:
         check_alpha(alpha, "model.alpha", ConfigError)

@@ -55,7 +55,7 @@ study-claims:  ## SPEC 9's training-free claims alone: 3 teachers, their claims 
 study-trained:  ## the trained comparisons alone: 6 arms x 4 seeds, masks from claims teacher 0
 	$(PY) -m winft_lightning.study study=trained
 
-study-paper-grid:  ## the training-free claims at N = 196 (28 px, patch 2), 3 teachers
+study-paper-grid:  ## the training-free claims at N = 196 (28 px, patch 2), 2 teachers
 	$(PY) -m winft_lightning.study study=paper_grid
 
 clean:  ## remove run outputs (not the venv)

@@ -65,7 +65,7 @@ def test_no_argument_job_on_digits(tmp_path):
     assert "train/bce" in metrics and "test/eo" in metrics
     figs = sorted((run_dir / "figures").glob("*.png"))
     names = {p.stem for p in figs}
-    assert {"img0_windows", "img0_responsive_field", "img1_responsive_field"} <= names
+    assert names == {"img0_windows", "img0_responsive_field"}  # debug=tiny draws one image
     _pngs_ok(figs)
     # the teacher's own run keeps its logs and figures (a full-attention model: its own U)
     teacher_run = Path(teacher["run_dir"])

@@ -74,7 +74,7 @@ def test_the_committed_paper_grid_report_rebuilds_from_its_records(tmp_path):
     same = recompute(PAPER_GRID, tmp_path)
     assert same["claims/claims.json"] and same["claims/report.md"]
     facts = json.loads((PAPER_GRID / "claims" / "facts.json").read_text())
-    assert [p["N"] for p in facts["passes"]] == [196] * 3
+    assert len(facts["passes"]) >= 2 and {p["N"] for p in facts["passes"]} == {196}
     assert all(p["images"] == 1000 for p in facts["passes"])
 
 
@@ -88,11 +88,12 @@ def test_readme_quotes_the_paper_grid_beside_n64_and_its_teachers():
         line = next(x for x in section.splitlines() if x.startswith(f"| {row['id']} |"))
         moves = "yes" if row["verdict"] != verdict[row["id"]] else "no"
         assert line == f"| {row['id']} | {verdict[row['id']]} | **{row['verdict']}** | {moves} |"
-    whole = [json.loads((PAPER_GRID / "teachers_whole_test" / f"teacher_{s}.json").read_text())
-             for s in range(3)]  # fmt: skip
-    assert all(r["num_patches"] == 196 for r in whole)
-    quoted = ", ".join(f"{r['top1']:.2f}" for r in whole[:2]) + f" and {whole[2]['top1']:.2f} %"
-    assert quoted in " ".join(section.split())
     facts = json.loads((PAPER_GRID / "claims" / "facts.json").read_text())
+    seeds = [p["seed"] for p in facts["passes"]]
+    whole = [json.loads((PAPER_GRID / "teachers_whole_test" / f"teacher_{s}.json").read_text())
+             for s in seeds]  # fmt: skip
+    assert all(r["num_patches"] == 196 for r in whole)
+    top1 = [f"{r['top1']:.2f}" for r in whole]
+    assert f"{', '.join(top1[:-1])} and {top1[-1]} %" in " ".join(section.split())
     minutes = (facts["wall"]["teachers_seconds"] + facts["wall"]["passes_seconds"]) / 60
     assert f"**Wall time: {minutes:.1f} min**" in section

@@ -273,13 +273,22 @@ def test_the_two_grid_table_flags_a_verdict_that_moves(part):
     reference = R.reference_of(result, "N = 16 (here)")
     moved = json.loads(json.dumps(reference))
     moved["N"] = 64
-    moved["claims"][0]["verdict"] = "made up for this test"
+    teachers = moved["claims"][0]["teachers"]
+    teachers[next(iter(teachers))]["verdict"] = "made up for this test"
     lines = R.grid_table(moved, result)
     first = result["claims"][0]["id"]
     assert lines[2] == "| claim | N = 64 | N = 16 | verdict moves |"
     rows = [ln for ln in lines if ln.startswith(f"| {first} |")]
     assert len(rows) == 1 and rows[0].endswith("| yes |")
-    assert f"Verdicts that move with the grid: {first}." in "\n".join(lines)
+    assert f"Verdicts that move with the grid: {first} (a move:" in "\n".join(lines)
     same = R.grid_table(reference, result)
-    assert "Verdicts that move with the grid: none." in "\n".join(same)
+    assert "Verdicts that move with the grid: none (a move:" in "\n".join(same)
     assert sum(ln.endswith("| no |") for ln in same) == len(reference["claims"])
+    # one teacher more, with a verdict already given: the counts change, the verdicts do not
+    more = json.loads(json.dumps(reference))
+    for row in more["claims"]:
+        row["teachers"]["9"] = next(iter(row["teachers"].values()))
+        row["verdict"] = "a count of another K"
+    assert "Verdicts that move with the grid: none (a move:" in "\n".join(
+        R.grid_table(more, result)
+    )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from winft_lightning.stages.claims_report import verdict_moves
 from winft_lightning.study import recompute
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,13 +82,14 @@ def test_the_committed_paper_grid_report_rebuilds_from_its_records(tmp_path):
 def test_readme_quotes_the_paper_grid_beside_n64_and_its_teachers():
     here = json.loads((PAPER_GRID / "claims" / "claims.json").read_text())
     there = json.loads((REPORT / "claims" / "claims.json").read_text())
-    verdict = {r["id"]: r["verdict"] for r in there["claims"] if r["headline"]}
+    rows = {r["id"]: r for r in there["claims"] if r["headline"]}
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("### Latest measured: the claims at the paper's grid") :]
     for row in (r for r in here["claims"] if r["headline"]):
         line = next(x for x in section.splitlines() if x.startswith(f"| {row['id']} |"))
-        moves = "yes" if row["verdict"] != verdict[row["id"]] else "no"
-        assert line == f"| {row['id']} | {verdict[row['id']]} | **{row['verdict']}** | {moves} |"
+        ref = rows[row["id"]]
+        moves = "yes" if verdict_moves(row, ref) else "no"
+        assert line == f"| {row['id']} | {ref['verdict']} | **{row['verdict']}** | {moves} |"
     facts = json.loads((PAPER_GRID / "claims" / "facts.json").read_text())
     seeds = [p["seed"] for p in facts["passes"]]
     whole = [json.loads((PAPER_GRID / "teachers_whole_test" / f"teacher_{s}.json").read_text())

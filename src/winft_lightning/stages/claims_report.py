@@ -210,10 +210,18 @@ def _cell(row: dict[str, Any]) -> str:
             f"CIs within [{lows:+.4g}, {highs:+.4g}]) → **{row['verdict']}**")  # fmt: skip
 
 
+def verdict_moves(here: dict[str, Any], there: dict[str, Any]) -> bool:
+    """Whether a claim's verdict differs between two reports: the set of its teachers' own
+    verdicts, not how many teachers gave each (the reports may have different K)."""
+    kinds = [{c["verdict"] for c in r["teachers"].values()} for r in (here, there)]
+    return kinds[0] != kinds[1]
+
+
 def grid_table(reference: dict[str, Any], result: dict[str, Any]) -> list[str]:
     """Every headline claim here beside the same claim in ``reference`` (another grid's report,
     :func:`reference_of`): the mean effect over teachers, the range of their effects and CIs,
-    the verdict at each grid, and whether the verdict moves with the grid."""
+    the verdict at each grid, and whether the verdict moves with the grid
+    (:func:`verdict_moves`)."""
     here = {r["id"]: r for r in result["claims"] if r["headline"]}
     lines = [f"## Beside {reference['label']}", "",
              f"| claim | N = {reference['N']} | N = {result['N']} | verdict moves |",
@@ -223,11 +231,12 @@ def grid_table(reference: dict[str, Any], result: dict[str, Any]) -> list[str]:
         row = here.get(ref["id"])
         if row is None:
             continue
-        moves = row["verdict"] != ref["verdict"]
+        moves = verdict_moves(row, ref)
         moved += [ref["id"]] if moves else []
         lines.append(f"| {ref['id']} | {_cell(ref)} | {_cell(row)} | {'yes' if moves else 'no'} |")
-    lines += ["", f"Verdicts that move with the grid: {', '.join(moved) or 'none'}. Effects "
-              "are in each row's unit; C1b's margin scales with N (SPEC 9).", ""]  # fmt: skip
+    lines += ["", f"Verdicts that move with the grid: {', '.join(moved) or 'none'} (a move: the "
+              "set of the teachers' own verdicts changes). Effects are in each row's unit; "
+              "C1b's margin scales with N (SPEC 9).", ""]  # fmt: skip
     return lines
 
 

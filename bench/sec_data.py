@@ -1,5 +1,5 @@
 """``data`` section: shard loader images/s (decode + hflip + mask decode, configured workers) vs
-the training step's consumption at the same batch."""
+the training step's consumption at the same batch; our tar headers against the library's."""
 
 from __future__ import annotations
 
@@ -58,6 +58,56 @@ def digits_mask_set(tmp: Path, device: torch.device) -> tuple[Path, dict]:
     return tmp / "masks", {"prepare_s": prepared - start, "analyze_s": done - prepared}
 
 
+def tar_speed(shard: Path, repeat: int) -> dict:
+    """Microseconds a tar member takes to write (``UstarWriter`` vs webdataset's ``TarWriter``)
+    and to read (``read_members`` vs ``tarfile``), over the samples of one real mask shard."""
+    import io
+    import tarfile
+
+    import webdataset as wds
+
+    from winft_lightning.data.shards import iter_tar
+    from winft_lightning.data.ustar import UstarWriter, read_members
+
+    samples = list(iter_tar(shard))
+    members = sum(len(m) for _, m in samples)
+    raw = shard.read_bytes()
+
+    def write_ours():
+        w = UstarWriter(io.BytesIO())
+        for key, m in samples:
+            w.write(key, m)
+        w.close()
+
+    def write_webdataset():
+        tw = wds.TarWriter(io.BytesIO(), encoder=False, mtime=0, user="winft", group="winft")
+        for key, m in samples:
+            tw.write({"__key__": key, **m})
+        tw.close()
+
+    def read_ours():
+        return list(read_members(io.BytesIO(raw)))
+
+    def read_tarfile():
+        with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+            return [tar.extractfile(i).read() for i in tar if i.isreg()]
+
+    fns = {"write_ours": write_ours, "write_webdataset": write_webdataset,
+           "read_ours": read_ours, "read_tarfile": read_tarfile}  # fmt: skip
+    us = {k: 1e6 * t / members for k, t in timeit_interleaved(fns, repeat).items()}
+    return {
+        "members": members,
+        "members_per_sample": members / len(samples),
+        "us_per_member": us,
+        "write_ratio": us["write_webdataset"] / us["write_ours"],
+        "read_ratio": us["read_tarfile"] / us["read_ours"],
+        "ratio_is": "webdataset's or tarfile's microseconds a member / ours",
+        "target": "ours at least as fast as the library's (ratio >= 1)",
+        "holds": us["write_ours"] <= us["write_webdataset"]
+        and us["read_ours"] <= us["read_tarfile"],
+    }
+
+
 def loader_rate(loader, batches: int, warmup: int) -> tuple[float, float]:
     """(images/s over ``batches`` batches after ``warmup``, seconds to the first batch)."""
     start = time.perf_counter()
@@ -99,6 +149,7 @@ def data_section(device: torch.device, opts: argparse.Namespace) -> dict:
         rate, first = loader_rate(dm.train_dataloader(), batches, warmup)
         sample = next(iter(dm.train_dataloader().with_epoch(1)))
         train_count = dm.counts["train"]
+        tar = tar_speed(root / "train-000000.tar", opts.repeat)
     data = {k: sample[k].to(device) for k in ("image", "label", "windows", "dip_order")}
     modules = {v: build_module(v, FMNIST_NET, device) for v in ("vit", "awd_dense")}
     times = timeit_interleaved(
@@ -108,7 +159,8 @@ def data_section(device: torch.device, opts: argparse.Namespace) -> dict:
     ratio = rate / max(step.values())
     print(
         f"data: loader {rate:.0f} img/s ({workers} workers) vs step {step} img/s "
-        f"(ratio {ratio:.2f})",
+        f"(ratio {ratio:.2f}); tar headers: write {tar['write_ratio']:.1f}x, "
+        f"read {tar['read_ratio']:.1f}x faster than the library's",
         flush=True,
     )
     return {
@@ -131,4 +183,5 @@ def data_section(device: torch.device, opts: argparse.Namespace) -> dict:
         "target": "loader images/s >= training step images/s at the same batch",
         "holds": ratio >= 1.0,
         "note": "loader and step are timed apart; in a run they share the machine's cores",
+        "tar": tar,
     }

@@ -11,10 +11,19 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import local_windows
 from winft_lightning.core import interactions as I
+from winft_lightning.core.claims import random_windows_like
 from winft_lightning.data.datamodule import ShardDataModule
 from winft_lightning.data.errors import MaskError
-from winft_lightning.data.masks import decode_mask, find_member, mask_names, random_controls
+from winft_lightning.data.masks import (
+    alpha_tag,
+    control_generator,
+    decode_mask,
+    find_member,
+    mask_names,
+    random_controls,
+)
 from winft_lightning.data.shards import iter_tar, read_manifest
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -59,6 +68,22 @@ def test_random_windows_have_awd_size_contain_p_and_differ_between_images(analyz
         again = random_controls(key, {0.1: win}, GRID)
         assert np.array_equal(again[mask_names(0.1, "random")[0]], rnd)
         assert np.array_equal(again[mask_names(0.1, "random")[1]], order)
+
+
+@pytest.mark.parametrize("grid", [(4, 4), (3, 5), (14, 14)])
+def test_all_alphas_placed_at_once_are_each_alphas_own_draw(grid):
+    """``random_controls`` places every alpha's windows in one batch; each is still
+    ``random_windows_like`` of that alpha's windows with that alpha's own generator."""
+    alphas = [0.01, 0.05, 0.1, 0.2, 0.3, 0.5]
+    for k in range(4):
+        key = f"train_{k:08d}"
+        wins = {a: local_windows(1, grid, seed=10 * k + i, reach=4)[0].numpy()
+                for i, a in enumerate(alphas)}  # fmt: skip
+        got = random_controls(key, wins, grid)
+        for a in alphas:
+            gen = control_generator(key, f"windows/{alpha_tag(a)}")
+            want = random_windows_like(torch.from_numpy(wins[a])[None], grid, gen)[0]
+            assert np.array_equal(got[mask_names(a, "random")[0]], want.numpy())
 
 
 @pytest.mark.parametrize("beta", [0.2, 0.5])

@@ -15,7 +15,7 @@ from sklearn.datasets import load_digits
 
 from helpers import DIGITS, decode_png, digits_source
 from winft_lightning.data.errors import DataError, ShardError, SourceError
-from winft_lightning.data.shards import iter_tar, plain_members, read_manifest
+from winft_lightning.data.shards import iter_tar, read_manifest
 from winft_lightning.data.sources import FASHION_MNIST_DIR, load_source, read_idx
 from winft_lightning.stages.prepare import prepare_shards
 
@@ -183,38 +183,6 @@ def test_empty_split_and_config_errors(tmp_path):
     m = prepare_shards(digits_source(limit=11), tmp_path, progress=False, overwrite=True)
     assert m["splits"]["val"]["count"] == 11
     assert json.loads((tmp_path / "manifest.json").read_text())["source"]["limit"] == 11
-
-
-def tarfile_members(path: Path) -> list[tuple[str, bytes]]:
-    """The naive reading: every regular file through the standard library's ``tarfile``."""
-    with tarfile.open(path) as tar:
-        return [(i.name, tar.extractfile(i).read()) for i in tar.getmembers() if i.isreg()]
-
-
-def test_shard_reader_reads_what_tarfile_reads(digits_shards, tmp_path):
-    """``plain_members`` (the header reader behind ``iter_tar``) against ``tarfile``: a real
-    shard and a ustar archive with every padding case, a long name split into ustar's prefix,
-    dotted extensions and a directory (skipped)."""
-    shard = digits_shards / "train-000000.tar"
-    with shard.open("rb") as f:
-        assert list(plain_members(f)) == tarfile_members(shard)
-    made = tmp_path / "made.tar"
-    rng = np.random.default_rng(0)
-    long_dir = "d" * 120  # the name goes over 100 bytes: ustar keeps the directory as prefix
-    with tarfile.open(made, "w", format=tarfile.USTAR_FORMAT) as tar:
-        info = tarfile.TarInfo("a_dir")
-        info.type = tarfile.DIRTYPE
-        tar.addfile(info)
-        for i, size in enumerate((0, 1, 511, 512, 513, 1025, 4096)):
-            name = f"{long_dir}/k{i}.awd.a0100.i16z" if i == 4 else f"k{i}.png"
-            data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
-            info = tarfile.TarInfo(name)
-            info.size = size
-            tar.addfile(info, io.BytesIO(data))
-    with made.open("rb") as f:
-        got = list(plain_members(f))
-    assert got == tarfile_members(made) and len(got) == 7
-    assert got[4][0] == f"{long_dir}/k4.awd.a0100.i16z"
 
 
 @pytest.mark.parametrize(

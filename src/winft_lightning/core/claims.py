@@ -41,6 +41,7 @@ __all__ = [
     "object_patch_mask",
     "paired_bootstrap_ci",
     "per_image_correct",
+    "place_windows_like",
     "random_hits",
     "random_windows_like",
     "t_interval",
@@ -309,22 +310,33 @@ def _boxes(x_l: Tensor, y_t: Tensor, wd: Tensor, ht: Tensor) -> Tensor:
     return torch.stack((x_l, y_t, x_l + wd - 1, y_t + ht - 1), dim=-1)
 
 
-def _uniform_start(pos: Tensor, size: Tensor, length: int, generator: torch.Generator) -> Tensor:
-    """A start, uniform among those whose box of ``size`` holds ``pos`` within 0..length-1."""
+def _uniform_start(pos: Tensor, size: Tensor, length: int, draw: Tensor) -> Tensor:
+    """A start, uniform among those whose box of ``size`` holds ``pos`` within 0..length-1,
+    chosen by ``draw`` (uniform in [0, 1), float64, ``size``'s shape)."""
     lo = (pos - size + 1).clamp_min(0)
     hi = torch.minimum(pos.expand_as(size), length - size)  # inclusive; lo <= hi as size <= length
-    draw = torch.rand(size.shape, generator=generator, device=size.device, dtype=torch.float64)
     return torch.minimum(lo + (draw * (hi - lo + 1)).long(), hi)
+
+
+def place_windows_like(windows: Tensor, grid: Grid, x_draw: Tensor, y_draw: Tensor) -> Tensor:
+    """:func:`random_windows_like` given its uniform draws ``[B, N]`` (float64 in [0, 1)) for
+    the x and the y start: a batch whose images draw from different generators is placed at
+    once."""
+    wd, ht = _window_sizes(windows, grid)
+    x, y = _patch_xy(grid, windows.device)
+    x_l = _uniform_start(x, wd, grid[1], x_draw)
+    y_t = _uniform_start(y, ht, grid[0], y_draw)
+    return _boxes(x_l, y_t, wd, ht)
 
 
 def random_windows_like(windows: Tensor, grid: Grid, generator: torch.Generator) -> Tensor:
     """C2's random control ``[B, N, 4]``: the same w x h as p's window, containing p, uniform
-    among the positions that fit (x and y starts independent: those positions are a product)."""
-    wd, ht = _window_sizes(windows, grid)
-    x, y = _patch_xy(grid, windows.device)
-    x_l = _uniform_start(x, wd, grid[1], generator)
-    y_t = _uniform_start(y, ht, grid[0], generator)
-    return _boxes(x_l, y_t, wd, ht)
+    among the positions that fit (x and y starts independent: those positions are a product).
+    Draws the x starts' uniforms, then the y starts', from ``generator``."""
+    kw = dict(generator=generator, device=windows.device, dtype=torch.float64)
+    x_draw = torch.rand(windows.shape[:2], **kw)
+    y_draw = torch.rand(windows.shape[:2], **kw)
+    return place_windows_like(windows, grid, x_draw, y_draw)
 
 
 def centred_windows_like(windows: Tensor, grid: Grid) -> Tensor:

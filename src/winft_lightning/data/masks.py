@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from winft_lightning.core.baselines import random_order
-from winft_lightning.core.claims import random_windows_like
+from winft_lightning.core.claims import place_windows_like
 from winft_lightning.core.interactions import check_alpha
 from winft_lightning.data.errors import MaskError
 
@@ -81,12 +81,16 @@ def random_controls(
     """SPEC 9's retrained controls of one image: ``{member name without encoding: int16
     array}``, per alpha random windows of the same w x h as ``windows[alpha]`` (``[N, 4]``)
     containing p, and one random order ``[N]``; each seeded by ``key``."""
-    out = {}
-    for alpha in sorted(windows):
-        win = torch.from_numpy(np.asarray(windows[alpha], dtype=np.int64))[None]
+    alphas = sorted(windows)
+    n = grid[0] * grid[1]
+    draws = []  # per alpha its own generator: x starts' uniforms, then y starts'
+    for alpha in alphas:
         gen = control_generator(key, f"windows/{alpha_tag(alpha)}")
-        drawn = random_windows_like(win, grid, gen)[0]
-        out[mask_names(alpha, "random")[0]] = drawn.numpy().astype(np.int16)
+        draws.append([torch.rand((1, n), generator=gen, dtype=torch.float64) for _ in "xy"])
+    win = torch.from_numpy(np.stack([np.asarray(windows[a], dtype=np.int64) for a in alphas]))
+    x_draw, y_draw = (torch.cat(d) for d in zip(*draws, strict=True))
+    drawn = place_windows_like(win, grid, x_draw, y_draw).numpy().astype(np.int16)
+    out = {mask_names(a, "random")[0]: drawn[i] for i, a in enumerate(alphas)}
     order = random_order(1, grid[0] * grid[1], control_generator(key, "order"))[0]
     out[mask_names(1.0, "random")[1]] = order.numpy().astype(np.int16)
     return out

@@ -18,11 +18,10 @@ import os
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
-
-import webdataset as wds
+from typing import Any
 
 from winft_lightning.data.errors import DataError, ManifestError, ShardError
+from winft_lightning.data.ustar import UstarWriter, read_members
 from winft_lightning.runtime.files import CODE_VERSION, now_iso, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -118,14 +117,14 @@ class SplitWriter:
         name = shard_name(self.split, self.index)
         self._tmp = self.root / f".{name}.tmp"
         self._file = open(self._tmp, "wb")  # noqa: SIM115 (closed in _close_shard)
-        self._tar = wds.TarWriter(self._file, encoder=False, mtime=0, user="winft", group="winft")
+        self._tar = UstarWriter(self._file)
         self._count = 0
 
     def write(self, key: str, members: Mapping[str, bytes]) -> None:
         """Add one sample; ``members`` maps extension -> bytes (``crc`` is added here)."""
         if self._tar is None:
             self._open()
-        self._tar.write(tar_sample(key, members))
+        self._tar.write(key, with_crc(key, members))
         self._count += 1
         if self._count >= self.maxcount or self._file.tell() >= self.maxsize:
             self._close_shard()
@@ -151,9 +150,9 @@ class SplitWriter:
         return self.records
 
 
-def tar_sample(key: str, members: Mapping[str, bytes]) -> dict[str, Any]:
-    """A WebDataset sample of ``members`` with its ``crc`` member added."""
-    return {"__key__": key, **members, "crc": members_crc(key, members).encode()}
+def with_crc(key: str, members: Mapping[str, bytes]) -> dict[str, bytes]:
+    """``members`` with their ``crc`` member added."""
+    return {**members, "crc": members_crc(key, members).encode()}
 
 
 def write_shard(
@@ -164,9 +163,9 @@ def write_shard(
     tmp = Path(root) / f".{name}.{os.getpid()}.tmp"
     count = 0
     with open(tmp, "wb") as f:
-        tar = wds.TarWriter(f, encoder=False, mtime=0, user="winft", group="winft")
+        tar = UstarWriter(f)
         for key, members in samples:
-            tar.write(tar_sample(key, members))
+            tar.write(key, with_crc(key, members))
             count += 1
         tar.close()
         f.flush()
@@ -245,46 +244,6 @@ def finished_set(out: Path, fingerprint: str, stage: str, made_of: str, fix: str
     raise DataError(f"{out} already holds a set of another {made_of} ({old.get('source')}); {fix}")
 
 
-BLOCK = 512
-END_BLOCK = bytes(BLOCK)
-
-
-def plain_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
-    """``(name, data)`` of each regular file of the uncompressed tar stream ``f``, as
-    webdataset's ``TarWriter`` writes our shards (ustar headers, short ASCII names);
-    directories are skipped. Raises ``ValueError`` on a bad checksum, a truncated header or
-    member, or any other member type (links, pax or GNU headers): our writer makes none.
-
-    ``tarfile`` took about 55 us a member to parse a header, and a mask sample has 17 members:
-    most of a small run's data loading went there. This reads a header with one checksum and
-    two fields, ten times faster."""
-    while True:
-        head = f.read(BLOCK)
-        if not head or head == END_BLOCK:
-            return  # tarfile also ends at an empty read or a zero block
-        if len(head) < BLOCK:
-            raise ValueError(f"truncated header ({len(head)} of {BLOCK} bytes)")
-        stored = int(head[148:156].strip(b"\0 ") or b"-1", 8)
-        if stored != sum(head[:148]) + 8 * 32 + sum(head[156:]):
-            raise ValueError("header checksum mismatch")
-        name = head[:100].split(b"\0", 1)[0]
-        if head[257:262] == b"ustar" and head[345] != 0:
-            name = head[345:500].split(b"\0", 1)[0] + b"/" + name
-        kind = head[156:157]
-        if head[124] & 0x80:
-            raise ValueError(f"member {name!r}: a base-256 size (over 8 GiB)")
-        size = int(head[124:136].strip(b"\0 ") or b"0", 8)
-        if kind == b"5":
-            continue
-        if kind not in (b"0", b"\0"):
-            raise ValueError(f"member {name!r} of type {kind!r}: not a regular file")
-        data = f.read(size)
-        if len(data) < size:
-            raise ValueError(f"member {name!r} truncated ({len(data)} of {size} bytes)")
-        f.seek(-size % BLOCK, os.SEEK_CUR)
-        yield name.decode("utf-8", "surrogateescape"), data
-
-
 def iter_tar(path: str | Path, expected: int | None = None) -> Iterator[tuple[str, dict]]:
     """Samples ``(key, {ext: bytes})`` of one shard, in file order, strictly.
 
@@ -298,7 +257,7 @@ def iter_tar(path: str | Path, expected: int | None = None) -> Iterator[tuple[st
     seen: set[str] = set()
     try:
         with open(path, "rb", buffering=1 << 20) as f:
-            for member, data in plain_members(f):
+            for member, data in read_members(f):
                 base = member.rsplit("/", 1)[-1]
                 k, dot, ext = base.partition(".")
                 if not dot or not k or not ext:

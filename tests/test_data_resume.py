@@ -159,4 +159,4 @@ def test_clis_prepare_then_analyze(tmp_path, teacher_ckpt):
     assert m["alphas"] == [0.1, 0.2] and m["splits"]["val"]["count"] == 10
     assert (tmp_path / "outputs").is_dir()  # Hydra's run dir under outputs/ of the cwd
     r = _cli("winft_lightning.analyze", "data=digits", f"shards={shards}", cwd=tmp_path)
-    assert r.returncode != 0 and "teacher" in r.stderr
+    assert r.returncode != 0 and "analyze: teacher_ckpt is required" in r.stderr

@@ -11,21 +11,16 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from winft_lightning.pipeline import (
-    Teacher,
-    ensure_shards,
-    ensure_teacher,
-    ensure_teachers,
-    teacher_config,
-)
-from winft_lightning.runtime.checkpoints import checkpoint_file
-from winft_lightning.stages.study import machine_line, run_study, study_figures
-from winft_lightning.stages.study_report import write_report
+if TYPE_CHECKING:
+    from winft_lightning.pipeline import Teacher
+
+# The training stack (Lightning, timm) is imported where a part trains or measures teachers:
+# ``recompute=`` rebuilds reports from saved records without it, in a second instead of ten.
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +34,8 @@ def students_teacher(study: DictConfig, root_dir: Path) -> tuple[list[str], str]
     """The students' masks come from the claims part's teacher of seed ``students_teacher``
     (trained once and cached, shared with the claims part): ``["teacher.ckpt=<its file>"]``
     and a line saying which; ``students_teacher: null``: each job's own ``teacher.*``."""
+    from winft_lightning.pipeline import ensure_teachers
+
     seed = study.get("students_teacher")
     if seed is None:
         return [], "each job's own teacher (its teacher.* config)"
@@ -54,6 +51,8 @@ def students_teacher(study: DictConfig, root_dir: Path) -> tuple[list[str], str]
 def trained_facts(study: DictConfig, study_dir: Path, teacher: str) -> dict[str, Any]:
     """What the trained part ran: students, seeds, teacher, machine, the last command that ran
     sweeps, and the wall time summed over every start of its sweeps (``sweeps.json``)."""
+    from winft_lightning.stages.study import machine_line
+
     record = study_dir / "sweeps.json"
     starts = json.loads(record.read_text()) if record.is_file() else []
     seconds = sum(s["seconds"] for start in starts for s in start["sweeps"].values())
@@ -70,6 +69,8 @@ def given_teachers(spec: dict[str, Any], root_dir: Path) -> tuple[list[Teacher],
     (built once and cached), and the experiment's net config: the architecture of a plain
     weights file."""
     from winft_lightning.models.teacher import plain_file_net
+    from winft_lightning.pipeline import Teacher, ensure_shards, ensure_teacher, teacher_config
+    from winft_lightning.runtime.checkpoints import checkpoint_file
 
     teachers, net = [], None
     for i, ckpt in enumerate(spec["ckpts"]):
@@ -88,8 +89,10 @@ def run_claims(study: DictConfig, study_dir: Path, root_dir: Path) -> dict[str, 
     each pass's per-image values kept under ``claims/records``), rebuilt into
     ``claims/report.md`` from those records. The teachers live in ``root_dir``'s cache, with
     the study's other artefacts."""
+    from winft_lightning.pipeline import ensure_teachers
     from winft_lightning.stages import claims_report as R
     from winft_lightning.stages.claims import keep_chance
+    from winft_lightning.stages.study import machine_line
 
     spec = OmegaConf.to_container(study.claims, resolve=True)
     teachers_spec, resamples = spec.pop("teachers"), int(spec.pop("resamples"))
@@ -171,6 +174,9 @@ def main(cfg: DictConfig) -> None:
         if not all(same.values()):
             raise SystemExit(f"recompute: {[k for k, v in same.items() if not v]} differ")
         return
+    from winft_lightning.stages.study import machine_line, run_study, study_figures
+    from winft_lightning.stages.study_report import write_report
+
     study_dir = Path(cfg.study_dir)
     start = time.perf_counter()
     root = Path(cfg.paths.root_dir)  # the study's cache: its teachers, shards, masks and runs

@@ -5,8 +5,9 @@ about 55 us a member header in Python; a mask sample has 17 members, so most of 
 shard writing and reading went to tar headers. :class:`UstarWriter` writes the same bytes as
 ``TarWriter(f, encoder=False, mtime=0, user=..., group=...)`` (held to it in the tests), and
 :func:`read_members` reads them back (``make bench``'s data section times both against the
-library's: 3.6x faster writing and 5.6x reading a real mask shard, on 2 CPU cores). Anything outside the subset
-(a long or non-ASCII name, a link, a pax or GNU header) is refused, never written or misread.
+library's: 3.6x faster writing and 5.6x reading a real mask shard, on 2 CPU cores). Anything
+outside the subset (a long or non-ASCII name, a link, a pax or GNU header) is refused, never
+written or misread.
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ def random_controls(
     x_draw, y_draw = (torch.cat(d) for d in zip(*draws, strict=True))
     drawn = place_windows_like(win, grid, x_draw, y_draw).numpy().astype(np.int16)
     out = {mask_names(a, "random")[0]: drawn[i] for i, a in enumerate(alphas)}
-    order = random_order(1, grid[0] * grid[1], control_generator(key, "order"))[0]
+    order = random_order(1, n, control_generator(key, "order"))[0]
     out[mask_names(1.0, "random")[1]] = order.numpy().astype(np.int16)
     return out
 

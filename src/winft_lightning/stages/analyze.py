@@ -327,7 +327,7 @@ def run_from_config(cfg: DictConfig) -> None:
         prepare_shards(cfg.data.source, shards, progress=bool(cfg.progress))
     world.barrier("analyze/prepared")
     tk = OmegaConf.to_container(cfg.teacher_model, resolve=True) if cfg.get("teacher_model") else {}
-    tk = {k: v for k, v in (tk or {}).items() if v is not None}
+    tk = {k: v for k, v in tk.items() if v is not None}
     tk["trust_pickle"] = bool(cfg.get("trust_pickle", False))
     tk["path_option"] = "teacher_ckpt"
     manifest = analyze_shards(

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 import winft_lightning
-from winft_lightning.core import interactions as I
+from winft_lightning.core import interactions as ia
 
 ALPHAS = (0.025, 0.05, 0.1, 0.2, 0.5)
 ALPHA = 0.1  # the alpha the paper's speed claims are stated at
@@ -121,7 +121,7 @@ def local_u(batch: int, grid: tuple[int, int], sigma: float, noise: float, seed:
 def eo_fraction(windows: Tensor) -> float:
     """Mean E_O / N^2 of ``[B, N, 4]`` windows."""
     n = windows.shape[1]
-    return I.window_areas(windows).sum(dim=1).float().mean().item() / n**2
+    return ia.window_areas(windows).sum(dim=1).float().mean().item() / n**2
 
 
 def calibrate_sigma(grid: tuple[int, int], noise: float, target: float = EO_TARGET) -> float:
@@ -129,7 +129,7 @@ def calibrate_sigma(grid: tuple[int, int], noise: float, target: float = EO_TARG
     lo, hi = 0.5, float(max(grid))
     for _ in range(10):
         mid = (lo + hi) / 2
-        if eo_fraction(I.awd_windows(local_u(1, grid, mid, noise), ALPHA, grid)) < target:
+        if eo_fraction(ia.awd_windows(local_u(1, grid, mid, noise), ALPHA, grid)) < target:
             lo = mid
         else:
             hi = mid
@@ -145,7 +145,7 @@ def local_windows(
     u = local_u(batch, grid, sigma, noise, seed=1)
     if torch.cuda.is_available():
         u = u.cuda()  # the top-k of B x N^2 entries: seconds on CPU at N = 784
-    wins = {a: I.awd_windows(u, a, grid).cpu() for a in alphas}
+    wins = {a: ia.awd_windows(u, a, grid).cpu() for a in alphas}
     info = {
         "u": "exp(-d^2 / (2 sigma^2) + noise * z), z ~ N(0, 1), seeded",
         "sigma": round(sigma, 3),
@@ -160,7 +160,7 @@ def local_windows(
             for a, w in wins.items()
         },
     }
-    return wins, I.dip_order(u).cpu(), info
+    return wins, ia.dip_order(u).cpu(), info
 
 
 def local_masks(batch: int, grid: tuple[int, int], noise: float = 0.5) -> tuple[dict, dict]:
@@ -168,7 +168,7 @@ def local_masks(batch: int, grid: tuple[int, int], noise: float = 0.5) -> tuple[
     :func:`local_u` at the calibrated sigma; info records sigma and the measured E_O / N^2."""
     sigma = calibrate_sigma(grid, noise)
     u = local_u(batch, grid, sigma, noise, seed=1)
-    windows = I.awd_windows(u, ALPHA, grid)
+    windows = ia.awd_windows(u, ALPHA, grid)
     info = {
         "u": "exp(-d^2 / (2 sigma^2) + noise * z), z ~ N(0, 1), seeded",
         "alpha": ALPHA,
@@ -179,7 +179,7 @@ def local_masks(batch: int, grid: tuple[int, int], noise: float = 0.5) -> tuple[
         "mean_window_h": (windows[..., 3] - windows[..., 1] + 1).float().mean().item(),
         "mean_window_w": (windows[..., 2] - windows[..., 0] + 1).float().mean().item(),
     }
-    return {"windows": windows, "dip_order": I.dip_order(u)}, info
+    return {"windows": windows, "dip_order": ia.dip_order(u)}, info
 
 
 def synthetic_batch(batch: int, net: dict, masks: dict | None, device: torch.device) -> dict:

@@ -7,7 +7,7 @@ random weights on a synthetic ImageFolder tree, bf16, once with ``trainer=gpu`` 
 
 The tree: ``--classes`` classes of smooth random images (a 12 x 12 noise field upsampled to
 384 px, JPEG), ``--per-class`` training and a tenth as many test images per class. The first run
-prepares the shards, saves the untrained teacher (``teacher.max_epochs=0``) and analyses it; the
+prepares the shards, saves the untrained teacher (``teacher.max_epochs=0``) and analyzes it; the
 second reuses them from the cache.
 """
 

@@ -1,5 +1,5 @@
 """``analysis`` section: U + AWD windows for the analyze config's alphas + DIP order per image,
-vs (a) the softmax(QK^T) of the 12 blocks it analyses and (b) the teacher's own non-fused
+vs (a) the softmax(QK^T) of the 12 blocks it analyzes and (b) the teacher's own non-fused
 forward, at ViT-B/16 224 (N = 196) and 384 (N = 576); plus the whole per-batch analysis
 (``analyze.analyze_split``: teacher forward with attention capture, U, windows, DIP order, copy
 to host) in images/s and the projected time for ImageNet-1k's 1,281,167 training images on one
@@ -14,7 +14,7 @@ import time
 import torch
 
 from bench.benchlib import ANALYZE_YAML, _sync, timeit
-from winft_lightning.core import interactions as I
+from winft_lightning.core import interactions as ia
 
 IMAGENET_TRAIN = 1_281_167
 
@@ -104,10 +104,10 @@ def _analysis_at(img: int, device: torch.device, batch: int, repeat: int) -> dic
     alphas = _alphas()
 
     def analysis() -> None:
-        u = I.uncertainty_map(iter(maps))
+        u = ia.uncertainty_map(iter(maps))
         for alpha in alphas:
-            I.awd_windows(u, alpha, grid)
-        I.dip_order(u)
+            ia.awd_windows(u, alpha, grid)
+        ia.dip_order(u)
 
     t_attn = timeit(attention_maps, repeat)
     t_analysis = timeit(analysis, repeat)

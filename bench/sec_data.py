@@ -32,7 +32,7 @@ def _random_teacher(path: Path) -> Path:
 
 
 def digits_mask_set(tmp: Path, device: torch.device) -> tuple[Path, dict]:
-    """Digits shards (``prepare_shards``) analysed at alpha 0.1 by a random teacher
+    """Digits shards (``prepare_shards``) analyzed at alpha 0.1 by a random teacher
     (``analyze_shards``) under ``tmp``. Returns (mask set root, timings)."""
     from omegaconf import OmegaConf
 

@@ -119,7 +119,7 @@ def teacher_ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def analyzed_shards(tmp_path_factory, digits_shards, teacher_ckpt) -> Path:
-    """The digits shard set analysed by ``teacher_ckpt`` at alphas 0.1 and 0.5."""
+    """The digits shard set analyzed by ``teacher_ckpt`` at alphas 0.1 and 0.5."""
     from winft_lightning.stages.analyze import analyze_shards
 
     out = tmp_path_factory.mktemp("analyzed") / "masks"

@@ -1,5 +1,5 @@
-"""The one analysis API (analysis.analyse -> Analysis) on a real tiny timm ViT, against the
-separate passes it replaces; the one analysed view shared by the masks and the figures."""
+"""The one analysis API (analysis.analyze -> Analysis) on a real tiny timm ViT, against the
+separate passes it replaces; the one analyzed view shared by the masks and the figures."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from PIL import Image
 import helpers
 from test_interactions import naive_rollout
 from winft_lightning.core import interactions as ia
-from winft_lightning.core.analysis import Analysis, analyse, default_patches
+from winft_lightning.core.analysis import Analysis, analyze, default_patches
 from winft_lightning.core.capture import iter_block_attention
 from winft_lightning.data.loading import SampleDecoder
 from winft_lightning.stages import visualize as V
@@ -35,9 +35,9 @@ def test_rollout_streams_from_capture():
     torch.testing.assert_close(got.double(), naive_rollout(full, 1), rtol=1e-5, atol=1e-7)
 
 
-def test_analyse_equals_separate_passes():
+def test_analyze_equals_separate_passes():
     model, x, patches = tiny_vit(), torch.randn(2, 3, 32, 32), [0, 5, 15]
-    res = analyse(model, x, [0.1, 0.3], GRID, patches=patches, rollout=True)
+    res = analyze(model, x, [0.1, 0.3], GRID, patches=patches, rollout=True)
     u = ia.uncertainty_map(iter_block_attention(model, x))
     torch.testing.assert_close(res.u, u)
     blocks = list(iter_block_attention(model, x))
@@ -52,7 +52,7 @@ def test_analyse_equals_separate_passes():
         assert torch.equal(res.windows[a], ia.awd_windows(u, a, GRID))
     assert torch.equal(res.order, ia.dip_order(u))
     assert torch.equal(res.column_variance(), ia.column_variance(u))
-    # an alpha that was not analysed comes from U
+    # an alpha that was not analyzed comes from U
     want_field = ia.responsive_field(ia.awd_windows(u, 0.2, GRID), ia.dip_order(u), 0.25, GRID)
     assert torch.equal(res.field(0.2, 0.25), want_field)
     assert torch.equal(
@@ -60,18 +60,18 @@ def test_analyse_equals_separate_passes():
     )
 
 
-def test_analyse_defaults_and_errors():
+def test_analyze_defaults_and_errors():
     model, x = tiny_vit(), torch.randn(3, 3, 32, 32)
-    res = analyse(model, x)
+    res = analyze(model, x)
     assert res.grid == GRID and res.windows == {} and res.rows is None and res.rollout is None
     assert res.u.shape == (3, N, N) and res.order.shape == (3, N)
     assert sorted(res.order[0].tolist()) == list(range(N))
     moved = res.cpu()
     assert moved.u.device.type == "cpu" and torch.equal(moved.order, res.order)
     with pytest.raises(ValueError, match="outside"):
-        analyse(model, x, patches=[16])
+        analyze(model, x, patches=[16])
     with pytest.raises(ValueError, match=r"grid \(2, 4\) has 8"):
-        analyse(model, x, [0.1], (2, 4))
+        analyze(model, x, [0.1], (2, 4))
 
 
 def test_analysis_from_stored_masks():
@@ -94,7 +94,7 @@ def test_default_patches_spread_and_unique():
     assert all(0 <= p < 24 for p in default_patches((4, 6)))
 
 
-def test_visualize_analyses_the_view_the_masks_are_made_on(tmp_path):
+def test_visualize_analyzes_the_view_the_masks_are_made_on(tmp_path):
     """visualize.load_image is the eval view of the shard decoder (analyze's input) to the
     last bit: same resize (bilinear, antialiased), same centre crop."""
     rgb = (np.random.default_rng(0).random((50, 70, 3)) * 255).astype(np.uint8)
@@ -114,7 +114,7 @@ def test_visualize_analyses_the_view_the_masks_are_made_on(tmp_path):
 @pytest.mark.parametrize("family", ["vit", "winft"])
 def test_run_figure_callback_draws_the_analysis(family):
     """The figure callback's drawings of real tiny modules: a full-attention model's own U
-    (analyse), and a WinfT model's batch masks with its predicted W beside the fields."""
+    (analyze), and a WinfT model's batch masks with its predicted W beside the fields."""
     from matplotlib.colorbar import Colorbar
 
     from winft_lightning.lit.callbacks import interaction_figures
@@ -125,7 +125,7 @@ def test_run_figure_callback_draws_the_analysis(family):
     module = MODULES[family](net=net, **({"alpha": 0.1, "beta": 0.25} if family == "winft" else {}))
     module.eval()
     x = torch.randn(2, 3, 32, 32)
-    teacher = analyse(tiny_vit(), x, [0.1])
+    teacher = analyze(tiny_vit(), x, [0.1])
     batch = {"image": x, "label": torch.zeros(2, dtype=torch.long)}
     if family == "winft":
         batch |= {"windows": teacher.windows[0.1], "dip_order": teacher.order}
@@ -134,7 +134,7 @@ def test_run_figure_callback_draws_the_analysis(family):
         assert sorted(figs) == ["img0_uncertainty_rows", "img1_uncertainty_rows"]
         fig = figs["img1_uncertainty_rows"]
         panels = [ax for ax in fig.axes if not isinstance(getattr(ax, "_colorbar", None), Colorbar)]
-        u = analyse(module.net, x).u
+        u = analyze(module.net, x).u
         for ax, p in zip(panels, default_patches(GRID), strict=True):
             np.testing.assert_allclose(ax.get_images()[-1].get_array(), u[1, p].view(GRID))
         return
@@ -149,7 +149,7 @@ def test_run_figure_callback_draws_the_analysis(family):
 
 
 def test_library_call_on_a_users_own_timm_model():
-    """``from winft_lightning import analyse`` on a model straight from timm (train mode, the
+    """``from winft_lightning import analyze`` on a model straight from timm (train mode, the
     default alphas): the core call's U, windows and order, and the fields from them."""
     import subprocess
     import sys
@@ -158,20 +158,20 @@ def test_library_call_on_a_users_own_timm_model():
     from omegaconf import OmegaConf
 
     import winft_lightning
-    from winft_lightning import analyse as library_analyse
+    from winft_lightning import analyze as library_analyze
     from winft_lightning.core.analysis import DEFAULT_ALPHAS
 
     torch.manual_seed(0)
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32,
                               patch_size=4, embed_dim=32, depth=2, num_heads=2)  # fmt: skip
     x, n, grid = torch.randn(2, 3, 32, 32), 64, (8, 8)
-    res = library_analyse(model, x)
+    res = library_analyze(model, x)
     assert model.training  # its mode is restored
     assert res.grid == grid and res.u.shape == (2, n, n) and res.order.shape == (2, n)
     assert list(res.windows) == list(DEFAULT_ALPHAS)
     fields = res.fields(0.2)
     assert list(fields) == list(DEFAULT_ALPHAS)
-    core = analyse(model.eval(), x, DEFAULT_ALPHAS, grid)
+    core = analyze(model.eval(), x, DEFAULT_ALPHAS, grid)
     assert torch.equal(res.u, core.u) and torch.equal(res.order, core.order)
     for alpha in DEFAULT_ALPHAS:
         assert res.windows[alpha].shape == (2, n, 4)

@@ -90,9 +90,9 @@ def test_matches_a_naive_loop(prefix):
         mean_attention_distance(attn, (5, 5), num_prefix=prefix)
 
 
-def test_analyse_keeps_every_blocks_distance_and_u_hits_have_theirs():
+def test_analyze_keeps_every_blocks_distance_and_u_hits_have_theirs():
     from helpers import tiny_vit
-    from winft_lightning.core.analysis import analyse
+    from winft_lightning.core.analysis import analyze
     from winft_lightning.core.baselines import hit_distance
     from winft_lightning.core.capture import iter_block_attention
     from winft_lightning.core.claims import grid_distances
@@ -101,7 +101,7 @@ def test_analyse_keeps_every_blocks_distance_and_u_hits_have_theirs():
     model = tiny_vit().eval()
     x = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
-        res = analyse(model, x, (0.1,), rollout=False, distances=True)
+        res = analyze(model, x, (0.1,), rollout=False, distances=True)
         maps = list(iter_block_attention(model, x, patches_only=False))
     want = torch.stack([mean_attention_distance(a, (4, 4)) for a in maps], dim=1)
     assert res.attention_distance.shape == (3, len(maps), maps[0].shape[1])

@@ -18,8 +18,8 @@ from torch import nn
 from helpers import tiny_vit
 from winft_lightning.core import baselines as BL
 from winft_lightning.core import claims as C
-from winft_lightning.core import interactions as I
-from winft_lightning.core.analysis import analyse
+from winft_lightning.core import interactions as ia
+from winft_lightning.core.analysis import analyze
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.xdist_group("baselines")]
 
@@ -139,7 +139,7 @@ def local_u(b: int, grid, seed: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize("alpha", [0.05, 0.1])
 def test_planted_nearest_hits_give_an_index_of_one_and_are_supported(alpha):
     grid = (6, 6)
-    hits = I.top_interactions(local_u(60, grid), alpha)
+    hits = ia.top_interactions(local_u(60, grid), alpha)
     assert not hits.diagonal(dim1=1, dim2=2).any()
     index = BL.locality_index(hits, grid)
     torch.testing.assert_close(index, torch.ones(60, dtype=torch.float64))
@@ -153,7 +153,7 @@ def test_planted_nearest_hits_give_an_index_of_one_and_are_supported(alpha):
 def test_random_u_is_at_chance_and_negligible():
     grid, b = (6, 6), 200
     u = torch.rand(b, 36, 36, generator=gen(3), dtype=torch.float64)
-    index = BL.locality_index(I.top_interactions(u, 0.1), grid)
+    index = BL.locality_index(ia.top_interactions(u, 0.1), grid)
     assert index.isfinite().all()
     assert abs(index.mean().item()) < 0.03  # seeds 0..3: |mean| <= 0.003, sd/sqrt(b) = 0.0047
     ci = C.paired_bootstrap_ci(index)
@@ -214,8 +214,8 @@ def centred_object_images(b: int, g: torch.Generator) -> torch.Tensor:
 def field_gap(hits: torch.Tensor, obj: torch.Tensor, grid) -> torch.Tensor:
     n = grid[0] * grid[1]
     order = torch.arange(n).expand(hits.shape[0], n)  # beta = 0: no patch dropped
-    field = I.responsive_field(I.windows_from_hits(hits, grid), order, 0.0, grid)
-    gap = C.field_size_gap(I.field_size(field, grid), obj)
+    field = ia.responsive_field(ia.windows_from_hits(hits, grid), order, 0.0, grid)
+    gap = C.field_size_gap(ia.field_size(field, grid), obj)
     assert gap.skipped == 0
     return gap.gap
 
@@ -229,7 +229,7 @@ def test_c1b_geometry_alone_decided_section_8_and_the_random_u_null_removes_it(s
     centre[3:5, 3:5] = True
     assert (obj & ~centre.flatten()).any() and (obj.view(b, 8, 8)[:, 3:5, 3:5]).all()
     # U with no relation to the objects at all: iid per image
-    hits = I.top_interactions(torch.rand(b, n, n, generator=g, dtype=torch.float64), 0.1)
+    hits = ia.top_interactions(torch.rand(b, n, n, generator=g, dtype=torch.float64), 0.1)
     real = field_gap(hits, obj, grid)
     null = field_gap(BL.random_u_hits(hits, g), obj, grid)
     # section 8: the raw gap is "supported" (< 0): a window must hold p, and the centre
@@ -359,7 +359,7 @@ def test_ascending_order_is_a_stable_ascending_sort():
 def test_drop_lowest_and_highest_drop_floor_beta_n_from_either_end(beta):
     n = 100 if beta == 0.29 else 13  # 0.29 * 100 = 28.999... in floats, exactly 29
     order = BL.random_order(4, n, gen(3))
-    k = I.dip_drop_count(beta, n)
+    k = ia.dip_drop_count(beta, n)
     assert k == math.floor(round(beta * n, 9))
     low, high = BL.drop_lowest(order, beta), BL.drop_highest(order, beta)
     for b in range(4):
@@ -367,7 +367,7 @@ def test_drop_lowest_and_highest_drop_floor_beta_n_from_either_end(beta):
         dropped_high = {p for p in range(n) if not high[b, p]}
         assert dropped_low == set(order[b, :k].tolist())
         assert dropped_high == set(order[b, n - k :].tolist())
-    assert torch.equal(low, I.dip_keep(order, beta))
+    assert torch.equal(low, ia.dip_keep(order, beta))
     assert torch.equal(high, C.dip_keep_highest(order, beta))
 
 
@@ -437,7 +437,7 @@ def test_rollout_and_cls_attention_match_a_per_image_loop():
         assert isinstance(block.drop_path1, nn.Identity) and block.attn.qkv.bias is not None
         assert getattr(block.attn, "gate", None) is None
     x = torch.randn(3, 3, 16, 16, generator=gen(7))
-    res = analyse(model, x, [0.1], rollout=True)
+    res = analyze(model, x, [0.1], rollout=True)
     assert res.rollout.shape == res.cls_attention.shape == (3, 16)
     with torch.no_grad():
         want = [naive_rollout_and_cls(naive_attention_maps(model, img)) for img in x]
@@ -449,7 +449,7 @@ def test_rollout_and_cls_attention_match_a_per_image_loop():
     assert cls.std(dim=1).min() > 0.01 and rollout.std(dim=1).min() > 1e-3
     assert not torch.equal(BL.ascending_order(rollout), BL.ascending_order(cls))
     # without rollout neither is computed
-    plain = analyse(model, x, [0.1])
+    plain = analyze(model, x, [0.1])
     assert plain.rollout is None and plain.cls_attention is None
 
 

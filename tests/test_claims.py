@@ -14,7 +14,7 @@ from scipy import stats
 
 from helpers import TINY_NET
 from winft_lightning.core import claims as C
-from winft_lightning.core import interactions as I
+from winft_lightning.core import interactions as ia
 from winft_lightning.models import build_vit
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.xdist_group("claims")]
@@ -109,7 +109,7 @@ def naive_hit_distances(u, alpha, grid):
     """d_p and |H_p| by loops: U' by a stable sort of the flat entries, H_p excludes p."""
     _, w = grid
     b, n, _ = u.shape
-    t = I.top_count(alpha, n)
+    t = ia.top_count(alpha, n)
     hit = torch.full((b, n), float("nan"), dtype=torch.float64)
     count = torch.zeros(b, n, dtype=torch.long)
     for bi in range(b):
@@ -233,7 +233,7 @@ def check_like(control, windows, grid):
     h, w = grid
     x = torch.arange(h * w) % w
     y = torch.arange(h * w) // w
-    assert torch.equal(I.window_areas(control), I.window_areas(windows))
+    assert torch.equal(ia.window_areas(control), ia.window_areas(windows))
     assert torch.equal(control[..., 2] - control[..., 0], windows[..., 2] - windows[..., 0])
     assert (control[..., 0] >= 0).all() and (control[..., 1] >= 0).all()
     assert (control[..., 2] < w).all() and (control[..., 3] < h).all()
@@ -244,7 +244,7 @@ def check_like(control, windows, grid):
 @pytest.mark.parametrize("grid", [(4, 5), (6, 6)])
 def test_control_windows_have_awd_size_contain_p_and_fit(grid):
     n = grid[0] * grid[1]
-    windows = I.awd_windows(torch.rand(6, n, n, generator=gen(2)), 0.02, grid)
+    windows = ia.awd_windows(torch.rand(6, n, n, generator=gen(2)), 0.02, grid)
     check_like(C.random_windows_like(windows, grid, gen(3)), windows, grid)
     centred = C.centred_windows_like(windows, grid)
     check_like(centred, windows, grid)
@@ -284,7 +284,7 @@ def test_random_and_highest_keep_masks():
     highest = C.dip_keep_highest(order, 0.3)
     top3 = variance.topk(3, dim=1).indices
     assert torch.equal(~highest, torch.zeros_like(highest).scatter_(1, top3, True))
-    assert not (~highest & ~I.dip_keep(order, 0.3)).any()
+    assert not (~highest & ~ia.dip_keep(order, 0.3)).any()
 
 
 # ---- C3 end to end: a real tiny ViT that ignores the DIP-selected patches ----
@@ -325,9 +325,9 @@ def c3_intervals(net, data, u, beta):
     """C3 from a U: DIP order -> keep masks -> the network -> correctness -> paired CIs of
     DIP-dropped accuracy minus random-dropped and minus highest-variance-dropped accuracy."""
     images, labels, _ = data
-    order = I.dip_order(u)  # ascending column variance of U
-    count = I.dip_drop_count(beta, N)
-    dip = C.per_image_correct(net, images, labels, keep=I.dip_keep(order, beta))
+    order = ia.dip_order(u)  # ascending column variance of U
+    count = ia.dip_drop_count(beta, N)
+    dip = C.per_image_correct(net, images, labels, keep=ia.dip_keep(order, beta))
     random = C.dip_keep_random(N, count, len(labels), gen(9))
     highest = C.dip_keep_highest(order, beta)
     return {

@@ -21,7 +21,7 @@ from helpers import TINY_NET, untrained_teacher
 from winft_lightning.core import baselines as B
 from winft_lightning.core import claims as C
 from winft_lightning.core import claims_table as T
-from winft_lightning.core.analysis import analyse
+from winft_lightning.core.analysis import analyze
 from winft_lightning.data.datamodule import ShardDataModule
 from winft_lightning.models import awd_attn_mask, build_vit
 from winft_lightning.models.teacher import load_teacher
@@ -136,7 +136,7 @@ def test_accuracies_equal_plain_forward_loops(part, teacher, digits_shards):
             x01, y = batch["image"], batch["label"]
             x = TF.normalize(x01, MEAN, STD)  # as the pass: 0..1 pixels, then normalised
             got["full"].append(model(x).argmax(-1) == y)
-            res = analyse(model, x, (0.1,), info.grid)
+            res = analyze(model, x, (0.1,), info.grid)
             mask = awd_attn_mask(res.windows[0.1], info.grid, 1)
             got["awd"].append(awd(x, attn_mask=mask).argmax(-1) == y)
             keep = B.drop_lowest(res.order, 0.5)
@@ -248,7 +248,7 @@ def test_a_plain_weights_teacher_needs_its_net_and_gives_the_same_columns(
 ):
     """A timm state dict of the same weights (no hyper_parameters) reads with ``net=`` and gives
     the columns of the Lightning checkpoint (both without a stored normalisation, so both
-    analyse the same view); without ``net`` the error says what to give."""
+    analyze the same view); without ``net`` the error says what to give."""
     from winft_lightning.runtime.checkpoints import net_weights
 
     ckpt = torch.load(teacher, weights_only=True)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from helpers import local_windows
-from winft_lightning.core import interactions as I
+from winft_lightning.core import interactions as ia
 from winft_lightning.core.claims import random_windows_like
 from winft_lightning.data.datamodule import ShardDataModule
 from winft_lightning.data.errors import MaskError
@@ -90,8 +90,8 @@ def test_all_alphas_placed_at_once_are_each_alphas_own_draw(grid):
 def test_random_drop_drops_floor_beta_n_patches(analyzed_shards, beta):
     for _, _, _, order in stored(analyzed_shards).values():
         assert sorted(order) == list(range(N))  # a permutation: its first floor(beta N) go
-        keep = I.dip_keep(torch.from_numpy(order)[None], beta)
-        assert int((~keep).sum()) == I.dip_drop_count(beta, N) == int(beta * N)
+        keep = ia.dip_keep(torch.from_numpy(order)[None], beta)
+        assert int((~keep).sum()) == ia.dip_drop_count(beta, N) == int(beta * N)
 
 
 def test_a_control_reads_the_same_draw_in_every_epoch_and_rank(analyzed_shards):
@@ -134,7 +134,7 @@ def test_controls_are_refused_where_they_cannot_run(analyzed_shards, tmp_path, m
     manifest["root"] = str(old)
     (old / "manifest.json").write_text(json.dumps(manifest))
     dm = ShardDataModule(old, img_size=16, alpha=0.1, use_masks=True, control="random")
-    with pytest.raises(MaskError, match="analyse it again"):
+    with pytest.raises(MaskError, match="analyze it again"):
         dm.setup()
     with pytest.raises(ConfigError, match=r"data\.control=random"):
         validate_config(make_cfg("experiment=fmnist_vit", "debug=tiny", "data.control=random"))

@@ -116,7 +116,7 @@ def test_analyze_resumes_after_kill(
             yield item
 
     analyze_shards(teacher_ckpt, digits_shards, out, **kw)
-    assert len(produced) == 300 - 50  # the two finished shards were not analysed again
+    assert len(produced) == 300 - 50  # the two finished shards were not analyzed again
     assert {k: v for k, v in snapshot(out).items() if k in done} == done
     assert tars(out) == tars(analyzed_shards)  # identical to the uninterrupted fixture run
 

@@ -19,7 +19,7 @@ from matplotlib.quiver import Quiver
 from PIL import Image
 
 import helpers
-from winft_lightning import figures as F
+from winft_lightning import figures
 from winft_lightning.core import interactions as ia
 from winft_lightning.stages import visualize as V
 
@@ -70,7 +70,7 @@ def assert_labelled(fig: Figure) -> None:
 def assert_png(fig: Figure, path: Path) -> None:
     fig.canvas.draw()  # lays out so positions are final
     assert_labelled(fig)
-    out = F.save(fig, path)
+    out = figures.save(fig, path)
     assert out == path and path.is_file()
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temp left
     with Image.open(path) as im:
@@ -89,20 +89,20 @@ def assert_png(fig: Figure, path: Path) -> None:
 def test_to_hwc_accepts_chw_and_uint8():
     chw = image()
     hwc8 = (chw.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    np.testing.assert_allclose(F.to_hwc(chw), chw.permute(1, 2, 0).numpy())
-    np.testing.assert_allclose(F.to_hwc(hwc8), F.to_hwc(chw), atol=1 / 255)
+    np.testing.assert_allclose(figures.to_hwc(chw), chw.permute(1, 2, 0).numpy())
+    np.testing.assert_allclose(figures.to_hwc(hwc8), figures.to_hwc(chw), atol=1 / 255)
 
 
 def test_attention_maps_figure(tmp_path):
     rows = torch.rand(2, 3, N)  # 2 blocks, 3 patches
-    fig = F.attention_maps_figure(image(), rows, [0, 6, 15], GRID)
+    fig = figures.attention_maps_figure(image(), rows, [0, 6, 15], GRID)
     assert len(panels(fig)) == 6 and len(colorbars(fig)) == 2
     assert {ax.get_title().split(",")[0] for ax in panels(fig)} == {"$A_{1}$", "$A_{2}$"}
     assert_png(fig, tmp_path / "attn.png")
 
 
 def test_uncertainty_rows_figure(tmp_path):
-    fig = F.uncertainty_rows_figure(image(), random_u(), [0, 9], GRID)
+    fig = figures.uncertainty_rows_figure(image(), random_u(), [0, 9], GRID)
     assert len(panels(fig)) == 2 and len(colorbars(fig)) == 2
     # the overlay is row p of U on the patch grid
     overlay = panels(fig)[1].get_images()[-1].get_array()
@@ -118,7 +118,7 @@ def test_window_rectangles_match_windows_in_pixels(tmp_path):
     wins[22] = torch.tensor([2, 0, 5, 3])
     other = wins.clone()
     other[7] = torch.tensor([1, 1, 1, 1])
-    fig = F.window_figure(image(32, 48), {0.1: wins, 0.5: other}, [7, 22], grid)
+    fig = figures.window_figure(image(32, 48), {0.1: wins, 0.5: other}, [7, 22], grid)
     assert len(panels(fig)) == 4
     rects = {}
     for ax in panels(fig):
@@ -144,14 +144,14 @@ def gt_field(u=None, alpha=0.1, beta=0.2):
 def test_responsive_field_figure(tmp_path, with_w):
     field = gt_field()
     w = torch.randint(0, 3, (N, N)) if with_w else None
-    fig = F.responsive_field_figure(image(), field, [3, 10], GRID, winft_w=w, num_blocks=2)
+    fig = figures.responsive_field_figure(image(), field, [3, 10], GRID, winft_w=w, num_blocks=2)
     assert len(panels(fig)) == (6 if with_w else 4)
     assert len(colorbars(fig)) == (2 if with_w else 0)
     gt = panels(fig)[(3 if with_w else 2) + 1].get_images()[-1].get_array()  # row 2, S_p
     np.testing.assert_array_equal(~np.ma.getmaskarray(gt), field[10].view(GRID).numpy())
     assert_png(fig, tmp_path / "rf.png")
     if with_w:  # a per-patch mapping gives the same panel
-        fig2 = F.responsive_field_figure(
+        fig2 = figures.responsive_field_figure(
             image(), field, [3, 10], GRID, winft_w={3: w[3], 10: w[10].view(GRID)}, num_blocks=2
         )
         np.testing.assert_array_equal(
@@ -162,7 +162,7 @@ def test_responsive_field_figure(tmp_path, with_w):
 def test_dip_figure(tmp_path):
     u = random_u()
     betas = [0.0, 0.25, 0.5]
-    fig = F.dip_figure(image(), u, GRID, betas)
+    fig = figures.dip_figure(image(), u, GRID, betas)
     assert len(panels(fig)) == 2 + len(betas) and len(colorbars(fig)) == 1
     # the beta=0.5 panel marks exactly the 8 lowest-variance patches
     overlay = panels(fig)[-1].get_images()[-1].get_array()
@@ -173,7 +173,7 @@ def test_dip_figure(tmp_path):
 
 def test_field_figure(tmp_path):
     field = gt_field()
-    fig = F.field_figure(image(), field, GRID)
+    fig = figures.field_figure(image(), field, GRID)
     assert len(panels(fig)) == 2 and len(colorbars(fig)) == 1
     quivers = [c for c in panels(fig)[0].collections if isinstance(c, Quiver)]
     assert len(quivers) == 1
@@ -184,7 +184,7 @@ def test_field_figure(tmp_path):
 
 def test_rollout_figure(tmp_path):
     imgs = torch.stack([image(seed=0), image(seed=1)])
-    fig = F.rollout_figure(
+    fig = figures.rollout_figure(
         imgs, torch.rand(2, N), torch.stack([random_u(), random_u(seed=1)]), GRID
     )
     assert len(panels(fig)) == 6 and len(colorbars(fig)) == 4
@@ -202,7 +202,7 @@ def test_tradeoff_figure(tmp_path):
         dict(module="AWDViTModule", alpha=0.3, beta=0.0, top1=float("nan"), eo=2e4),  # skipped
         dict(family="winft", alpha=1.0, beta=0.0, top1="", eo=2e4),  # failed run: skipped
     ]
-    fig = F.tradeoff_figure(rows, log_x=True)
+    fig = figures.tradeoff_figure(rows, log_x=True)
     (ax,) = fig.axes
     assert ax.get_xscale() == "log" and ax.get_xlabel() and ax.get_ylabel() and ax.get_title()
     lines = {c.get_label(): c.lines[0] for c in ax.containers}
@@ -216,7 +216,7 @@ def test_tradeoff_figure(tmp_path):
     texts = sorted(t.get_text() for t in ax.texts)
     assert texts == ["α=0.1, β=0", "α=0.1, β=0.2", "α=0.2, β=0", "α=0.3, β=0"]
     fig.canvas.draw()
-    path = F.save(fig, tmp_path / "sub" / "tradeoff.png")
+    path = figures.save(fig, tmp_path / "sub" / "tradeoff.png")
     with Image.open(path) as im:
         im.verify()
 

@@ -11,7 +11,7 @@ import torch
 
 from test_capture import hand_attention
 from test_interactions import naive_dip_order, naive_field, naive_u, naive_windows
-from winft_lightning import analyse
+from winft_lightning import analyze
 from winft_lightning.lit.modules import MODULES
 from winft_lightning.models import UnsupportedModel, build_vit
 from winft_lightning.stages.validate import ConfigError, validate_config
@@ -48,7 +48,7 @@ def test_analysis_of_each_variant_matches_the_naive_loops(variant):
     _, prefix, grid = VARIANTS[variant]
     assert model.num_prefix_tokens == prefix
     images = images_for(variant)
-    result = analyse(model, images, alphas=ALPHAS)
+    result = analyze(model, images, alphas=ALPHAS)
     n = grid[0] * grid[1]
     assert result.grid == grid and result.u.shape == (3, n, n)
 
@@ -74,7 +74,7 @@ def one_batch(variant: str) -> dict:
     torch.manual_seed(1)
     teacher = build_vit(**variant_net(variant)).eval()
     images = images_for(variant, b=4, seed=1)
-    result = analyse(teacher, images, alphas=(0.1,))
+    result = analyze(teacher, images, alphas=(0.1,))
     labels = torch.tensor([0, 1, 2, 3])
     return {"image": images, "label": labels, "windows": result.windows[0.1],
             "dip_order": result.order}  # fmt: skip

@@ -137,7 +137,7 @@ def test_readme_sweep_runs_as_written(cmd: Command, tmp_path):
 def test_optuna_sweep_goes_on_past_a_failed_trial(tmp_path):
     """A failed job returns None from main() (its error in failed.json): Optuna marks that
     trial failed, runs the rest, and reports the best of those that finished. Only alpha 0.1
-    is analysed here, so the trials that draw another alpha fail before any work."""
+    is analyzed here, so the trials that draw another alpha fail before any work."""
     args = ["-m", "hparams_search=optuna", "experiment=fmnist_awd_vit", "debug=tiny",
             "analyze.alphas=[0.1]", "hydra.sweeper.n_trials=3",
             "hydra.sweeper.sampler.n_startup_trials=3", *ONE_EPOCH]  # fmt: skip
@@ -149,7 +149,7 @@ def test_optuna_sweep_goes_on_past_a_failed_trial(tmp_path):
     assert failed and done and len(failed) + len(done) == 3, (failed, done)
     for job in failed:
         error = json.loads((job / "failed.json").read_text())["error"]
-        assert "not among the analysed alphas" in error, error
+        assert "not among the analyzed alphas" in error, error
     result = OmegaConf.load(sweep / "optimization_results.yaml")
     best = max(json.loads((j / "results.json").read_text())["val_top1"] for j in done)
     assert result.best_value == pytest.approx(best)

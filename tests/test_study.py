@@ -21,7 +21,7 @@ def test_study_runs_and_aggregates(tmp_path):
         "study.families=[vit,awd_vit,winft]",
         "study.seeds=[0,1]",
         "study.controls=[awd_vit]",
-        "study.alphas=[0.1,0.3]",  # 0.3 is not an analysed alpha: that job fails, the rest go on
+        "study.alphas=[0.1,0.3]",  # 0.3 is not an analyzed alpha: that job fails, the rest go on
         "study.geometries=[{img_size:16,patch_size:4}]",
         'study.overrides=["debug=tiny","trainer.max_epochs=1","teacher.max_epochs=1",'
         '"data.source.limit.train=300"]',

@@ -1,6 +1,6 @@
 """winft_lightning: patch interactions in Vision Transformers on Lightning + Hydra.
 
-``from winft_lightning import analyse``: the analysis of one's own timm ViT (:mod:`.api`),
+``from winft_lightning import analyze`` (alias ``analyse``): the analysis of one's own timm ViT (:mod:`.api`),
 imported on first use so that ``import winft_lightning`` stays free of torch."""
 
 from typing import Any
@@ -12,7 +12,7 @@ __version__ = CODE_VERSION
 
 _register_resolvers()
 
-_API = ("Analysis", "analyse")
+_API = ("Analysis", "analyze", "analyse")  # analyse: the documented alias of analyze
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""The analysis as a library call on one's own timm ViT (``from winft_lightning import analyse``)."""
+"""The analysis as a library call on one's own timm ViT (``from winft_lightning import analyze``)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from winft_lightning.core.analysis import DEFAULT_ALPHAS, Analysis, Grid
-from winft_lightning.core.analysis import analyse as analyse_batch
+from winft_lightning.core.analysis import analyze as analyze_batch
 
-__all__ = ["Analysis", "analyse"]
+__all__ = ["Analysis", "analyse", "analyze"]
 
 
-def analyse(
+def analyze(
     model: nn.Module,
     images: Tensor,
     alphas: Sequence[float] = DEFAULT_ALPHAS,
@@ -26,13 +26,18 @@ def analyse(
 
     The model runs in eval mode (its mode is restored after) without gradients, on its own
     device; ``grid`` defaults to its ``patch_embed.grid_size``. ``options``: ``patches``,
-    ``rollout``, ``distances`` of :func:`winft_lightning.core.analysis.analyse`."""
+    ``rollout``, ``distances`` of :func:`winft_lightning.core.analysis.analyze`."""
     training = model.training
     param = next(model.parameters(), None)
     if param is not None:
         images = images.to(param.device)
     model.eval()
     try:
-        return analyse_batch(model, images, tuple(alphas), grid, **options)
+        return analyze_batch(model, images, tuple(alphas), grid, **options)
     finally:
         model.train(training)
+
+
+analyse = analyze
+"""``winft_lightning.analyse``: the British spelling users already type, an alias of
+:func:`analyze` (the code's one spelling)."""

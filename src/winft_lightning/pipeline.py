@@ -272,7 +272,7 @@ def mask_key(cfg: DictConfig, teacher_sha256: str, shards: Path) -> str:
 
 def ensure_masks(cfg: DictConfig, teacher: Path, teacher_sha256: str, shards: Path) -> Path:
     """Shards with AWD windows (every ``analyze.alphas``) and DIP order beside each image;
-    under DDP each rank analyses its share of the shards."""
+    under DDP each rank analyzes its share of the shards."""
     from winft_lightning.models.teacher import plain_file_net
     from winft_lightning.stages.analyze import analyze_shards
 

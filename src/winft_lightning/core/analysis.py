@@ -1,5 +1,5 @@
 """One batch's patch-interaction analysis: capture -> U -> AWD windows per alpha, DIP order,
-attention rollout, responsive fields, as one :class:`Analysis` from :func:`analyse`.
+attention rollout, responsive fields, as one :class:`Analysis` from :func:`analyze`.
 
 ``analyze`` (the mask shards), ``visualize`` (the paper's figures), the run-figure callback and
 the study's figures all go through here. The math is :mod:`winft_lightning.core.interactions`, the
@@ -23,7 +23,7 @@ Grid = tuple[int, int]
 # conf/analyze/default.yaml's alphas, the ones the masks are made at (a test holds them equal)
 DEFAULT_ALPHAS = (0.025, 0.05, 0.1, 0.2, 0.5, 1.0)
 
-__all__ = ["DEFAULT_ALPHAS", "Analysis", "analyse", "default_patches"]
+__all__ = ["DEFAULT_ALPHAS", "Analysis", "analyze", "default_patches"]
 
 
 def default_patches(grid: Grid) -> list[int]:
@@ -55,7 +55,7 @@ class Analysis:
     attention_distance: Tensor | None = None
 
     def window(self, alpha: float) -> Tensor:
-        """Windows at ``alpha``: the analysed ones, else computed from U."""
+        """Windows at ``alpha``: the analyzed ones, else computed from U."""
         if alpha in self.windows:
             return self.windows[alpha]
         if self.u is None:
@@ -69,7 +69,7 @@ class Analysis:
         return ia.responsive_field(self.window(alpha), self.order, beta, self.grid)
 
     def fields(self, beta: float) -> dict[float, Tensor]:
-        """The responsive fields at every analysed alpha and this ``beta``."""
+        """The responsive fields at every analyzed alpha and this ``beta``."""
         return {alpha: self.field(alpha, beta) for alpha in self.windows}
 
     def column_variance(self) -> Tensor:
@@ -96,7 +96,7 @@ class Analysis:
         )
 
 
-def analyse(
+def analyze(
     model: nn.Module,
     images: Tensor,
     alphas: Sequence[float] = (),
@@ -106,7 +106,7 @@ def analyse(
     rollout: bool = False,
     distances: bool = False,
 ) -> Analysis:
-    """Run ``images [B, 3, H, W]`` (the analysed view, normalised as the model takes it)
+    """Run ``images [B, 3, H, W]`` (the analyzed view, normalised as the model takes it)
     through the timm ViT ``model`` once, block by block, and return its :class:`Analysis`.
 
     Per block only the running U statistics are kept (and, when asked for, the rows of

@@ -96,7 +96,7 @@ def hit_distance(hits: Tensor, grid: Grid) -> Tensor:
 
 def blank_scores(images01: Tensor, grid: Grid) -> Tensor:
     """C3's *blank* baseline score: the standard deviation of each patch's pixels (all
-    channels, analysed view ``[B, C, H, W]`` in 0..1), ``[B, N]`` float64; the lowest are the
+    channels, analyzed view ``[B, C, H, W]`` in 0..1), ``[B, N]`` float64; the lowest are the
     blankest."""
     b, c, height, width = images01.shape
     h, w = grid

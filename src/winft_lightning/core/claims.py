@@ -261,7 +261,7 @@ def locality_ratio(u: Tensor, alpha: float, grid: Grid, generator: torch.Generat
 
 # ---- C1b: field size on object vs background patches ----
 def object_patch_mask(images01: Tensor, grid: Grid, threshold: float = 0.1) -> Tensor:
-    """``[B, N]`` bool, SPEC 8 C1b: a patch is *object* when the mean of its analysed-view pixels
+    """``[B, N]`` bool, SPEC 8 C1b: a patch is *object* when the mean of its analyzed-view pixels
     (all channels; ``images01`` ``[B, C, H, W]`` in 0..1, before normalisation) > threshold."""
     if not images01.is_floating_point():
         raise TypeError(f"images must be floating point in 0..1, got {images01.dtype}")

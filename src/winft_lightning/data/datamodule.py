@@ -1,4 +1,4 @@
-"""``ShardDataModule``: a LightningDataModule over a shard set (prepared or analysed).
+"""``ShardDataModule``: a LightningDataModule over a shard set (prepared or analyzed).
 
 Batches are dicts (docs/INTERFACES.md): ``image [B,3,H,W]`` float, ``label [B]`` long, ``key``
 list[str]; with ``use_masks`` also ``windows [B,N,4]`` long for the run's ``alpha`` and
@@ -104,7 +104,7 @@ class ShardDataModule(L.LightningDataModule):
 
     @property
     def grid(self) -> tuple[int, int] | None:
-        """The mask grid ``(h, w)`` of an analysed set, else None."""
+        """The mask grid ``(h, w)`` of an analyzed set, else None."""
         teacher = self.manifest.get("teacher")
         return (int(teacher["grid"][0]), int(teacher["grid"][1])) if teacher else None
 
@@ -128,7 +128,7 @@ class ShardDataModule(L.LightningDataModule):
         if self.control is not None and self.control not in m.get("controls", []):
             raise MaskError(
                 f"data.control={self.control} but the mask set {root} has no {self.control} "
-                "controls (made before they were stored): analyse it again"
+                "controls (made before they were stored): analyze it again"
             )
         view = int(m["teacher"]["img_size"])
         if view != self.img_size:

@@ -1,4 +1,4 @@
-"""Mask geometry (SPEC 6): masks live on the analysed view's patch grid.
+"""Mask geometry (SPEC 6): masks live on the analyzed view's patch grid.
 
 Windows are ``[N, 4]`` (or ``[B, N, 4]``) inclusive boxes ``(x_l, y_t, x_r, y_b)`` on a grid
 ``(h, w)`` with patch index p = y * w + x; DIP orders are ``[N]`` (or ``[B, N]``) patch indices.

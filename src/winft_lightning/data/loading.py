@@ -71,8 +71,8 @@ def slot_counts(counts: Sequence[int], nslots: int) -> list[int]:
     return [len(range(s, total, nslots)) for s in range(nslots)]
 
 
-def analysed_view(img: torch.Tensor, size: int) -> torch.Tensor:
-    """The analysed (eval) view of an image, the one the masks are made on: ``[3, H, W]``
+def analyzed_view(img: torch.Tensor, size: int) -> torch.Tensor:
+    """The analyzed (eval) view of an image, the one the masks are made on: ``[3, H, W]``
     uint8 -> ``[3, size, size]``, shorter side resized to ``size`` (bilinear, antialiased),
     centre crop. :class:`SampleDecoder` (eval) and ``visualize`` both use it."""
     if min(img.shape[-2:]) != size:
@@ -114,7 +114,7 @@ class SampleDecoder:
         if self.train and self.random_resized_crop:
             top, left, h, w = _rrc_params(img.shape[-2:], self.rrc_scale, rng)
             return TF.resized_crop(img, top, left, h, w, [size, size], antialias=True)
-        return analysed_view(img, size)
+        return analyzed_view(img, size)
 
     def _label(self, shard: str, key: str, members: dict) -> int:
         raw = members.get("cls")

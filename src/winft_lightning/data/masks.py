@@ -111,7 +111,7 @@ def check_alphas(alphas: Sequence[float]) -> list[float]:
 
 def match_alpha(alpha: float, stored: Sequence[float]) -> float | None:
     """The member of ``stored`` equal to ``alpha`` (to 1e-9), else None: the one membership
-    test of an alpha in a list of analysed alphas (a manifest's, or ``analyze.alphas``)."""
+    test of an alpha in a list of analyzed alphas (a manifest's, or ``analyze.alphas``)."""
     for a in stored:
         if math.isclose(float(a), float(alpha), rel_tol=0, abs_tol=1e-9):
             return float(a)

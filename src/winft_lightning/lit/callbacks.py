@@ -96,7 +96,7 @@ class RankSampleLog(L.Callback):
 
 class InteractionFigures(L.Callback):
     """The run's patch interactions drawn at the end of fit, on the first images of the first
-    validation batch: the analysed AWD windows, the responsive fields with WinfT's predicted
+    validation batch: the analyzed AWD windows, the responsive fields with WinfT's predicted
     sum of W beside them (Fig. 4/10) and, for full-attention models, the model's own U rows
     (Fig. 3). PNGs go to ``dirpath``; W&B gets them with ``log_image``, TensorBoard with
     ``add_figure``."""
@@ -145,9 +145,9 @@ class InteractionFigures(L.Callback):
 def interaction_figures(module: L.LightningModule, batch: dict[str, Any]) -> dict[str, Any]:
     """name -> matplotlib Figure for each image of ``batch`` (one of our modules' batches):
     the batch's own masks as an :class:`analysis.Analysis`, and for full-attention models the
-    model's own U from :func:`analysis.analyse`."""
+    model's own U from :func:`analysis.analyze`."""
     from winft_lightning import figures
-    from winft_lightning.core.analysis import Analysis, analyse, default_patches
+    from winft_lightning.core.analysis import Analysis, analyze, default_patches
     from winft_lightning.models import predicted_window_sum
 
     grid = tuple(module.grid)
@@ -164,7 +164,7 @@ def interaction_figures(module: L.LightningModule, batch: dict[str, Any]) -> dic
     if module.attn_kind == "winft":
         winft_w = predicted_window_sum(module.net, images)
     elif module.attn_kind == "full":
-        u = analyse(module.net, images, grid=grid).u.cpu()
+        u = analyze(module.net, images, grid=grid).u.cpu()
     out = {}
     for i in range(images.shape[0]):
         if u is not None:

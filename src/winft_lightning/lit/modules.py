@@ -23,7 +23,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from winft_lightning import models
-from winft_lightning.core import interactions as I
+from winft_lightning.core import interactions as ia
 from winft_lightning.core.families import FAMILIES
 
 STAGES = ("train", "val", "test")
@@ -282,7 +282,7 @@ class AWDViTModule(ViTModule):
     uses_masks = True
 
     def __init__(self, net: Mapping[str, Any], *args: Any, alpha: float = 0.1, **kwargs: Any):
-        I.check_alpha(alpha, "model.alpha")
+        ia.check_alpha(alpha, "model.alpha")
         super().__init__(net, *args, alpha=alpha, **kwargs)
 
     def keep(self, batch: dict[str, Tensor]) -> Tensor | None:
@@ -296,7 +296,7 @@ class AWDViTModule(ViTModule):
         return self._forward(images, inputs), None
 
     def interactions(self, batch: dict[str, Tensor], out: Any = None) -> Tensor:
-        return I.window_areas(batch["windows"]).sum(dim=1)
+        return ia.window_areas(batch["windows"]).sum(dim=1)
 
 
 class AWDDIPViTModule(AWDViTModule):
@@ -312,19 +312,19 @@ class AWDDIPViTModule(AWDViTModule):
         dip: str = "multiply",
         **kwargs: Any,
     ):
-        I.check_beta(beta, "model.beta")  # alpha: AWDViTModule's
+        ia.check_beta(beta, "model.beta")  # alpha: AWDViTModule's
         super().__init__(net, *args, beta=beta, dip=dip, **kwargs)
 
     def keep(self, batch: dict[str, Tensor]) -> Tensor:
         if "dip_order" not in batch:
             raise KeyError(f"{type(self).__name__} needs the batch's 'dip_order' [B, N]")
-        return I.dip_keep(batch["dip_order"], self.hparams.beta)
+        return ia.dip_keep(batch["dip_order"], self.hparams.beta)
 
     def interactions(self, batch: dict[str, Tensor], out: Any = None) -> Tensor:
-        field = I.responsive_field(
+        field = ia.responsive_field(
             batch["windows"], batch["dip_order"], self.hparams.beta, self.grid
         )
-        return I.interaction_count(field).float()
+        return ia.interaction_count(field).float()
 
 
 class WinfTModule(ViTModule):
@@ -347,10 +347,10 @@ class WinfTModule(ViTModule):
         lambda2: float = 1.0,
         **kwargs: Any,
     ):
-        I.check_alpha(alpha, "model.alpha")
-        I.check_beta(beta, "model.beta")
-        I.check_loss_weight(lambda1, "model.lambda1")
-        I.check_loss_weight(lambda2, "model.lambda2")
+        ia.check_alpha(alpha, "model.alpha")
+        ia.check_beta(beta, "model.beta")
+        ia.check_loss_weight(lambda1, "model.lambda1")
+        ia.check_loss_weight(lambda2, "model.lambda2")
         super().__init__(
             net, *args, alpha=alpha, beta=beta, lambda1=lambda1, lambda2=lambda2, **kwargs
         )
@@ -378,7 +378,7 @@ class WinfTModule(ViTModule):
             if stage == "train":
                 raise KeyError("WinfTModule training needs 'windows' and 'dip_order' in the batch")
             return {}
-        w_gt = I.responsive_field(
+        w_gt = ia.responsive_field(
             batch["windows"], batch["dip_order"], self.hparams.beta, self.grid
         )
         bce = models.winft_bce_loss(out.w_logits, w_gt)

@@ -1,4 +1,4 @@
-"""Load the teacher ViT whose attention is analysed.
+"""Load the teacher ViT whose attention is analyzed.
 
 ``load_teacher(path)`` accepts (a) a Lightning checkpoint of our modules
 (``hyper_parameters.net`` = timm ViT kwargs, state-dict keys ``net.<timm key>``), or (b) a plain
@@ -6,7 +6,7 @@ weights file (timm/torch state dict, ``.safetensors``, or a Google ``.npz``; the
 from the content) with an explicit model config, loaded through timm's own pretrained path
 (:func:`~winft_lightning.models.weights.create_with_weights`, so the position embedding is
 resampled when ``img_size`` differs from the weights'). :func:`teacher_norm` is the one rule
-for the normalisation of the teacher's analysed view.
+for the normalisation of the teacher's analyzed view.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def teacher_norm(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
 ) -> tuple[list[float], list[float]]:
-    """Normalisation of the teacher's analysed view: ``mean`` / ``std`` when given, else the one
+    """Normalisation of the teacher's analyzed view: ``mean`` / ``std`` when given, else the one
     the teacher was trained with (its checkpoint's datamodule hyperparameters), else its timm
     pretrained config's, else 0.5."""
     cfg = getattr(model, "pretrained_cfg", None) or {}

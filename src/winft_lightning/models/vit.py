@@ -51,7 +51,7 @@ SUPPORTED = (
 
 
 class UnsupportedModel(ValueError):
-    """A timm model outside the ViT family this framework analyses and trains."""
+    """A timm model outside the ViT family this framework analyzes and trains."""
 
 
 def check_vit_family(

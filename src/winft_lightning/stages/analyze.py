@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from winft_lightning.core.analysis import analyse
+from winft_lightning.core.analysis import analyze
 from winft_lightning.data.loading import SampleDecoder, collate
 from winft_lightning.data.masks import (
     CONTROLS,
@@ -73,11 +73,11 @@ def analyze_split(
     device: str | torch.device = "cpu",
 ) -> Iterator[tuple[str, dict[float, np.ndarray], np.ndarray]]:
     """For each image of each batch ``{"image" [B,3,H,W], "key"}``: ``(key, {alpha: windows
-    [N, 4] int16}, dip_order [N] int16)``, from :func:`analysis.analyse` (U computed block by
+    [N, 4] int16}, dip_order [N] int16)``, from :func:`analysis.analyze` (U computed block by
     block) on ``device``."""
     for batch in loader:
         images = batch["image"].to(device, non_blocking=True)
-        result = analyse(model, images, alphas, grid)  # U [B, N, N] -> windows, DIP order
+        result = analyze(model, images, alphas, grid)  # U [B, N, N] -> windows, DIP order
         order = result.order.to(torch.int16).cpu().numpy()
         wins = {a: w.to(torch.int16).cpu().numpy() for a, w in result.windows.items()}
         del result
@@ -140,12 +140,12 @@ def analyze_shards(
     progress: bool = True,
     world: World | None = None,
 ) -> dict[str, Any] | None:
-    """Analyse every split of the shard set ``shards`` with ``teacher``; returns the new
+    """Analyze every split of the shard set ``shards`` with ``teacher``; returns the new
     manifest. The view is the teacher's: resize to its img_size + centre crop, normalised with
     ``mean``/``std`` (default: :func:`models.teacher.teacher_norm`). ``teacher_sha256``: the
     teacher file's digest when the caller has it (the pipeline), else it is hashed here.
 
-    In a ``world`` of several ranks each rank analyses every ``world_size``-th shard into
+    In a ``world`` of several ranks each rank analyzes every ``world_size``-th shard into
     ``out_dir`` (a shared directory) and rank 0 writes the one manifest once all are done;
     the other ranks return ``None``."""
     world = world or World()
@@ -190,7 +190,7 @@ def analyze_shards(
     mine = tasks[world.rank :: world.world_size]
     done_before = {r["name"]: r for split in SPLITS for r in journal.done(split)}
     log.info(
-        "analyze: rank %d of %d analyses %d of %d shards: %s",
+        "analyze: rank %d of %d analyzes %d of %d shards: %s",
         world.rank, world.world_size, len(mine), len(tasks), [t[1] for t in mine],
     )  # fmt: skip
     stats = MaskStats(alphas, encoding)
@@ -212,7 +212,7 @@ def analyze_shards(
                 model, _batches(samples, shard, decoder, batch_size, pool), alphas, info.grid, dev
             )
 
-            def analysed(samples=samples, results=results, shard=shard):
+            def analyzed(samples=samples, results=results, shard=shard):
                 for (key, members), (rkey, wins, order) in zip(samples, results, strict=True):
                     if key != rkey:  # pragma: no cover - analyze_split keeps batch order
                         raise RuntimeError(f"analysis out of order at {shard}: {key} vs {rkey}")
@@ -222,7 +222,7 @@ def analyze_shards(
                     bar.advance(task_bar)
                     yield key, new
 
-            record = write_shard(out, name, analysed())
+            record = write_shard(out, name, analyzed())
             journal.add(split, record)
             records.append({"split": split, **record})
             done += record["count"]

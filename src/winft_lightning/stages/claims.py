@@ -2,9 +2,9 @@
 one pass over a shard set's test split that keeps every per-image value as a column.
 
 :func:`collect_claims` streams the test split (or its first ``limit`` images, in stream order)
-in the analysed view (the teacher's ``img_size``, resize + centre crop, the teacher's
+in the analyzed view (the teacher's ``img_size``, resize + centre crop, the teacher's
 normalisation), in batches. Per batch: U, the DIP order, rollout and the last block's CLS
-attention from :func:`analysis.analyse` on the timm teacher; the same weights built three times
+attention from :func:`analysis.analyze` on the timm teacher; the same weights built three times
 with :func:`models.build_vit` (full attention; ``attn="awd"``; ``dip="multiply"``) give the
 per-image correctness under every condition. Each random draw comes from its own seeded
 ``torch.Generator`` (the random U', C2's windows, C3's random order), consumed in batch order,
@@ -29,7 +29,7 @@ from torchvision.transforms.v2 import functional as TF
 from winft_lightning.core import baselines as B
 from winft_lightning.core import claims as C
 from winft_lightning.core import interactions as ia
-from winft_lightning.core.analysis import analyse
+from winft_lightning.core.analysis import analyze
 from winft_lightning.core.claims_table import ORDERINGS, column
 from winft_lightning.data.datamodule import ShardDataModule
 from winft_lightning.data.progress import image_progress
@@ -89,7 +89,7 @@ def _orders(res, x01: Tensor, grid: Grid, gen: torch.Generator) -> dict[str, Ten
 
 
 def _batch(cols, nets, teacher, x01, labels, norm, opts, gens, grid) -> None:
-    """Every per-image value of one batch (``x01`` the analysed view in 0..1) into ``cols``."""
+    """Every per-image value of one batch (``x01`` the analyzed view in 0..1) into ``cols``."""
     n = grid[0] * grid[1]
 
     def add(name: str, value: Tensor) -> None:
@@ -97,7 +97,7 @@ def _batch(cols, nets, teacher, x01, labels, norm, opts, gens, grid) -> None:
 
     x = TF.normalize(x01, *norm)  # as SampleDecoder normalises: the teacher's exact input
     wanted = sorted({*opts["alphas"], opts["locality_alpha"], *opts["keep_alphas"]})
-    res = analyse(teacher, x, wanted, grid, rollout=True, distances=True)
+    res = analyze(teacher, x, wanted, grid, rollout=True, distances=True)
     hits = {a: ia.top_interactions(res.u, a) for a in wanted}
     null = {a: B.random_u_hits(hits[a], gens["null"]) for a in wanted}
     la = opts["locality_alpha"]

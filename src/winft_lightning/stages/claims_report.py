@@ -87,7 +87,7 @@ def measure_teacher(teacher, settings: dict[str, Any], out_dir: Path) -> dict[st
 
 
 def _figures(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    from winft_lightning import figures as F
+    from winft_lightning import figures
 
     curves, rows = result["curves"], result["claims"]
     teachers = curves["teachers"]
@@ -95,22 +95,22 @@ def _figures(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     mean_acc = {key: list(np.mean([t["accuracy"][key] for t in teachers.values()], axis=0))
                 for key in next(iter(teachers.values()))["accuracy"]}  # fmt: skip
     figs = {
-        "verdicts": F.verdict_figure([r for r in rows if r["headline"]]),
-        "c2": F.difference_figure(
+        "verdicts": figures.verdict_figure([r for r in rows if r["headline"]]),
+        "c2": figures.difference_figure(
             curves["alphas"],
             {f"AWD minus {c} windows": {s: t["c2_difference"][c] for s, t in teachers.items()}
              for c in ("random", "centred")},
             margin=T.MARGINS["C2"], xlabel="α", log_x=True,
             title="C2: top-1 under AWD(α) windows minus a control of the same w×h (paired)",
         ),
-        "c3_difference": F.difference_figure(
+        "c3_difference": figures.difference_figure(
             curves["betas"][1:],
             {f"vs {T.BASELINE_NAMES[b]}": {s: t["c3_difference"][b] for s, t in teachers.items()}
              for b in T.ORDERINGS},
             margin=margin, xlabel="β (share of patches dropped)",
             title="C3: top-1 dropping the lowest-U-variance patches minus dropping a baseline's",
         ),
-        "c3_curves": F.perturbation_curves_figure(
+        "c3_curves": figures.perturbation_curves_figure(
             curves["betas"], mean_acc,
             {o: ("U column variance (DIP)" if o == "variance" else T.BASELINE_NAMES[o])
              for o in T.ORDERINGS},
@@ -118,12 +118,12 @@ def _figures(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     }  # fmt: skip
     if result.get("attention_profile"):
         n, grid = result["N"], result["grid"]
-        figs["attention_distance"] = F.attention_distance_figure(
+        figs["attention_distance"] = figures.attention_distance_figure(
             result["attention_profile"], distance_references(grid),
             f"Mean attention distance per block and head ({grid[0]} x {grid[1]} grid, N = {n}; "
             "class token excluded)",
         )  # fmt: skip
-    return {name: F.save(fig, out_dir / f"claims_{name}.png") for name, fig in figs.items()}
+    return {name: figures.save(fig, out_dir / f"claims_{name}.png") for name, fig in figs.items()}
 
 
 def _minutes(seconds: float | None) -> str:

@@ -1,5 +1,5 @@
 """Refuse a composed config that cannot run, before any work, with an error naming the option:
-the model class, geometry, alpha / beta / lambdas, the analysed alphas, the launch (plain
+the model class, geometry, alpha / beta / lambdas, the analyzed alphas, the launch (plain
 ``ddp`` over several devices; under SLURM, the tasks against ``trainer.devices`` and
 ``trainer.num_nodes``), and the checkpoints a run reads (``ckpt_path``, ``teacher.ckpt``)."""
 
@@ -67,7 +67,7 @@ def validate_config(cfg: DictConfig) -> None:
         stored = [float(a) for a in cfg.analyze.alphas]
         if match_alpha(alpha, stored) is None:
             raise ConfigError(
-                f"model.alpha={alpha} is not among the analysed alphas analyze.alphas={stored}"
+                f"model.alpha={alpha} is not among the analyzed alphas analyze.alphas={stored}"
             )
     control = cfg.data.get("control")
     if control is not None:

@@ -20,9 +20,9 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from winft_lightning import figures as F
-from winft_lightning.core.analysis import analyse, default_patches
-from winft_lightning.data.loading import analysed_view
+from winft_lightning import figures
+from winft_lightning.core.analysis import analyze, default_patches
+from winft_lightning.data.loading import analyzed_view
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def analysis_figures(
     field_beta: float | None = None,
     prefix: str = "img",
 ) -> list[Path]:
-    """Analyse once (:func:`analysis.analyse`: U / windows / DIP / rollout / fields) and
+    """Analyze once (:func:`analysis.analyze`: U / windows / DIP / rollout / fields) and
     write every figure.
 
     images: ``[B, 3, H, W]`` as the model takes them; display: the same images in [0, 1]
@@ -59,8 +59,8 @@ def analysis_figures(
     out = Path(out_dir)
     patches = list(patches) if patches is not None else default_patches(grid)
     model.eval()
-    res = analyse(model, images, alphas, grid, patches=patches, rollout=True).cpu()
-    shown = (display if display is not None else F.display_images(images)).detach().cpu()
+    res = analyze(model, images, alphas, grid, patches=patches, rollout=True).cpu()
+    shown = (display if display is not None else figures.display_images(images)).detach().cpu()
     fa = alphas[0] if field_alpha is None else field_alpha
     fb = max(betas, default=0.0) if field_beta is None else field_beta
     field = res.field(fa, fb)
@@ -70,14 +70,14 @@ def analysis_figures(
     for i in range(images.shape[0]):
         img = shown[i]
         figs = {
-            "attention": F.attention_maps_figure(img, res.rows[i], patches, grid),
-            "uncertainty_rows": F.uncertainty_rows_figure(img, res.u[i], patches, grid),
-            "windows": F.window_figure(
+            "attention": figures.attention_maps_figure(img, res.rows[i], patches, grid),
+            "uncertainty_rows": figures.uncertainty_rows_figure(img, res.u[i], patches, grid),
+            "windows": figures.window_figure(
                 img, {a: w[i] for a, w in res.windows.items()}, patches, grid
             ),
-            "dip": F.dip_figure(img, res.u[i], grid, betas, res.order[i], variance[i]),
-            "field": F.field_figure(img, field[i], grid),
-            "responsive_field": F.responsive_field_figure(
+            "dip": figures.dip_figure(img, res.u[i], grid, betas, res.order[i], variance[i]),
+            "field": figures.field_figure(img, field[i], grid),
+            "responsive_field": figures.responsive_field_figure(
                 img,
                 field[i],
                 patches,
@@ -86,9 +86,9 @@ def analysis_figures(
                 num_blocks=res.rows.shape[1] if winft_w is not None else None,
             ),
         }
-        paths += [F.save(fig, out / f"{prefix}{i}_{name}.png") for name, fig in figs.items()]
-    roll = F.rollout_figure(shown, res.rollout, None, grid, variance=variance)
-    paths.append(F.save(roll, out / "rollout.png"))
+        paths += [figures.save(fig, out / f"{prefix}{i}_{name}.png") for name, fig in figs.items()]
+    roll = figures.rollout_figure(shown, res.rollout, None, grid, variance=variance)
+    paths.append(figures.save(roll, out / "rollout.png"))
     return paths
 
 
@@ -96,15 +96,15 @@ def analysis_figures(
 
 
 def load_image(path: str | Path, size: int) -> Tensor:
-    """PNG/JPEG -> ``[3, size, size]`` in [0, 1]: the analysed view the masks are made on
-    (:func:`data.loading.analysed_view`: shorter side resized to ``size``, centre crop)."""
+    """PNG/JPEG -> ``[3, size, size]`` in [0, 1]: the analyzed view the masks are made on
+    (:func:`data.loading.analyzed_view`: shorter side resized to ``size``, centre crop)."""
     with Image.open(path) as im:
         return _square(np.asarray(im.convert("RGB")), size)
 
 
 def _square(rgb: np.ndarray, size: int) -> Tensor:
     img = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)  # [3, H, W] uint8
-    return analysed_view(img, size).to(torch.float32).div_(255.0)
+    return analyzed_view(img, size).to(torch.float32).div_(255.0)
 
 
 def sample_images(size: int) -> Tensor:
@@ -191,8 +191,8 @@ def run(cfg: Mapping[str, Any]) -> list[Path]:
     if cfg.get("results"):
         rows = read_results(list(cfg["results"]))
         for key in ("eo", "eo_ratio"):
-            fig = F.tradeoff_figure(rows, x=key, log_x=bool(cfg.get("log_x", False)))
-            written.append(F.save(fig, out / f"tradeoff_{key}.png"))
+            fig = figures.tradeoff_figure(rows, x=key, log_x=bool(cfg.get("log_x", False)))
+            written.append(figures.save(fig, out / f"tradeoff_{key}.png"))
     log.info("wrote %d figures to %s", len(written), out)
     return written
 

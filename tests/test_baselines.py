@@ -158,9 +158,6 @@ def test_random_u_is_at_chance_and_negligible():
     assert abs(index.mean().item()) < 0.03  # seeds 0..3: |mean| <= 0.003, sd/sqrt(b) = 0.0047
     ci = C.paired_bootstrap_ci(index)
     assert C.margin_verdict(ci, 0.10) == "negligible"
-    # Section 8's ratio on the same U finds nothing either (sanity of the planted null)
-    ratio = C.paired_bootstrap_ci(C.locality_ratio(u, 0.1, grid, gen(4)))
-    assert C.verdict(ratio, 1.0, "less") != "supported"
 
 
 # ---- the random-U null ----
@@ -235,7 +232,6 @@ def test_c1b_geometry_alone_decided_section_8_and_the_random_u_null_removes_it(s
     # section 8: the raw gap is "supported" (< 0): a window must hold p, and the centre
     # patches' windows need not stretch to a border (seeds 0..3: mean -2.6..-3.6, hi < -1.9)
     old = C.paired_bootstrap_ci(real)
-    assert C.verdict(old, 0.0, "less") != "inconclusive"
     assert old.high < -1.0
     # SPEC 9: gap(random U') - gap(U), paired, margin 0.05 N: negligible
     # (seeds 0..3: |mean| <= 0.46, CI within [-1.13, 1.14], margin 3.2)
@@ -254,7 +250,7 @@ def test_margin_rule_on_paired_data():
     small[:20] = True  # 0.2 pp better
     ci = C.paired_bootstrap_ci(small, ref)
     assert ci.estimate == pytest.approx(0.002)
-    assert C.verdict(ci, 0.0, "greater") == "supported"  # section 8 would call it supported
+    assert ci.low > 0  # the interval excludes 0: section 8's rule would call it supported
     assert C.margin_verdict(ci, 0.005) == "negligible"  # too small to matter
     large = ref.copy()
     large[:200] = True  # 2 pp better
@@ -368,7 +364,6 @@ def test_drop_lowest_and_highest_drop_floor_beta_n_from_either_end(beta):
         assert dropped_low == set(order[b, :k].tolist())
         assert dropped_high == set(order[b, n - k :].tolist())
     assert torch.equal(low, ia.dip_keep(order, beta))
-    assert torch.equal(high, C.dip_keep_highest(order, beta))
 
 
 def test_random_order_is_a_seeded_permutation_per_image():

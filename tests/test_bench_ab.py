@@ -38,6 +38,12 @@ def test_noise_larger_than_the_change_is_inconclusive():
     assert ab.compare(base, this)["awd_dense"]["this_higher"] == "inconclusive"
 
 
+def test_a_change_inside_the_margin_is_negligible():
+    base = _runs([1.000, 1.004, 0.998, 1.002])
+    this = _runs([1.003, 1.006, 1.000, 1.004])  # 0.002 to 0.003 higher: under the 0.02 margin
+    assert ab.compare(base, this)["awd_dense"]["this_higher"] == "negligible"
+
+
 def test_unpaired_runs_are_refused():
     with pytest.raises(ValueError):
         ab.compare(_runs([1.0, 1.0]), _runs([1.0, 1.0, 1.0]))

@@ -1,6 +1,6 @@
 """The claims core of SPEC.md 8 (claims.py) on planted data whose answer is known: intervals
-against textbook ones, the verdict rule, C1 locality held to a naive loop, the C2/C3 controls'
-properties, and C3 end to end through a real tiny ViT trained here."""
+against textbook ones, U' hit distances held to a naive loop, the C2/C3 controls' properties,
+and C3 end to end through a real tiny ViT trained here (the margin rule: test_baselines.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 from scipy import stats
 
 from helpers import TINY_NET
+from winft_lightning.core import baselines as BL
 from winft_lightning.core import claims as C
 from winft_lightning.core import interactions as ia
 from winft_lightning.models import build_vit
@@ -74,34 +75,6 @@ def test_t_interval_is_the_textbook_formula():
         C.t_interval([1.0])
 
 
-# ---- verdicts ----
-
-
-@pytest.mark.parametrize(
-    ("low", "high", "null", "greater", "less"),
-    [
-        (0.1, 0.3, 0.0, "supported", "contradicted"),
-        (-0.3, -0.1, 0.0, "contradicted", "supported"),
-        (-0.1, 0.2, 0.0, "inconclusive", "inconclusive"),
-        (0.0, 0.2, 0.0, "inconclusive", "inconclusive"),  # touching the null is not "entirely"
-        (0.6, 0.9, 1.0, "contradicted", "supported"),
-        (1.05, 1.2, 1.0, "supported", "contradicted"),
-        (0.9, 1.1, 1.0, "inconclusive", "inconclusive"),
-    ],
-)
-def test_verdict_rule(low, high, null, greater, less):
-    ci = C.Interval((low + high) / 2, low, high, 10, "test")
-    assert C.verdict(ci, null, "greater") == greater
-    assert C.verdict(ci, null, "less") == less
-
-
-def test_verdict_refuses_bad_input():
-    with pytest.raises(ValueError, match="direction"):
-        C.verdict(C.Interval(0, -1, 1, 2, "t"), direction="up")
-    with pytest.raises(ValueError, match="not an interval"):
-        C.verdict(C.Interval(0, float("nan"), 1, 2, "t"))
-
-
 # ---- C1: locality ----
 
 
@@ -124,38 +97,14 @@ def naive_hit_distances(u, alpha, grid):
     return hit, count
 
 
-def planted_local_u(b, grid, seed=0):
-    """Each row's largest entries are the 4-neighbours of p on the grid."""
-    dist = C.grid_distances(grid)
-    noise = torch.rand(b, *dist.shape, generator=gen(seed), dtype=torch.float64)
-    return noise + 2.0 * (dist == 1)
-
-
-def shuffle_rows(u, seed=1):
-    perm = torch.rand(u.shape, generator=gen(seed)).argsort(dim=-1)
-    return u.gather(-1, perm)
-
-
 @pytest.mark.parametrize("grid", [(3, 4), (4, 4), (2, 5)])
-def test_hit_distances_match_a_loop(grid):
+def test_hit_distance_matches_a_loop(grid):
+    """baselines.hit_distance: the mean over patches with |H_p| >= 1 of d_p, held to loops."""
     n = grid[0] * grid[1]
     u = torch.rand(3, n, n, generator=gen(7), dtype=torch.float64)
-    got = C.locality_distances(u, 0.1, grid, gen())
     hit, count = naive_hit_distances(u, 0.1, grid)
-    assert torch.equal(got.count, count)
-    torch.testing.assert_close(got.hit, hit, equal_nan=True)
-    assert torch.equal(got.random.isnan(), count == 0)
-    assert (got.random[count > 0] >= 1).all()  # p itself is never drawn
-
-
-def test_all_entries_make_the_random_draw_exact():
-    grid = (3, 4)
-    u = torch.rand(2, 12, 12, generator=gen(), dtype=torch.float64)
-    ld = C.locality_distances(u, 1.0, grid, gen())  # H_p = row p minus p, all of it drawn
-    assert (ld.count == 11).all()
-    mean_all = C.grid_distances(grid).sum(dim=1) / 11
-    torch.testing.assert_close(ld.random, mean_all.expand(2, -1))
-    torch.testing.assert_close(ld.hit, ld.random)
+    want = torch.stack([hit[b][count[b] > 0].mean() for b in range(3)])
+    torch.testing.assert_close(BL.hit_distance(ia.top_interactions(u, 0.1), grid), want)
 
 
 def test_random_hits_are_uniform_without_replacement_and_never_p():
@@ -170,32 +119,6 @@ def test_random_hits_are_uniform_without_replacement_and_never_p():
     assert (single[off] - expected).abs().max() < 5 * sd  # each j != p equally likely
     with pytest.raises(ValueError, match="counts"):
         C.random_hits(torch.full((1, 9), 9), gen())
-
-
-def test_planted_locality_is_supported_and_shuffled_rows_are_not():
-    grid = (6, 6)
-    u = planted_local_u(40, grid)
-    ratio = C.locality_ratio(u, 0.05, grid, gen(1))
-    ci = C.paired_bootstrap_ci(ratio, seed=0)
-    assert ci.high < 1 and C.verdict(ci, null=1.0, direction="less") == "supported"
-
-    shuffled = C.locality_ratio(shuffle_rows(u), 0.05, grid, gen(1))
-    ci = C.paired_bootstrap_ci(shuffled, seed=0)
-    assert C.verdict(ci, null=1.0, direction="less") in ("inconclusive", "contradicted")
-
-
-def test_shuffled_rows_give_a_ratio_near_one():
-    grid = (5, 5)
-    ratio = C.locality_ratio(shuffle_rows(planted_local_u(300, grid, 2), 3), 0.05, grid, gen(4))
-    assert ratio.isfinite().all()
-    assert ratio.mean().item() == pytest.approx(1.0, abs=0.03)
-
-
-def test_an_image_with_only_diagonal_hits_has_no_ratio():
-    u = torch.eye(9, dtype=torch.float64).expand(2, 9, 9).clone()
-    u[1] = torch.rand(9, 9, generator=gen(), dtype=torch.float64)
-    ratio = C.locality_ratio(u, 0.1, (3, 3), gen())  # T = 8 entries: all on image 0's diagonal
-    assert ratio[0].isnan() and ratio[1].isfinite()
 
 
 # ---- C1b: object vs background field sizes ----
@@ -271,17 +194,17 @@ def test_random_windows_hit_every_fitting_position_uniformly():
             assert abs(starts.count(list(pos)) - 3000 / k) <= 5 * sd
 
 
-# ---- C3: control keep masks ----
+# ---- C3: the orderings' keep masks ----
 
 
 def test_random_and_highest_keep_masks():
-    keep = C.dip_keep_random(10, 3, 2000, gen(1))
+    keep = BL.drop_lowest(BL.random_order(2000, 10, gen(1)), 0.3)
     assert keep.shape == (2000, 10) and ((~keep).sum(dim=1) == 3).all()
     freq = (~keep).double().mean(dim=0)
     assert (freq - 0.3).abs().max() < 5 * math.sqrt(0.3 * 0.7 / 2000)
     variance = torch.rand(4, 10, generator=gen(2))
     order = torch.sort(variance, dim=1, stable=True).indices
-    highest = C.dip_keep_highest(order, 0.3)
+    highest = BL.drop_highest(order, 0.3)
     top3 = variance.topk(3, dim=1).indices
     assert torch.equal(~highest, torch.zeros_like(highest).scatter_(1, top3, True))
     assert not (~highest & ~ia.dip_keep(order, 0.3)).any()
@@ -326,10 +249,9 @@ def c3_intervals(net, data, u, beta):
     DIP-dropped accuracy minus random-dropped and minus highest-variance-dropped accuracy."""
     images, labels, _ = data
     order = ia.dip_order(u)  # ascending column variance of U
-    count = ia.dip_drop_count(beta, N)
     dip = C.per_image_correct(net, images, labels, keep=ia.dip_keep(order, beta))
-    random = C.dip_keep_random(N, count, len(labels), gen(9))
-    highest = C.dip_keep_highest(order, beta)
+    random = BL.drop_lowest(BL.random_order(len(labels), N, gen(9)), beta)
+    highest = BL.drop_highest(order, beta)
     return {
         name: C.paired_bootstrap_ci(dip, C.per_image_correct(net, images, labels, keep=keep))
         for name, keep in (("random", random), ("highest", highest))
@@ -344,10 +266,10 @@ def test_c3_supported_when_dip_selects_what_the_teacher_ignores(object_teacher):
     # U planted per image: object columns vary over rows, background columns are constant, so
     # DIP's lowest-variance patches are the background the teacher learned to ignore
     for ci in c3_intervals(net, data, obj.unsqueeze(1) * rows, beta=0.75).values():
-        assert C.verdict(ci, 0.0, "greater") == "supported"
+        assert C.margin_verdict(ci, 0.05) == "supported"
     # the same pipeline with the variances inverted drops the objects first: contradicted
     for ci in c3_intervals(net, data, (~obj).unsqueeze(1) * rows, beta=0.75).values():
-        assert C.verdict(ci, 0.0, "greater") == "contradicted"
+        assert C.margin_verdict(ci, 0.05) == "contradicted"
 
 
 def test_per_image_correct_passes_windows_and_restores_the_mode():

@@ -262,6 +262,21 @@ def test_responsive_field_matches_naive(grid, beta):
 
 
 @pytest.mark.parametrize("grid", GRIDS)
+@pytest.mark.parametrize("beta", [0.0, 0.2, 0.5, 0.9])
+def test_field_size_from_windows_equals_the_fields_count(grid, beta):
+    """AWD+DIP's E_O without the [B, N, N] field: held to the field's own rows, p included
+    where DIP drops it."""
+    n = grid[0] * grid[1]
+    u = ia.uncertainty_map(random_attention(3, 2, 2, n, seed=n + 5))
+    windows, order = ia.awd_windows(u, 0.2, grid), ia.dip_order(u)
+    keep = ia.dip_keep(order, beta)
+    got = ia.field_size_from_windows(windows, keep, grid)
+    field = ia.responsive_field(windows, order, beta, grid)
+    assert torch.equal(got, field.sum(dim=-1))
+    assert torch.equal(got.sum(dim=1), ia.interaction_count(field))
+
+
+@pytest.mark.parametrize("grid", GRIDS)
 def test_field_size_and_tendency_match_naive(grid):
     h, w = grid
     n = h * w

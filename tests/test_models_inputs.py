@@ -119,3 +119,19 @@ def test_winft_module_steps_in_any_order(mode):
     assert _state(module) == before
     for a, b in zip(first, second, strict=True):
         assert _same(a, b)
+
+
+def test_awd_dip_step_builds_its_keep_once_and_counts_the_fields():
+    """AWD+DIP's forward and its E_O share one keep mask (run returns it); the E_O equals
+    the count of the responsive fields that SPEC 4 defines."""
+    from winft_lightning.core.interactions import interaction_count, responsive_field
+
+    torch.manual_seed(0)
+    module = M.AWDDIPViTModule(net=dict(model_name="vit_tiny_patch16_224", **KW), beta=0.25)
+    x, win, keep, order = _batch(3)
+    batch = {"image": x, "label": torch.tensor([0, 1, 4]), "windows": win, "dip_order": order}
+    _, out = module.run(x, batch)
+    assert torch.equal(out, keep)
+    want = interaction_count(responsive_field(win, order, 0.25, (4, 4))).float()
+    assert torch.equal(module.interactions(batch, out), want)
+    assert torch.equal(module.interactions(batch), want)

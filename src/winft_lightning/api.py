@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from winft_lightning.core.analysis import DEFAULT_ALPHAS, Analysis, Grid
+from winft_lightning.core.analysis import DEFAULT_ALPHAS, Analysis
 from winft_lightning.core.analysis import analyze as analyze_batch
+from winft_lightning.core.interactions import Grid
 
 __all__ = ["Analysis", "analyse", "analyze"]
 

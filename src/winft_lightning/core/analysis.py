@@ -18,8 +18,8 @@ from torch import Tensor, nn
 from winft_lightning.core import interactions as ia
 from winft_lightning.core.attention_distance import mean_attention_distance
 from winft_lightning.core.capture import iter_block_attention
+from winft_lightning.core.interactions import Grid
 
-Grid = tuple[int, int]
 # conf/analyze/default.yaml's alphas, the ones the masks are made at (a test holds them equal)
 DEFAULT_ALPHAS = (0.025, 0.05, 0.1, 0.2, 0.5, 1.0)
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .claims import dip_keep_highest, grid_distances, random_hits
-from .interactions import Grid, _check_grid, dip_keep
+from .claims import grid_distances, random_hits
+from .interactions import Grid, _check_grid, dip_keep, off_diagonal
 
 __all__ = [
     "ascending_order",
@@ -30,9 +30,7 @@ def random_u_hits(hits: Tensor, generator: torch.Generator) -> Tensor:
     minus p as U' (``hits``, ``[B, N, N]`` bool) holds there (|H_p|, the diagonal not
     counted), drawn uniformly without replacement. The diagonal of the result is False;
     windows and fields are then built from it as from the real U' (``windows_from_hits``)."""
-    n = hits.shape[-1]
-    off = hits & ~torch.eye(n, dtype=torch.bool, device=hits.device)
-    return random_hits(off.sum(dim=-1), generator)
+    return random_hits(off_diagonal(hits).sum(dim=-1), generator)
 
 
 def row_mean_distances(grid: Grid, device: torch.device | None = None) -> Tensor:
@@ -69,7 +67,7 @@ def locality_index(hits: Tensor, grid: Grid) -> Tensor:
     with no such patch, or whose hits cover every row (the denominator is 0)."""
     n = hits.shape[-1]
     _check_grid(n, grid)
-    off = hits & ~torch.eye(n, dtype=torch.bool, device=hits.device)
+    off = off_diagonal(hits)
     count = off.sum(dim=-1)
     dist = grid_distances(grid, hits.device)
     valid = count >= 1
@@ -87,7 +85,7 @@ def hit_distance(hits: Tensor, grid: Grid) -> Tensor:
     for an image with no such patch. U's counterpart of a head's mean attention distance."""
     n = hits.shape[-1]
     _check_grid(n, grid)
-    off = hits & ~torch.eye(n, dtype=torch.bool, device=hits.device)
+    off = off_diagonal(hits)
     count = off.sum(dim=-1)
     d = (off * grid_distances(grid, hits.device)).sum(dim=-1) / count.clamp_min(1)
     valid = count >= 1
@@ -128,5 +126,5 @@ def drop_lowest(order: Tensor, beta: float) -> Tensor:
 
 def drop_highest(order: Tensor, beta: float) -> Tensor:
     """Keep mask ``[B, N]`` bool without the floor(beta N) *last* patches of ``order``
-    (positive perturbation: the most relevant first); ``claims.dip_keep_highest``."""
-    return dip_keep_highest(order, beta)
+    (positive perturbation: the most relevant first): DIP's rule on the reversed order."""
+    return dip_keep(order.flip(1), beta)

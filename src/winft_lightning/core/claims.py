@@ -14,7 +14,7 @@ import torch
 from scipy import optimize, stats
 from torch import Tensor, nn
 
-from .interactions import Grid, _check_grid, dip_drop_count, top_interactions
+from .interactions import Grid, _check_grid
 
 # fmt: off
 __all__ = [
@@ -27,15 +27,10 @@ __all__ = [
     "SUPPORTED",
     "FieldGap",
     "Interval",
-    "LocalityDistances",
     "centred_windows_like",
     "common_verdict",
-    "dip_keep_highest",
-    "dip_keep_random",
     "field_size_gap",
     "grid_distances",
-    "locality_distances",
-    "locality_ratio",
     "margin_verdict",
     "mde",
     "object_patch_mask",
@@ -45,12 +40,10 @@ __all__ = [
     "random_hits",
     "random_windows_like",
     "t_interval",
-    "verdict",
 ]
 # fmt: on
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
-DIRECTIONS = ("greater", "less")
 MIN_RESAMPLES = 2000  # SPEC 8: ">= 2,000 resamples"
 Sample = Tensor | np.ndarray | list  # one value per image (or seed)
 
@@ -125,20 +118,6 @@ def t_interval(deltas: Sample, confidence: float = 0.95) -> Interval:
     return Interval(
         mean, mean - half, mean + half, n, f"t interval over {n} seeds", float(se), n - 1
     )
-
-
-def verdict(interval: Interval, null: float = 0.0, direction: str = "greater") -> str:
-    """SPEC 8's rule: "supported" when the CI lies entirely (strictly) on the claimed side of
-    ``null`` (``direction`` "greater": low > null; "less": high < null), "contradicted" when it
-    lies entirely on the other side, "inconclusive" otherwise (a CI touching the null too)."""
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-    if not interval.low <= interval.high:  # also catches NaN
-        raise ValueError(f"not an interval: [{interval.low}, {interval.high}]")
-    above, below = interval.low > null, interval.high < null
-    if not (above or below):
-        return INCONCLUSIVE
-    return SUPPORTED if above == (direction == "greater") else CONTRADICTED
 
 
 NEGLIGIBLE, MIXED = "negligible", "mixed"
@@ -220,46 +199,6 @@ def random_hits(counts: Tensor, generator: torch.Generator) -> Tensor:
     return rank < counts.unsqueeze(-1)
 
 
-class LocalityDistances(NamedTuple):
-    """Per image and patch (SPEC 8, C1), ``[B, N]``: ``hit`` = d_p, mean grid distance from p
-    to H_p = {i != p : (p, i) in U'}; ``random`` = r_p, the same for |H_p| entries of row p
-    minus p drawn at random; ``count`` = |H_p| (long). d_p and r_p are NaN where |H_p| = 0."""
-
-    hit: Tensor
-    random: Tensor
-    count: Tensor
-
-
-def locality_distances(
-    u: Tensor, alpha: float, grid: Grid, generator: torch.Generator
-) -> LocalityDistances:
-    """d_p, r_p and |H_p| for U ``[B, N, N]`` at ``alpha`` (see :class:`LocalityDistances`)."""
-    n = u.shape[-1]
-    _check_grid(n, grid)
-    hits = top_interactions(u, alpha) & ~torch.eye(n, dtype=torch.bool, device=u.device)
-    count = hits.sum(dim=-1)
-    dist = grid_distances(grid, u.device)
-    drawn = random_hits(count, generator)
-    hit = (hits * dist).sum(dim=-1) / count  # 0 / 0 = NaN where H_p is empty
-    random = (drawn * dist).sum(dim=-1) / count
-    return LocalityDistances(hit, random, count)
-
-
-def locality_ratio(u: Tensor, alpha: float, grid: Grid, generator: torch.Generator) -> Tensor:
-    """C1's per-image effect ``mean_p d_p / mean_p r_p`` over the patches with |H_p| >= 1:
-    ``[B]`` float64, NaN for an image with no such patch. < 1: U' is more local than chance.
-
-    Reading of SPEC 8: the two means run over the same patches, so the ratio is
-    ``sum_p d_p / sum_p r_p``, one number per image; the CI is over images of the mean of
-    these ratios (``paired_bootstrap_ci(ratios)``), tested against 1."""
-    ld = locality_distances(u, alpha, grid, generator)
-    valid = ld.count >= 1
-    hit = torch.where(valid, ld.hit, 0.0).sum(dim=1)
-    rnd = torch.where(valid, ld.random, 0.0).sum(dim=1)
-    return hit / rnd  # r_p >= 1 on valid patches; 0 / 0 = NaN when none is valid
-
-
-# ---- C1b: field size on object vs background patches ----
 def object_patch_mask(images01: Tensor, grid: Grid, threshold: float = 0.1) -> Tensor:
     """``[B, N]`` bool, SPEC 8 C1b: a patch is *object* when the mean of its analyzed-view pixels
     (all channels; ``images01`` ``[B, C, H, W]`` in 0..1, before normalisation) > threshold."""
@@ -347,27 +286,6 @@ def centred_windows_like(windows: Tensor, grid: Grid) -> Tensor:
     x_l = (x - wd // 2).clamp_min(0).minimum(grid[1] - wd)
     y_t = (y - ht // 2).clamp_min(0).minimum(grid[0] - ht)
     return _boxes(x_l, y_t, wd, ht)
-
-
-# ---- C3: control keep masks ----
-def _keep_without(order: Tensor, count: int) -> Tensor:
-    keep = torch.ones(order.shape, dtype=torch.bool, device=order.device)
-    return keep.scatter_(1, order[:, :count].long(), False)
-
-
-def dip_keep_random(n: int, count: int, batch: int, generator: torch.Generator) -> Tensor:
-    """C3's random control: ``[batch, n]`` bool keep mask (as ``interactions.dip_keep``, on the
-    generator's device), ``count`` patches dropped (False) per image, a uniform random subset."""
-    if not 0 <= count <= n:
-        raise ValueError(f"count must be in 0..{n}, got {count}")
-    keys = torch.rand(batch, n, generator=generator, device=generator.device, dtype=torch.float64)
-    return _keep_without(keys.argsort(dim=1), count)
-
-
-def dip_keep_highest(order: Tensor, beta: float) -> Tensor:
-    """C3's second control: drop the floor(beta * N) *last* patches of the DIP ``order``
-    (ascending variance): the highest-variance ones. ``[B, N]`` bool, as ``dip_keep``."""
-    return _keep_without(order.flip(1), dip_drop_count(beta, order.shape[1]))
 
 
 # ---- C2 / C3: per-image correctness of the network ----

@@ -29,8 +29,10 @@ __all__ = [
     "dip_keep",
     "dip_order",
     "field_size",
+    "field_size_from_windows",
     "field_tendency",
     "interaction_count",
+    "off_diagonal",
     "responsive_field",
     "rollout_step",
     "top_count",
@@ -180,6 +182,11 @@ def _eye(n: int, device: torch.device) -> Tensor:
     return torch.eye(n, dtype=torch.bool, device=device)
 
 
+def off_diagonal(hits: Tensor) -> Tensor:
+    """``hits [B, N, N]`` bool without the diagonal: the entries of each row p other than p."""
+    return hits & ~_eye(hits.shape[-1], hits.device)
+
+
 def windows_from_hits(hits: Tensor, grid: Grid) -> Tensor:
     """The window of each row of a hit set: bounding box of ``{p} ∪ {i : hits[p, i]}``.
     hits ``[B, N, N]`` bool (U', or SPEC 9's random U'). Returns ``[B, N, 4]`` long."""
@@ -251,6 +258,26 @@ def responsive_field(windows: Tensor, order: Tensor, beta: float, grid: Grid) ->
     n = windows.shape[1]
     field = windows_to_mask(windows, grid) & dip_keep(order, beta).unsqueeze(1)
     return field | _eye(n, windows.device)
+
+
+def field_size_from_windows(windows: Tensor, keep: Tensor, grid: Grid) -> Tensor:
+    """|S_p| of the responsive field (SPEC 4) from windows ``[B, N, 4]`` and the DIP keep
+    mask M ``[B, N]`` bool, ``[B, N]`` long, without forming ``[B, N, N]``: the kept patches
+    in window(p) by a summed-area table of M over the grid, plus p itself where p is
+    dropped (a window always holds p). Equals ``responsive_field(...).sum(-1)``."""
+    b, n = keep.shape
+    _check_grid(n, grid)
+    h, w = grid
+    table = torch.zeros(b, h + 1, w + 1, dtype=torch.long, device=keep.device)
+    table[:, 1:, 1:] = keep.view(b, h, w).long().cumsum(1).cumsum(2)
+    flat = table.view(b, -1)
+    x_l, y_t, x_r, y_b = windows.long().unbind(-1)
+
+    def corner(y: Tensor, x: Tensor) -> Tensor:
+        return flat.gather(1, y * (w + 1) + x)
+
+    inside = corner(y_b + 1, x_r + 1) - corner(y_t, x_r + 1) - corner(y_b + 1, x_l)
+    return inside + corner(y_t, x_l) + (~keep).long()
 
 
 def field_size(field: Tensor, grid: Grid) -> Tensor:

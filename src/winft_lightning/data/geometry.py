@@ -12,9 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from winft_lightning.core.interactions import Grid
 from winft_lightning.data.errors import MaskError
-
-Grid = tuple[int, int]
 
 # Augmentations that keep the patch grid (masks move with the image) vs those that do not.
 GRID_PRESERVING = ("hflip",)

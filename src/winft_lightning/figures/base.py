@@ -14,7 +14,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import Tensor
 
-Grid = tuple[int, int]
+from winft_lightning.core.interactions import Grid
+
 ArrayLike = Tensor | np.ndarray
 
 DPI = 120

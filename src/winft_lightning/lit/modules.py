@@ -17,7 +17,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from omegaconf import Container, OmegaConf
+from omegaconf import Container
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
@@ -25,6 +25,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from winft_lightning import models
 from winft_lightning.core import interactions as ia
 from winft_lightning.core.families import FAMILIES
+from winft_lightning.runtime.resolvers import to_plain
 
 STAGES = ("train", "val", "test")
 
@@ -34,21 +35,20 @@ log = logging.getLogger(__name__)
 NET_OPTIONS = ("sparse", "winft_mode", "dip", "tile")  # passed on to models.build_vit
 
 
-def _plain(obj: Any) -> Any:
-    """Hydra/OmegaConf containers -> plain Python (checkpoints load with weights_only=True)."""
-    return OmegaConf.to_container(obj, resolve=True) if isinstance(obj, Container) else obj
-
-
 def as_config(obj: Any) -> dict[str, Any] | None:
     """An optimizer/scheduler given as a Hydra partial (or its config) -> its plain config."""
     if obj is None or isinstance(obj, Mapping | Container):
-        return _plain(obj) if obj is None or isinstance(obj, Container) else dict(obj)
+        return (
+            dict(obj)
+            if isinstance(obj, Mapping) and not isinstance(obj, Container)
+            else to_plain(obj)
+        )
     if isinstance(obj, functools.partial):
         target = f"{obj.func.__module__}.{obj.func.__qualname__}"
         return {
             "_target_": target,
             "_partial_": True,
-            **{k: _plain(v) for k, v in obj.keywords.items()},
+            **{k: to_plain(v) for k, v in obj.keywords.items()},
         }
     raise TypeError(f"expected a Hydra _partial_ target or its config, got {type(obj).__name__}")
 
@@ -94,13 +94,13 @@ class ViTModule(L.LightningModule):
         if on_nonfinite not in ("raise", "skip"):
             raise ValueError(f"model.on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
         hparams = {
-            "net": _plain(net),
+            "net": to_plain(net),
             "optimizer": as_config(optimizer),
             "scheduler": as_config(scheduler),
             "compile": compile,
             "label_smoothing": label_smoothing,
             "on_nonfinite": on_nonfinite,
-            **{k: _plain(v) for k, v in options.items()},
+            **{k: to_plain(v) for k, v in options.items()},
         }
         self.save_hyperparameters(hparams, logger=False)
         net_options = {k: v for k, v in options.items() if k in NET_OPTIONS}
@@ -292,8 +292,9 @@ class AWDViTModule(ViTModule):
     def run(self, images: Tensor, batch: dict[str, Tensor] | None = None) -> tuple[Tensor, Any]:
         if batch is None or "windows" not in batch:
             raise KeyError(f"{type(self).__name__} needs the batch's 'windows' [B, N, 4]")
-        inputs = models.net_inputs(self.net, windows=batch["windows"], keep=self.keep(batch))
-        return self._forward(images, inputs), None
+        keep = self.keep(batch)  # once a step: the forward and E_O share it
+        inputs = models.net_inputs(self.net, windows=batch["windows"], keep=keep)
+        return self._forward(images, inputs), keep
 
     def interactions(self, batch: dict[str, Tensor], out: Any = None) -> Tensor:
         return ia.window_areas(batch["windows"]).sum(dim=1)
@@ -321,10 +322,10 @@ class AWDDIPViTModule(AWDViTModule):
         return ia.dip_keep(batch["dip_order"], self.hparams.beta)
 
     def interactions(self, batch: dict[str, Tensor], out: Any = None) -> Tensor:
-        field = ia.responsive_field(
-            batch["windows"], batch["dip_order"], self.hparams.beta, self.grid
-        )
-        return ia.interaction_count(field).float()
+        """E_O: the responsive fields' sizes summed, from this step's keep mask ``out`` (the
+        one :meth:`run` built) and the windows, without forming the ``[B, N, N]`` field."""
+        keep = out if out is not None else self.keep(batch)
+        return ia.field_size_from_windows(batch["windows"], keep, self.grid).sum(dim=1).float()
 
 
 class WinfTModule(ViTModule):

@@ -9,6 +9,8 @@
   batch job the stamp is the job's own name instead (``slurm-<job>.<step>-<command hash>``,
   :func:`~winft_lightning.runtime.world.slurm_run_name`): a requeued job resumes in it.
 * ``${winft.rank_suffix:}``: ``""`` on global rank 0, ``.rank<r>`` on the others (log files).
+
+:func:`to_plain` turns a config into plain Python (the one place that does).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -41,3 +44,11 @@ def register() -> None:
     OmegaConf.register_new_resolver("winft.cwd", os.getcwd, replace=True)
     OmegaConf.register_new_resolver("winft.run_stamp", run_stamp, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("winft.rank_suffix", rank_suffix, replace=True)
+
+
+def to_plain(obj: Any) -> Any:
+    """A Hydra/OmegaConf container -> plain Python (resolved); anything else as it is. What
+    checkpoints (loaded with ``weights_only=True``) and manifests store."""
+    from omegaconf import Container
+
+    return OmegaConf.to_container(obj, resolve=True) if isinstance(obj, Container) else obj

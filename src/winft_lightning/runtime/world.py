@@ -254,8 +254,3 @@ def current() -> World:
         else:
             _WORLD = World()
     return _WORLD
-
-
-def in_launched_child() -> bool:
-    """A process Lightning re-launched for one device (``LOCAL_RANK`` set, no ``RANK``)."""
-    return "LOCAL_RANK" in os.environ and "RANK" not in os.environ

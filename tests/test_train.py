@@ -88,14 +88,34 @@ def test_checkpoint_of_other_geometry_refused(make_cfg, tmp_path, cache_dir):
 
 
 def test_data_config_reaches_the_datamodule_whole(make_cfg, tmp_path):
-    """data.alpha references model.alpha (one owner); name/num_classes/source are not popped."""
+    """The module's alpha (model.alpha, the one owner) picks the windows the data loads;
+    name/num_classes/source are not popped."""
+    from hydra.utils import instantiate
+
     from winft_lightning.stages.train import make_datamodule
 
     cfg = make_cfg("experiment=fmnist_awd_vit", "debug=tiny", "model.alpha=0.2")
-    assert cfg.data.alpha == cfg.model.alpha == 0.2
-    dm = make_datamodule(cfg.data, tmp_path, use_masks=True)
+    assert "alpha" not in cfg.data
+    dm = make_datamodule(cfg.data, tmp_path, instantiate(cfg.model, _convert_="all"))
     assert (dm.alpha, dm.use_masks, dm.expected_classes, dm.name) == (0.2, True, 10, "digits")
     assert dm.hparams.num_classes == 10 and "source" not in dm.hparams
+    plain = make_datamodule(cfg.data, tmp_path)
+    assert (plain.alpha, plain.use_masks) == (None, False)
+
+
+@pytest.mark.parametrize("override", ["data.alpha=0.05", "+data.alpha=0.05"])
+def test_a_second_alpha_for_the_data_is_refused(make_cfg, override):
+    """data.alpha=0.05 model.alpha=0.1 cannot train on other windows than the module's: Hydra
+    refuses the key that no longer exists, and validate_config refuses it when appended."""
+    from hydra.errors import ConfigCompositionException
+
+    args = ("experiment=fmnist_awd_vit", "debug=tiny", "model.alpha=0.1", override)
+    if not override.startswith("+"):
+        with pytest.raises(ConfigCompositionException, match=r"data\.alpha"):
+            make_cfg(*args)
+        return
+    with pytest.raises(ConfigError, match=r"data\.alpha=0\.05 .*model\.alpha=0\.1"):
+        validate_config(make_cfg(*args))
 
 
 def test_wrong_num_classes_refused_in_the_real_path(make_cfg, tmp_path, cache_dir):
@@ -125,7 +145,7 @@ def test_non_finite_loss(make_cfg, tmp_path, cache_dir, mode):
     from winft_lightning.stages.train import make_datamodule
 
     cfg = make_cfg("experiment=fmnist_vit", "debug=tiny", f"paths.cache_dir={cache_dir}")
-    dm = make_datamodule(cfg.data, ensure_shards(cfg), use_masks=False)
+    dm = make_datamodule(cfg.data, ensure_shards(cfg))
     ckpt_dir = tmp_path / "ckpt"
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True)
     steps_per_epoch = dm.num_batches("train", 1)

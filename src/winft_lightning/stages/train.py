@@ -26,16 +26,21 @@ from winft_lightning.stages.results import (
     results_row,
     train_images_per_s,
 )
-from winft_lightning.stages.validate import ConfigError, module_class
+from winft_lightning.stages.validate import module_class
 
 log = logging.getLogger(__name__)
 
 
-def make_datamodule(data_cfg: DictConfig, root: Path, use_masks: bool) -> L.LightningDataModule:
-    """The whole ``data`` config as given (``data.alpha`` names the stored AWD windows; it
-    references ``model.alpha``) over the shard set at ``root``; ``use_masks``: the module class's
-    ``uses_masks`` (whether its batches carry windows and DIP order)."""
-    return instantiate(data_cfg, root=str(root), use_masks=use_masks, _convert_="all")
+def make_datamodule(
+    data_cfg: DictConfig, root: Path, module: L.LightningModule | None = None
+) -> L.LightningDataModule:
+    """The whole ``data`` config as given, over the shard set at ``root``, for ``module``: the
+    module decides what its batches carry (``uses_masks``: windows and DIP order) and, with its
+    own ``alpha`` (``model.alpha``, the one owner), which stored AWD windows load. No module:
+    images and labels only."""
+    use_masks = bool(getattr(module, "uses_masks", False))
+    alpha = module.hparams.get("alpha") if use_masks else None
+    return instantiate(data_cfg, root=str(root), use_masks=use_masks, alpha=alpha, _convert_="all")
 
 
 def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
@@ -46,12 +51,10 @@ def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
     takes the hpc checkpoint only when there is no last.ckpt yet)."""
     last = run_dir / "checkpoints" / "last.ckpt"
     hpc = sorted(p.name for p in run_dir.glob("hpc_ckpt_*.ckpt"))
-    if cfg.get("ckpt_path") == "last" or (cfg.get("ckpt_path") is None and last.is_file()):
-        if last.is_file():
-            log.info("resuming from %s%s", last, f" (not from the mid-epoch {hpc})" if hpc else "")
-            return str(last)
-        if cfg.get("ckpt_path") == "last":
-            raise ConfigError(f"ckpt_path=last but {last} does not exist")
+    wanted = cfg.get("ckpt_path") == "last" or cfg.get("ckpt_path") is None
+    if wanted and last.is_file():  # ckpt_path=last without one: refused by validate_config
+        log.info("resuming from %s%s", last, f" (not from the mid-epoch {hpc})" if hpc else "")
+        return str(last)
     if cfg.get("ckpt_path") is None and hpc and worlds.slurm_layout() is not None:
         log.warning(
             "Lightning resumes from its newest mid-epoch checkpoint of %s (no last.ckpt yet): "
@@ -78,9 +81,9 @@ def fit_and_test(
     cls = module_class(cfg.model)
     name = name or cfg.get("task_name") or cls.__name__
     run_dir.mkdir(parents=True, exist_ok=True)
-    datamodule = make_datamodule(cfg.data, data_root, use_masks=cls.uses_masks)
-    _ = datamodule.manifest  # before any work: its checks (data.num_classes, masks, views)
     model: L.LightningModule = instantiate(cfg.model, _convert_="all")
+    datamodule = make_datamodule(cfg.data, data_root, model)  # the model's alpha: its windows
+    _ = datamodule.manifest  # before any work: its checks (data.num_classes, masks, views)
     check = getattr(datamodule, "check_geometry", None)
     if cls.uses_masks and check is not None:
         check(model.geometry())  # before any training: a mask set for another grid is refused

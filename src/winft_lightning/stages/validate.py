@@ -69,6 +69,11 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"model.alpha={alpha} is not among the analyzed alphas analyze.alphas={stored}"
             )
+    if "alpha" in cfg.data:
+        raise ConfigError(
+            f"data.alpha={cfg.data.alpha} is not an option: the stored AWD windows a run loads "
+            f"are model.alpha's (model.alpha={alpha}, their one owner); set model.alpha instead"
+        )
     control = cfg.data.get("control")
     if control is not None:
         if not getattr(cls, "uses_masks", False):

@@ -144,6 +144,20 @@ def report_markdown(aggs: list[dict[str, Any]], title: str, machine: str) -> str
     return "\n".join([*lines, *_table_iii(aggs)])
 
 
+def _paper_cells(paper: tuple[int | None, float | None]) -> list[str]:
+    """The paper's E_O and top-1 cells of a table row ("-" where the paper has none)."""
+    return [
+        "-" if paper[0] is None else f"{paper[0]:,}",
+        "-" if paper[1] is None else f"{paper[1]}",
+    ]
+
+
+def _row(a: dict[str, Any], *cells: str) -> str:
+    """A table row of the aggregate ``a``: its family's label with the runs' count (and its
+    failures), then ``cells``."""
+    return " | ".join([f"| {LABELS[a['family']]} (n={a['ok']}){_status(a)}", *cells]) + " |"
+
+
 def _table_i(at: list[dict[str, Any]]) -> list[str]:
     """Table I of one geometry's rows ``at``: ViT and AWD over alpha, the paper's figures
     beside."""
@@ -153,12 +167,9 @@ def _table_i(at: list[dict[str, Any]]) -> list[str]:
     for a in at:
         if a["family"] in ("vit", "awd_vit") and a["beta"] == 0.0:
             paper = PAPER_TABLE_I.get(a["alpha"], (None, None))
-            label = LABELS[a["family"]]
-            lines.append(
-                f"| {label} (n={a['ok']}){_status(a)} | {a['alpha']:g} | {_pm(a, 'eo', '{:,.0f}')} | "
-                f"{_pm(a, 'eo_ratio', '{:.3f}')} | {_pm(a, 'top1', '{:.2f}')} | "
-                f"{'-' if paper[0] is None else f'{paper[0]:,}'} | {'-' if paper[1] is None else paper[1]} |"
-            )
+            lines.append(_row(a, f"{a['alpha']:g}", _pm(a, "eo", "{:,.0f}"),
+                              _pm(a, "eo_ratio", "{:.3f}"), _pm(a, "top1", "{:.2f}"),
+                              *_paper_cells(paper)))  # fmt: skip
     return lines
 
 
@@ -175,12 +186,8 @@ def _table_ii(at: list[dict[str, Any]]) -> list[str]:
             paper = (
                 PAPER_TABLE_II.get(a["beta"], (None, None)) if a["alpha"] == 0.1 else (None, None)
             )
-            label = LABELS[a["family"]]
-            lines.append(
-                f"| {label} (n={a['ok']}){_status(a)} | {a['alpha']:g} | {a['beta']:g} | "
-                f"{_pm(a, 'eo', '{:,.0f}')} | {_pm(a, 'top1', '{:.2f}')} | "
-                f"{'-' if paper[0] is None else f'{paper[0]:,}'} | {'-' if paper[1] is None else paper[1]} |"
-            )
+            lines.append(_row(a, f"{a['alpha']:g}", f"{a['beta']:g}", _pm(a, "eo", "{:,.0f}"),
+                              _pm(a, "top1", "{:.2f}"), *_paper_cells(paper)))  # fmt: skip
     return lines
 
 
@@ -204,11 +211,9 @@ def _table_iii(aggs: list[dict[str, Any]]) -> list[str]:
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for a in aggs:
         if a["family"] in ("vit", "winft"):
-            lines.append(
-                f"| {LABELS[a['family']]} (n={a['ok']}){_status(a)} | {a['img_size']} | "
-                f"{a['patch_size']} | {_pm(a, 'top1', '{:.2f}')} | {_pm(a, 'eo', '{:,.0f}')} | "
-                f"{_pm(a, 'eo_ratio', '{:.3f}')} | {_pm(a, 'images_per_s', '{:.0f}')} |"
-            )
+            lines.append(_row(a, f"{a['img_size']}", f"{a['patch_size']}", _pm(a, "top1", "{:.2f}"),
+                              _pm(a, "eo", "{:,.0f}"), _pm(a, "eo_ratio", "{:.3f}"),
+                              _pm(a, "images_per_s", "{:.0f}")))  # fmt: skip
     lines += ["", "Paper (ImageNet-1k, Table III): "
               + "; ".join(f"{m}-{p} {r}: {acc:.2f} % (E_O {eo:,})"
                           for (m, p, r), (acc, eo) in PAPER_TABLE_III.items()), ""]  # fmt: skip

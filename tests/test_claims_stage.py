@@ -25,10 +25,10 @@ from winft_lightning.core.analysis import analyze
 from winft_lightning.data.datamodule import ShardDataModule
 from winft_lightning.models import awd_attn_mask, build_vit
 from winft_lightning.models.teacher import load_teacher
-from winft_lightning.pipeline import Teacher
 from winft_lightning.runtime.files import write_json_atomic
 from winft_lightning.stages import claims_report as R
 from winft_lightning.stages.claims import collect_claims, keep_chance
+from winft_lightning.stages.teachers import Teacher
 from winft_lightning.study import recompute
 
 MEAN, STD = [0.3053] * 3, [0.3759] * 3

@@ -225,7 +225,7 @@ def test_experiment_files_are_thin(name):
 def test_one_family_table():
     """modules.MODULES and the study read the family table (winft_lightning.core.families)."""
     from winft_lightning.lit.modules import MODULES, ViTModule
-    from winft_lightning.stages import study
+    from winft_lightning.stages import study_report as study
 
     assert list(MODULES) == list(BY_NAME) == ["vit", "awd_vit", "awd_dip_vit", "winft"]
     for name, cls in MODULES.items():

@@ -163,8 +163,8 @@ def test_every_study_job_composes(make_cfg, tmp_path, variant):
     """Each job of each sweep of the shipped studies, and each claims teacher, composes and
     validates (first value of every swept option), so a long study cannot die on a typo."""
     from conftest import compose_config
-    from winft_lightning.pipeline import teacher_config
-    from winft_lightning.stages.study import sweep_commands
+    from winft_lightning.stages.sweeps import sweep_commands
+    from winft_lightning.stages.teachers import teacher_config
     from winft_lightning.stages.validate import validate_config
 
     study = compose_config([f"study={variant}"], tmp_path, config_name="study").study
@@ -191,7 +191,7 @@ def test_the_paper_grid_study_is_the_papers_grid(tmp_path):
     least 6 heads, each at least 85 % by its recipe's bar; the two-grid table reads the
     committed N = 64 report."""
     from conftest import compose_config
-    from winft_lightning.pipeline import teacher_config
+    from winft_lightning.stages.teachers import teacher_config
 
     study = compose_config(["study=paper_grid"], tmp_path, config_name="study").study
     spec = study.claims.teachers

@@ -168,45 +168,60 @@ def load_teacher(
     obj = None if fmt == "npz" else _torch_load(path, trust_pickle, trust_option)
     hp = obj.get("hyper_parameters") if isinstance(obj, dict) else None
     if isinstance(hp, dict) and isinstance(hp.get("net"), dict) and "state_dict" in obj:
-        name, kw = timm_kwargs(dict(hp["net"]))
-        model = timm.create_model(name, pretrained=False, **kw)
-        state = net_weights(obj["state_dict"])
-        if not state:
-            raise TeacherError(f"checkpoint {path} has no 'net.*' weights in its state_dict")
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise TeacherError(
-                f"checkpoint {path}: its net.* weights do not fit {name}{kw}: {e}"
-            ) from e
+        name, model = _lightning_net(path, obj, dict(hp["net"]))
         kind = "lightning"
     else:
-        if fmt != "npz" and not isinstance(obj, dict):
-            raise TeacherError(
-                f"teacher file {path} is neither a Lightning checkpoint with "
-                f"hyper_parameters.net nor a weights file (it holds a {type(obj).__name__})"
-            )
-        if isinstance(obj, dict) and "state_dict" in obj and not model_name:
-            raise TeacherError(
-                f"checkpoint {path} has no hyper_parameters.net; pass model_name=... and the "
-                "net config to load it as plain weights"
-            )
-        if not model_name:
-            raise TeacherError(
-                f"{path} is a plain weights file: pass model_name=... (and img_size, "
-                "patch_size, num_classes, ...) so timm can build the network"
-            )
-        name, kw = timm_kwargs({"model_name": model_name, **net})
-        try:
-            model = create_with_weights(name, path, obj, **kw)
-        except UnreadableCheckpoint as e:
-            raise TeacherError(str(e)) from e
-        except Exception as e:  # timm/safetensors raise several types
-            raise TeacherError(f"weights file {path} does not fit {name}{kw}: {e}") from e
+        name, model = _plain_net(path, fmt, obj, model_name, net)
         kind = "timm"
     model.eval().to(device)
     dm = obj.get("datamodule_hyper_parameters") if isinstance(obj, dict) else None
     return model, _info(model, path, sha256, name, kind, dm)
+
+
+def _lightning_net(path: Path, obj: dict, net: dict[str, Any]) -> tuple[str, nn.Module]:
+    """``(model_name, network)`` of a Lightning checkpoint ``obj`` of our modules: timm's ViT of
+    its ``hyper_parameters.net`` config ``net`` with its ``net.*`` weights (strict)."""
+    name, kw = timm_kwargs(net)
+    model = timm.create_model(name, pretrained=False, **kw)
+    state = net_weights(obj["state_dict"])
+    if not state:
+        raise TeacherError(f"checkpoint {path} has no 'net.*' weights in its state_dict")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise TeacherError(
+            f"checkpoint {path}: its net.* weights do not fit {name}{kw}: {e}"
+        ) from e
+    return name, model
+
+
+def _plain_net(
+    path: Path, fmt: str, obj: Any, model_name: str | None, net: dict[str, Any]
+) -> tuple[str, nn.Module]:
+    """``(model_name, network)`` of a plain weights file (``obj`` as read, None for an ``npz``):
+    timm's ``model_name`` with the config ``net``, through timm's pretrained path."""
+    if fmt != "npz" and not isinstance(obj, dict):
+        raise TeacherError(
+            f"teacher file {path} is neither a Lightning checkpoint with "
+            f"hyper_parameters.net nor a weights file (it holds a {type(obj).__name__})"
+        )
+    if isinstance(obj, dict) and "state_dict" in obj and not model_name:
+        raise TeacherError(
+            f"checkpoint {path} has no hyper_parameters.net; pass model_name=... and the "
+            "net config to load it as plain weights"
+        )
+    if not model_name:
+        raise TeacherError(
+            f"{path} is a plain weights file: pass model_name=... (and img_size, "
+            "patch_size, num_classes, ...) so timm can build the network"
+        )
+    name, kw = timm_kwargs({"model_name": model_name, **net})
+    try:
+        return name, create_with_weights(name, path, obj, **kw)
+    except UnreadableCheckpoint as e:
+        raise TeacherError(str(e)) from e
+    except Exception as e:  # timm/safetensors raise several types
+        raise TeacherError(f"weights file {path} does not fit {name}{kw}: {e}") from e
 
 
 def save_untrained(model_cfg: Any, ckpt: str | Path) -> Path:

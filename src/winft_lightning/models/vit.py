@@ -191,6 +191,38 @@ def build_vit(
     -1 timm's order, > 0 square tiles) and ``block_size`` (flex block, int or (q, kv) pair) set
     the sparse path (see :mod:`.sparse`).
     """
+    dip, block_size = _check_options(model_name, attn, winft_mode, sparse, dip, tile, block_size)
+    masked = attn == "awd" or dip == "key_mask"
+    attn_layer = WinftAttention if attn == "winft" else AwdAttention if masked else Attention
+    kwargs = dict(timm_kwargs)
+    for name, value in (("embed_dim", embed_dim), ("depth", depth), ("num_heads", num_heads)):
+        if value is not None:
+            kwargs[name] = value
+    kwargs.update(
+        img_size=img_size,
+        patch_size=patch_size,
+        num_classes=num_classes,
+        drop_path_rate=drop_path_rate,
+        attn_layer=attn_layer,
+        block_fn=NetBlock,
+    )
+    model = _create(model_name, checkpoint, pretrained, **kwargs)
+    spec_of = {"attn": attn, "sparse": sparse, "dip": dip, "tile": tile, "block_size": block_size}
+    return _as_net(model, model_name, winft_mode, **spec_of)
+
+
+def _check_options(
+    model_name: str,
+    attn: str,
+    winft_mode: str,
+    sparse: bool,
+    dip: str | None,
+    tile: int,
+    block_size: int | Sequence[int],
+) -> tuple[str, int | tuple[int, int]]:
+    """:func:`build_vit`'s checks of its options, before anything is built (a ``ValueError``
+    naming the option; :class:`UnsupportedModel` for a model outside the ViT family). Returns
+    ``dip`` ("none" for None) and ``block_size`` (an int when its q and kv sizes agree)."""
     if attn not in ATTN_KINDS:
         raise ValueError(f"attn must be one of {ATTN_KINDS}, got {attn!r}")
     if winft_mode not in WINFT_MODES:
@@ -210,51 +242,42 @@ def build_vit(
     block_size = block_size[0] if block_size[0] == block_size[1] else block_size
     if tile < -1:
         raise ValueError(f"tile must be -1 (timm order), 0 (row-major) or > 0, got {tile}")
+    return dip, block_size
 
-    masked = attn == "awd" or dip == "key_mask"
-    attn_layer = WinftAttention if attn == "winft" else AwdAttention if masked else Attention
-    kwargs = dict(timm_kwargs)
-    for name, value in (("embed_dim", embed_dim), ("depth", depth), ("num_heads", num_heads)):
-        if value is not None:
-            kwargs[name] = value
+
+def _create(model_name: str, checkpoint: str | None, pretrained: bool, **kwargs: Any) -> nn.Module:
+    """timm's ``model_name`` built with ``kwargs``, its weights read from ``checkpoint``, or
+    timm's hub weights (``pretrained``), or freshly initialised."""
     if checkpoint is not None and pretrained:
         raise ValueError(
             f"give either checkpoint ({checkpoint}) or pretrained=True (timm's hub weights of "
             f"{model_name}), not both"
         )
-    kwargs.update(
-        img_size=img_size,
-        patch_size=patch_size,
-        num_classes=num_classes,
-        drop_path_rate=drop_path_rate,
-        attn_layer=attn_layer,
-        block_fn=NetBlock,
-    )
     if checkpoint is not None:
         path = checkpoint_file(os.fspath(checkpoint))
-        model = create_with_weights(model_name, path, **kwargs)
-    elif pretrained:
-        model = create_pretrained(model_name, **kwargs)
-    else:
-        model = timm.create_model(model_name, pretrained=False, **kwargs)
+        return create_with_weights(model_name, path, **kwargs)
+    if pretrained:
+        return create_pretrained(model_name, **kwargs)
+    return timm.create_model(model_name, pretrained=False, **kwargs)
 
+
+def _as_net(model: nn.Module, model_name: str, winft_mode: str, **spec: Any) -> nn.Module:
+    """``model`` (timm's ViT, or DeiT's distilled one) as its :data:`NET_CLASSES` class, with
+    its :class:`NetSpec` (``spec``: attn, sparse, dip, tile, block_size; the grid and prefix
+    tokens read from the model) attached to every attention layer of ours."""
     if type(model) not in NET_CLASSES:
         raise UnsupportedModel(f"{model_name} is a {type(model).__name__}; supported: {SUPPORTED}")
     model.__class__ = NET_CLASSES[type(model)]  # a subclass: same modules and state dict
-    spec = NetSpec(
+    net_spec = NetSpec(
         grid=tuple(model.patch_embed.grid_size),
         num_prefix_tokens=int(model.num_prefix_tokens),
-        attn=attn,
-        sparse=sparse,
-        dip=dip,
-        tile=tile,
-        block_size=block_size,
+        **spec,
     )
-    setattr(model, SPEC_ATTR, spec)
+    setattr(model, SPEC_ATTR, net_spec)
     for block in model.blocks:
         if isinstance(block.attn, NetAttention):
-            block.attn.attach(spec)
-        if attn == "winft":
+            block.attn.attach(net_spec)
+        if spec["attn"] == "winft":
             block.attn.mode = winft_mode
     return model
 

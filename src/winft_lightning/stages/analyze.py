@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +51,7 @@ from winft_lightning.data.shards import (
     write_json_atomic,
     write_shard,
 )
-from winft_lightning.models.teacher import load_teacher, teacher_norm
+from winft_lightning.models.teacher import TeacherInfo, load_teacher, teacher_norm
 from winft_lightning.runtime.files import CODE_VERSION
 from winft_lightning.runtime.hashing import json_digest
 from winft_lightning.runtime.world import World
@@ -123,6 +124,231 @@ def _batches(
         yield collate(list(pool.map(decode, samples[i : i + bs])))
 
 
+@dataclass(frozen=True)
+class MaskJob:
+    """One mask set's inputs, checked: the source manifest ``src``, the teacher ``model`` (eval
+    mode, on ``device``) with its ``info``, the view's ``mean``/``std``, the ``alphas`` and
+    member ``encoding``, the output dir ``out`` (made) and the set's ``fingerprint`` (of the
+    source, the teacher file, the alphas, the view, the encoding and the mask format)."""
+
+    src: dict[str, Any]
+    model: nn.Module
+    info: TeacherInfo
+    device: torch.device
+    mean: list[float]
+    std: list[float]
+    alphas: list[float]
+    encoding: str
+    out: Path
+    fingerprint: str
+
+    @property
+    def tasks(self) -> list[tuple[str, str, int]]:
+        """``(split, shard name, sample count)`` of every source shard, split by split."""
+        return [
+            (split, name, count)
+            for split in SPLITS
+            for name, count in zip(
+                self.src["splits"][split]["shards"],
+                self.src["splits"][split]["shard_counts"],
+                strict=True,
+            )
+        ]
+
+
+def open_job(
+    teacher: str | Path,
+    shards: str | Path,
+    out_dir: str | Path | None,
+    alphas: Sequence[float],
+    *,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    device: str,
+    teacher_kwargs: dict[str, Any] | None,
+    teacher_sha256: str | None,
+    encoding: str,
+    world: World,
+) -> MaskJob:
+    """Check the options, read the source manifest, load the teacher (``device="auto"``: this
+    rank's GPU when there is one) and make the output dir: the :class:`MaskJob` of
+    :func:`analyze_shards`'s arguments."""
+    alphas = check_alphas(list(alphas))
+    if encoding not in ENCODINGS:
+        raise ValueError(f"analyze encoding={encoding!r} is not one of {ENCODINGS}")
+    src = read_manifest(shards)
+    if device == "auto":
+        device = f"cuda:{world.local_rank}" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    model, info = load_teacher(teacher, device=dev, sha256=teacher_sha256, **(teacher_kwargs or {}))
+    mean, std = teacher_norm(model, info, mean, std)
+    out = Path(out_dir) if out_dir else analyzed_dir(src["root"], info.sha256, alphas)
+    out = out.expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    fp = json_digest(
+        [src["fingerprint"], src["created"], info.sha256, alphas, mean, std, encoding, MASK_FORMAT]
+    )
+    return MaskJob(src, model, info, dev, mean, std, alphas, encoding, out, fp)
+
+
+def plan_shards(
+    job: MaskJob, journal: Journal, world: World
+) -> tuple[list[tuple[str, str, int]], dict[str, dict[str, Any]]]:
+    """This rank's share of the source shards (every ``world_size``-th task, from its
+    ``rank``) and the records of those its ``journal`` says are written already (by name)."""
+    tasks = job.tasks
+    mine = tasks[world.rank :: world.world_size]
+    done_before = {r["name"]: r for split in SPLITS for r in journal.done(split)}
+    log.info(
+        "analyze: rank %d of %d analyzes %d of %d shards: %s",
+        world.rank, world.world_size, len(mine), len(tasks), [t[1] for t in mine],
+    )  # fmt: skip
+    return mine, done_before
+
+
+def analyze_mine(
+    job: MaskJob,
+    mine: list[tuple[str, str, int]],
+    done_before: dict[str, dict[str, Any]],
+    journal: Journal,
+    *,
+    batch_size: int,
+    workers: int,
+    progress: bool,
+) -> tuple[list[dict[str, Any]], MaskStats, int]:
+    """Write each of ``mine`` (``(split, name, count)``) into ``job.out`` with its masks beside
+    each image, journalled shard by shard; a shard in ``done_before`` is kept as it is.
+    Returns the ``{"split", **shard record}`` of each, the mask members' byte counts of the
+    shards written now, and their image count."""
+    decoder = SampleDecoder(
+        img_size=job.info.img_size,
+        mean=tuple(job.mean),
+        std=tuple(job.std),
+        num_classes=int(job.src["num_classes"]),
+    )
+    stats = MaskStats(job.alphas, job.encoding)
+    done = 0
+    records: list[dict[str, Any]] = []
+    with (
+        image_progress(disable=not progress) as bar,
+        ThreadPoolExecutor(max(workers, 1)) as pool,
+    ):
+        task_bar = bar.add_task("shards", total=sum(c for _, _, c in mine))
+        for split, name, count in mine:
+            if name in done_before:
+                records.append({"split": split, **done_before[name]})
+                bar.advance(task_bar, count)
+                continue
+            shard = str(Path(job.src["root"]) / name)
+            samples = list(iter_tar(shard, count))
+            batches = _batches(samples, shard, decoder, batch_size, pool)
+            results = analyze_split(job.model, batches, job.alphas, job.info.grid, job.device)
+
+            def analyzed(samples=samples, results=results, shard=shard):
+                for (key, members), (rkey, wins, order) in zip(samples, results, strict=True):
+                    if key != rkey:  # pragma: no cover - analyze_split keeps batch order
+                        raise RuntimeError(f"analysis out of order at {shard}: {key} vs {rkey}")
+                    new = {k: v for k, v in members.items() if k != "crc"}
+                    new |= mask_members(key, wins, order, job.alphas, job.encoding, job.info.grid)
+                    stats.add(new)
+                    bar.advance(task_bar)
+                    yield key, new
+
+            record = write_shard(job.out, name, analyzed())
+            journal.add(split, record)
+            records.append({"split": split, **record})
+            done += record["count"]
+    return records, stats, done
+
+
+def mask_manifest(
+    job: MaskJob, gathered: list[dict[str, Any]], storage: dict[str, Any], seconds: float
+) -> dict[str, Any]:
+    """The mask set's manifest from every rank's ``gathered`` part (its shard records, in
+    rank order) and the merged byte counts' ``storage`` report."""
+    src, info, alphas, encoding = job.src, job.info, job.alphas, job.encoding
+    by_name = {r["name"]: r for part in gathered for r in part["records"]}
+    splits = {
+        split: split_entry([by_name[name] for name in src["splits"][split]["shards"]])
+        for split in SPLITS
+    }
+    return base_manifest(
+        kind="masks",
+        source=src.get("source"),
+        fingerprint=job.fingerprint,
+        classes=src["classes"],
+        num_classes=src["num_classes"],
+        splits=splits,
+        parent={"root": src["root"], "fingerprint": src.get("fingerprint")},
+        teacher={k: v for k, v in info.as_dict().items() if k != "path"} | {"path": info.path},
+        view={
+            "img_size": info.img_size,
+            "resize": "shorter side + centre crop",
+            "mean": list(job.mean),
+            "std": list(job.std),
+        },
+        alphas=alphas,
+        mask_members={
+            "awd": {str(a): awd_member(a, encoding) for a in alphas},
+            "dip_order": dip_member(encoding),
+            "encoding": encoding,
+            "controls": {
+                c: {str(a): mask_names(a, c)[0] for a in alphas}
+                | {"dip_order": mask_names(alphas[0], c)[1]}
+                for c in CONTROLS
+            },
+        },
+        controls=list(CONTROLS),
+        code_version=CODE_VERSION,
+        mask_bytes_per_image=storage["mask_bytes_per_image"],
+        bitpacked_mask_bytes_per_image=storage["bitpacked_mask_bytes_per_image"],
+        mask_storage=storage,
+        analyze_seconds=round(seconds, 2),
+        device=str(job.device),
+        ranks={str(r): [rec["name"] for rec in part["records"]] for r, part in enumerate(gathered)},
+    )
+
+
+def publish(
+    job: MaskJob,
+    gathered: list[dict[str, Any]],
+    stats: MaskStats,
+    seconds: float,
+    journal: Journal,
+    world: World,
+) -> dict[str, Any]:
+    """Rank 0's last step: merge the other ranks' byte counts into ``stats``, write the
+    manifest (the set is complete from then on), drop every rank's journal, log what was
+    done in ``seconds``, and return the manifest as read back."""
+    for part in gathered[1:]:
+        stats.merge(part["stats"])
+    done = sum(part["done"] for part in gathered)
+    n = job.info.grid[0] * job.info.grid[1]
+    storage = stats.report(n, job.alphas)
+    write_json_atomic(job.out / MANIFEST, mask_manifest(job, gathered, storage, seconds))
+    journal.remove()
+    for leftover in job.out.glob(".journal*.json"):
+        leftover.unlink()  # the other ranks' journals: their shards are in the manifest now
+    info = job.info
+    log.info(
+        "analyze: %s -> %s with %s (%s, grid %s): %d images now in %.1f s (%.1f img/s) on %s x %d",
+        job.src["root"], job.out, info.model_name, info.sha256[:12], info.grid, done, seconds,
+        done / max(seconds, 1e-9), job.device, world.world_size,
+    )  # fmt: skip
+    log.info(
+        "analyze: mask keys %.0f B/image (%d alphas + DIP order, in tar %.0f B) vs one N x N "
+        "bit-packed mask %d B at N=%d: %.1fx smaller (per alpha incl. DIP: >= %.1fx)",
+        storage["mask_bytes_per_image"],
+        len(job.alphas),
+        storage["mask_tar_bytes_per_image"],
+        storage["bitpacked_mask_bytes_per_image"],
+        n,
+        storage["ratio_one_bitpacked_mask_to_all_mask_keys"],
+        storage["ratio_per_alpha_min"],
+    )
+    return read_manifest(job.out)
+
+
 def analyze_shards(
     teacher: str | Path,
     shards: str | Path,
@@ -147,166 +373,40 @@ def analyze_shards(
 
     In a ``world`` of several ranks each rank analyzes every ``world_size``-th shard into
     ``out_dir`` (a shared directory) and rank 0 writes the one manifest once all are done;
-    the other ranks return ``None``."""
+    the other ranks return ``None``.
+
+    The steps: :func:`open_job` (check, load the teacher), a finished set of the same
+    fingerprint is returned as it is, :func:`plan_shards` (this rank's shards, the journalled
+    ones skipped), :func:`analyze_mine` (write them), then rank 0's :func:`publish`."""
     world = world or World()
-    alphas = check_alphas(list(alphas))
-    if encoding not in ENCODINGS:
-        raise ValueError(f"analyze encoding={encoding!r} is not one of {ENCODINGS}")
-    src = read_manifest(shards)
-    if device == "auto":
-        device = f"cuda:{world.local_rank}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    model, info = load_teacher(teacher, device=dev, sha256=teacher_sha256, **(teacher_kwargs or {}))
-    mean, std = teacher_norm(model, info, mean, std)
-    out = Path(out_dir) if out_dir else analyzed_dir(src["root"], info.sha256, alphas)
-    out = out.expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    fp = json_digest(
-        [src["fingerprint"], src["created"], info.sha256, alphas, mean, std, encoding, MASK_FORMAT]
-    )
+    job = open_job(
+        teacher, shards, out_dir, alphas, mean=mean, std=std, device=device,
+        teacher_kwargs=teacher_kwargs, teacher_sha256=teacher_sha256, encoding=encoding,
+        world=world,
+    )  # fmt: skip
     done = finished_set(
-        out, fp, "analyze", "teacher/shards/alphas", "choose another out_dir or delete it"
-    )
+        job.out, job.fingerprint, "analyze", "teacher/shards/alphas",
+        "choose another out_dir or delete it",
+    )  # fmt: skip
     if done is not None:
         return done
     # one journal per rank: a killed run resumes after each rank's finished shards
-    journal = Journal(out, f"{fp}-{world.rank}-{world.world_size}", _journal_name(world))
+    name = f"{job.fingerprint}-{world.rank}-{world.world_size}"
+    journal = Journal(job.out, name, _journal_name(world))
     if journal.stale:
-        log.warning("analyze: discarding the unfinished mask set of another config in %s", out)
-
-    decoder = SampleDecoder(
-        img_size=info.img_size,
-        mean=tuple(mean),
-        std=tuple(std),
-        num_classes=int(src["num_classes"]),
+        log.warning("analyze: discarding the unfinished mask set of another config in %s", job.out)
+    mine, done_before = plan_shards(job, journal, world)
+    start = time.perf_counter()
+    records, stats, count = analyze_mine(
+        job, mine, done_before, journal, batch_size=batch_size, workers=workers, progress=progress
     )
-    tasks = [
-        (split, name, count)
-        for split in SPLITS
-        for name, count in zip(
-            src["splits"][split]["shards"], src["splits"][split]["shard_counts"], strict=True
-        )
-    ]
-    mine = tasks[world.rank :: world.world_size]
-    done_before = {r["name"]: r for split in SPLITS for r in journal.done(split)}
-    log.info(
-        "analyze: rank %d of %d analyzes %d of %d shards: %s",
-        world.rank, world.world_size, len(mine), len(tasks), [t[1] for t in mine],
-    )  # fmt: skip
-    stats = MaskStats(alphas, encoding)
-    start, done = time.perf_counter(), 0
-    records: list[dict[str, Any]] = []
-    with (
-        image_progress(disable=not progress) as bar,
-        ThreadPoolExecutor(max(workers, 1)) as pool,
-    ):
-        task_bar = bar.add_task("shards", total=sum(c for _, _, c in mine))
-        for split, name, count in mine:
-            if name in done_before:
-                records.append({"split": split, **done_before[name]})
-                bar.advance(task_bar, count)
-                continue
-            shard = str(Path(src["root"]) / name)
-            samples = list(iter_tar(shard, count))
-            results = analyze_split(
-                model, _batches(samples, shard, decoder, batch_size, pool), alphas, info.grid, dev
-            )
-
-            def analyzed(samples=samples, results=results, shard=shard):
-                for (key, members), (rkey, wins, order) in zip(samples, results, strict=True):
-                    if key != rkey:  # pragma: no cover - analyze_split keeps batch order
-                        raise RuntimeError(f"analysis out of order at {shard}: {key} vs {rkey}")
-                    new = {k: v for k, v in members.items() if k != "crc"}
-                    new |= mask_members(key, wins, order, alphas, encoding, info.grid)
-                    stats.add(new)
-                    bar.advance(task_bar)
-                    yield key, new
-
-            record = write_shard(out, name, analyzed())
-            journal.add(split, record)
-            records.append({"split": split, **record})
-            done += record["count"]
     gathered = world.gather(
-        "analyze/shards", {"records": records, "stats": stats.state(), "done": done}
+        "analyze/shards", {"records": records, "stats": stats.state(), "done": count}
     )
     if not world.is_zero:
         journal.remove()
         return None
-    by_name = {r["name"]: r for part in gathered for r in part["records"]}
-    splits = {
-        split: split_entry([by_name[name] for name in src["splits"][split]["shards"]])
-        for split in SPLITS
-    }
-    for part in gathered[1:]:
-        stats.merge(part["stats"])
-    done = sum(part["done"] for part in gathered)
-    seconds = time.perf_counter() - start
-    n = info.grid[0] * info.grid[1]
-    storage = stats.report(n, alphas)
-    manifest = base_manifest(
-        kind="masks",
-        source=src.get("source"),
-        fingerprint=fp,
-        classes=src["classes"],
-        num_classes=src["num_classes"],
-        splits=splits,
-        parent={"root": src["root"], "fingerprint": src.get("fingerprint")},
-        teacher={k: v for k, v in info.as_dict().items() if k != "path"} | {"path": info.path},
-        view={
-            "img_size": info.img_size,
-            "resize": "shorter side + centre crop",
-            "mean": list(mean),
-            "std": list(std),
-        },
-        alphas=alphas,
-        mask_members={
-            "awd": {str(a): awd_member(a, encoding) for a in alphas},
-            "dip_order": dip_member(encoding),
-            "encoding": encoding,
-            "controls": {
-                c: {str(a): mask_names(a, c)[0] for a in alphas}
-                | {"dip_order": mask_names(alphas[0], c)[1]}
-                for c in CONTROLS
-            },
-        },
-        controls=list(CONTROLS),
-        code_version=CODE_VERSION,
-        mask_bytes_per_image=storage["mask_bytes_per_image"],
-        bitpacked_mask_bytes_per_image=storage["bitpacked_mask_bytes_per_image"],
-        mask_storage=storage,
-        analyze_seconds=round(seconds, 2),
-        device=str(dev),
-        ranks={str(r): [rec["name"] for rec in part["records"]] for r, part in enumerate(gathered)},
-    )
-    write_json_atomic(out / MANIFEST, manifest)
-    journal.remove()
-    for leftover in out.glob(".journal*.json"):
-        leftover.unlink()  # the other ranks' journals: their shards are in the manifest now
-    log.info(
-        "analyze: %s -> %s with %s (%s, grid %s): %d images now in %.1f s (%.1f img/s) on %s x %d",
-        src["root"],
-        out,
-        info.model_name,
-        info.sha256[:12],
-        info.grid,
-        done,
-        seconds,
-        done / max(seconds, 1e-9),
-        dev,
-        world.world_size,
-    )
-    log.info(
-        "analyze: mask keys %.0f B/image (%d alphas + DIP order, in tar %.0f B) vs one N x N "
-        "bit-packed mask %d B at N=%d: %.1fx smaller (per alpha incl. DIP: >= %.1fx)",
-        storage["mask_bytes_per_image"],
-        len(alphas),
-        storage["mask_tar_bytes_per_image"],
-        storage["bitpacked_mask_bytes_per_image"],
-        n,
-        storage["ratio_one_bitpacked_mask_to_all_mask_keys"],
-        storage["ratio_per_alpha_min"],
-    )
-    return read_manifest(out)
+    return publish(job, gathered, stats, time.perf_counter() - start, journal, world)
 
 
 def _journal_name(world: World) -> str:

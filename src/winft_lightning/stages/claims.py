@@ -17,7 +17,7 @@ from: :mod:`winft_lightning.core.claims_table` turns them into intervals and ver
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from winft_lightning.core.claims_table import ORDERINGS, column
 from winft_lightning.data.datamodule import ShardDataModule
 from winft_lightning.data.progress import image_progress
 from winft_lightning.models import build_vit
-from winft_lightning.models.teacher import TeacherError, load_teacher, teacher_norm
+from winft_lightning.models.teacher import TeacherError, TeacherInfo, load_teacher, teacher_norm
 from winft_lightning.runtime.checkpoints import checkpoint_format, read_checkpoint
 from winft_lightning.runtime.machine import trim_heap
 
@@ -172,6 +172,57 @@ def collect_claims(
         net = {**net, "num_classes": info.num_classes}
     nets, net_hp = _nets(ckpt, dev, net)
     mean, std = teacher_norm(teacher, info)
+    dm, total = _test_split(ckpt, info, shards_root, batch_size, num_workers, limit)
+    opts = dict(alphas=[float(a) for a in alphas], betas=[float(b) for b in betas],
+                keep_alphas=[float(a) for a in keep_alphas],
+                locality_alpha=float(locality_alpha), object_threshold=float(object_threshold))  # fmt: skip
+    for b in opts["betas"]:
+        ia.check_beta(b, "claims.betas")
+    gens = {k: _generator(seed, i, dev) for i, k in enumerate(("null", "c2", "c3"))}
+
+    def measure(cols: dict[str, list[np.ndarray]], x01: Tensor, labels: Tensor) -> None:
+        _batch(cols, nets, teacher, x01, labels, (mean, std), opts, gens, info.grid)
+
+    columns = _test_pass(dm, total, measure, dev, progress)
+    seconds = time.perf_counter() - start
+    settings = dict(opts, batch_size=int(batch_size), seed=int(seed), limit=limit)
+    view = {"img_size": info.img_size, "resize": "shorter side + centre crop",
+            "mean": list(mean), "std": list(std)}  # fmt: skip
+    facts = _pass_facts(ckpt, info, net_hp, dm, len(columns["key"]), view, dev, seconds)
+    return columns, facts | {"settings": settings}
+
+
+def _pass_facts(
+    ckpt: Path, info: TeacherInfo, net_hp: Any, dm: ShardDataModule, images: int,
+    view: dict[str, Any], dev: torch.device, seconds: float,
+) -> dict[str, Any]:  # fmt: skip
+    """What a pass of ``images`` test images ran on: the teacher, the shard set, the view, the
+    grid, the device and its threads, and the pass's ``seconds``."""
+    grid = info.grid
+    return {
+        "teacher": {"path": str(ckpt), "sha256": info.sha256, "model_name": info.model_name,
+                    "net": net_hp, "img_size": info.img_size, "patch_size": info.patch_size},
+        "shards_root": str(dm.manifest["root"]),
+        "source": dm.manifest.get("source"),
+        "split": "test",
+        "split_images": dm.counts["test"],
+        "images": images,
+        "view": view,
+        "grid": list(grid),
+        "N": grid[0] * grid[1],
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
+        "measure_seconds": round(seconds, 2),
+    }  # fmt: skip
+
+
+def _test_split(
+    ckpt: Path, info: TeacherInfo, shards_root: str | Path, batch_size: int, num_workers: int,
+    limit: int | None,
+) -> tuple[ShardDataModule, int]:  # fmt: skip
+    """The shard set's test split in the teacher's view, unnormalised (the 0..1 pixels C1b and
+    the blank order need), and how many of its images the pass reads (``limit``: the first
+    ones); refused when its classes are not the teacher's or fewer than 2 images are read."""
     dm = ShardDataModule(
         shards_root, batch_size=batch_size, num_workers=num_workers, img_size=info.img_size,
         mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), hflip=False,
@@ -184,13 +235,15 @@ def collect_claims(
     total = dm.counts["test"] if limit is None else min(int(limit), dm.counts["test"])
     if total < 2:
         raise ValueError(f"the claims need at least 2 test images, got {total} (limit={limit})")
-    grid = info.grid
-    opts = dict(alphas=[float(a) for a in alphas], betas=[float(b) for b in betas],
-                keep_alphas=[float(a) for a in keep_alphas],
-                locality_alpha=float(locality_alpha), object_threshold=float(object_threshold))  # fmt: skip
-    for b in opts["betas"]:
-        ia.check_beta(b, "claims.betas")
-    gens = {k: _generator(seed, i, dev) for i, k in enumerate(("null", "c2", "c3"))}
+    return dm, total
+
+
+def _test_pass(
+    dm: ShardDataModule, total: int, measure: Callable, dev: torch.device, progress: bool
+) -> dict[str, np.ndarray]:
+    """The first ``total`` test images of ``dm`` through ``measure(cols, x01 [B,3,H,W] on
+    ``dev``, labels [B])``, which appends each per-image value to ``cols[name]``: the columns,
+    each an ``[total]`` array, with the images' ``key``."""
     cols: dict[str, list[np.ndarray]] = {}
     keys: list[str] = []
     with torch.inference_mode(), image_progress(disable=not progress) as bar:
@@ -199,32 +252,13 @@ def collect_claims(
             take = min(total - len(keys), batch["image"].shape[0])
             x01 = batch["image"][:take].to(dev)
             labels = batch["label"][:take].to(dev)
-            _batch(cols, nets, teacher, x01, labels, (mean, std), opts, gens, grid)
+            measure(cols, x01, labels)
             keys += list(batch["key"][:take])
             trim_heap()
             bar.advance(task, take)
             if len(keys) >= total:
                 break
-    columns = {"key": np.asarray(keys), **{k: np.concatenate(v) for k, v in cols.items()}}
-    seconds = time.perf_counter() - start
-    facts = {
-        "teacher": {"path": str(ckpt), "sha256": info.sha256, "model_name": info.model_name,
-                    "net": net_hp, "img_size": info.img_size, "patch_size": info.patch_size},
-        "shards_root": str(dm.manifest["root"]),
-        "source": dm.manifest.get("source"),
-        "split": "test",
-        "split_images": dm.counts["test"],
-        "images": len(keys),
-        "view": {"img_size": info.img_size, "resize": "shorter side + centre crop",
-                 "mean": list(mean), "std": list(std)},
-        "grid": list(grid),
-        "N": grid[0] * grid[1],
-        "device": str(dev),
-        "threads": torch.get_num_threads(),
-        "measure_seconds": round(seconds, 2),
-        "settings": dict(opts, batch_size=int(batch_size), seed=int(seed), limit=limit),
-    }  # fmt: skip
-    return columns, facts
+    return {"key": np.asarray(keys), **{k: np.concatenate(v) for k, v in cols.items()}}
 
 
 def forwards_per_image(alphas: Sequence[float], betas: Sequence[float]) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,25 +98,9 @@ def prepare_shards(
     written = 0
     with image_progress(disable=not progress) as bar:
         for split in SPLITS:
-            items = data.splits[split]
             writer = SplitWriter(out, split, journal, maxcount=maxcount, maxsize=maxsize)
-            skip = writer.samples_done
-            if skip:
-                log.info("prepare: %s resumes after %d complete shards", split, writer.index)
-            task = bar.add_task(split, total=len(items), completed=skip)
-            for i in range(skip, len(items)):
-                ext, payload = items[i].load()
-                writer.write(sample_key(split, i), {ext: payload, "cls": b"%d" % items[i].label})
-                bar.advance(task)
-                written += 1
-            records = writer.finish()
-            if sum(r["count"] for r in records) != len(items):
-                raise DataError(
-                    f"{out}: split {split} has {sum(r['count'] for r in records)} samples in "
-                    f"shards, the source has {len(items)} (journal out of date?); rerun with "
-                    "overwrite=true"
-                )
-            splits[split] = split_entry(records)
+            splits[split], now = _write_split(writer, data.splits[split], bar)
+            written += now
     seconds = time.perf_counter() - start
     manifest = base_manifest(
         kind="images",
@@ -127,6 +111,40 @@ def prepare_shards(
         splits=splits,
         prepare_seconds=round(seconds, 2),
     )
+    return _publish(out, manifest, journal, cfg.get("name"), seconds, written)
+
+
+def _write_split(writer: SplitWriter, items: Sequence[Any], bar: Any) -> tuple[dict, int]:
+    """Write a split's source ``items`` (each ``.load()`` -> ``(ext, bytes)``, with a
+    ``.label``) with ``writer``, after the samples its journal has in complete shards, advancing
+    ``bar``. Returns the split's manifest entry and how many samples were written now."""
+    split, out = writer.split, writer.root
+    skip = writer.samples_done
+    if skip:
+        log.info("prepare: %s resumes after %d complete shards", split, writer.index)
+    task = bar.add_task(split, total=len(items), completed=skip)
+    for i in range(skip, len(items)):
+        ext, payload = items[i].load()
+        writer.write(sample_key(split, i), {ext: payload, "cls": b"%d" % items[i].label})
+        bar.advance(task)
+    records = writer.finish()
+    if sum(r["count"] for r in records) != len(items):
+        raise DataError(
+            f"{out}: split {split} has {sum(r['count'] for r in records)} samples in "
+            f"shards, the source has {len(items)} (journal out of date?); rerun with "
+            "overwrite=true"
+        )
+    return split_entry(records), len(items) - skip
+
+
+def _publish(
+    out: Path, manifest: dict[str, Any], journal: Journal, name: str | None, seconds: float,
+    written: int,
+) -> dict[str, Any]:  # fmt: skip
+    """Write the shard set's ``manifest`` (the set is complete from then on), drop the journal
+    and any file of this layer the manifest does not list, log what the set holds (``written``
+    samples now, in ``seconds``), and return the manifest as read back."""
+    splits = manifest["splits"]
     write_json_atomic(out / MANIFEST, manifest)
     journal.remove()
     listed = {n for e in splits.values() for n in e["shards"]} | {MANIFEST}
@@ -135,7 +153,7 @@ def prepare_shards(
     size = sum(sum(e["shard_bytes"]) for e in splits.values())
     log.info(
         "prepare: %s -> %s: %s samples (%s), %d shards, %.1f MB, %.1f s (%d written now, %.0f img/s)",
-        cfg.get("name"),
+        name,
         out,
         total,
         ", ".join(f"{s} {e['count']}" for s, e in splits.items()),

@@ -129,6 +129,8 @@ def write_results_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def report_markdown(aggs: list[dict[str, Any]], title: str, machine: str) -> str:
+    """The study's ``report.md`` body: per geometry Tables I and II (and the retrained controls)
+    of the aggregated rows ``aggs`` beside the paper's, then Table III across geometries."""
     lines = [f"# {title}", "", machine, "",
              "Ours: Fashion-MNIST, mean ± sample std over seeds (n in brackets). Paper: ImageNet-1k, "
              "ViT-B/16 at 224 (Tables I-II) and the printed Table III, **for reference only**: "
@@ -138,59 +140,84 @@ def report_markdown(aggs: list[dict[str, Any]], title: str, machine: str) -> str
         at = [a for a in aggs if (a["img_size"], a["patch_size"]) == (img, patch)]
         n = (img // patch) ** 2
         lines += [f"## {img} px, patch {patch} (N = {n}, N² = {n * n})", ""]
-        lines += ["### Table I: AWD over alpha", "",
-                  "| method | alpha | E_O (ours) | E_O / N² | top-1 % (ours) | E_O (paper) | top-1 % (paper) |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
-        for a in at:
-            if a["family"] in ("vit", "awd_vit") and a["beta"] == 0.0:
-                paper = PAPER_TABLE_I.get(a["alpha"], (None, None))
-                label = LABELS[a["family"]]
-                lines.append(
-                    f"| {label} (n={a['ok']}){_status(a)} | {a['alpha']:g} | {_pm(a, 'eo', '{:,.0f}')} | "
-                    f"{_pm(a, 'eo_ratio', '{:.3f}')} | {_pm(a, 'top1', '{:.2f}')} | "
-                    f"{'-' if paper[0] is None else f'{paper[0]:,}'} | {'-' if paper[1] is None else paper[1]} |"
-                )
-        lines += ["", "### Table II: AWD + DIP over beta", "",
-                  "| method | alpha | beta | E_O (ours) | top-1 % (ours) | E_O (paper) | top-1 % (paper) |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
-        dip_alpha = {a["alpha"] for a in at if a["family"] == "awd_dip_vit"}
-        for a in at:
-            base = a["family"] == "awd_vit" and a["alpha"] in dip_alpha
-            if a["family"] == "awd_dip_vit" or base:
-                paper = (
-                    PAPER_TABLE_II.get(a["beta"], (None, None))
-                    if a["alpha"] == 0.1
-                    else (None, None)
-                )
-                label = LABELS[a["family"]]
-                lines.append(
-                    f"| {label} (n={a['ok']}){_status(a)} | {a['alpha']:g} | {a['beta']:g} | "
-                    f"{_pm(a, 'eo', '{:,.0f}')} | {_pm(a, 'top1', '{:.2f}')} | "
-                    f"{'-' if paper[0] is None else f'{paper[0]:,}'} | {'-' if paper[1] is None else paper[1]} |"
-                )
-        controls = [a for a in at if a["family"] in CONTROL_LABELS]
-        if controls:
-            lines += ["### Retrained controls (SPEC 9)", "",
-                      "| method | alpha | beta | E_O (ours) | top-1 % (ours) |", "|---|---|---|---|---|"]  # fmt: skip
-            lines += [f"| {CONTROL_LABELS[a['family']]} (n={a['ok']}){_status(a)} | "
-                      f"{a['alpha']:g} | {a['beta']:g} | {_pm(a, 'eo', '{:,.0f}')} | "
-                      f"{_pm(a, 'top1', '{:.2f}')} |" for a in controls]  # fmt: skip
-            lines.append("")
-        lines.append("")
-    lines += ["## Table III: ViT vs WinfT across geometries", "",
-              "| method | image | patch | top-1 % (ours) | E_O (ours) | E_O / N² | train img/s |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [*_table_i(at), *_table_ii(at), *_controls_table(at), ""]
+    return "\n".join([*lines, *_table_iii(aggs)])
+
+
+def _paper_cells(paper: tuple[int | None, float | None]) -> list[str]:
+    """The paper's E_O and top-1 cells of a table row ("-" where the paper has none)."""
+    return [
+        "-" if paper[0] is None else f"{paper[0]:,}",
+        "-" if paper[1] is None else f"{paper[1]}",
+    ]
+
+
+def _row(a: dict[str, Any], *cells: str) -> str:
+    """A table row of the aggregate ``a``: its family's label with the runs' count (and its
+    failures), then ``cells``."""
+    return " | ".join([f"| {LABELS[a['family']]} (n={a['ok']}){_status(a)}", *cells]) + " |"
+
+
+def _table_i(at: list[dict[str, Any]]) -> list[str]:
+    """Table I of one geometry's rows ``at``: ViT and AWD over alpha, the paper's figures
+    beside."""
+    lines = ["### Table I: AWD over alpha", "",
+             "| method | alpha | E_O (ours) | E_O / N² | top-1 % (ours) | E_O (paper) | top-1 % (paper) |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for a in at:
+        if a["family"] in ("vit", "awd_vit") and a["beta"] == 0.0:
+            paper = PAPER_TABLE_I.get(a["alpha"], (None, None))
+            lines.append(_row(a, f"{a['alpha']:g}", _pm(a, "eo", "{:,.0f}"),
+                              _pm(a, "eo_ratio", "{:.3f}"), _pm(a, "top1", "{:.2f}"),
+                              *_paper_cells(paper)))  # fmt: skip
+    return lines
+
+
+def _table_ii(at: list[dict[str, Any]]) -> list[str]:
+    """Table II of one geometry's rows ``at``: AWD + DIP over beta, with the AWD rows of the
+    same alphas, the paper's figures beside (at alpha 0.1)."""
+    lines = ["", "### Table II: AWD + DIP over beta", "",
+             "| method | alpha | beta | E_O (ours) | top-1 % (ours) | E_O (paper) | top-1 % (paper) |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    dip_alpha = {a["alpha"] for a in at if a["family"] == "awd_dip_vit"}
+    for a in at:
+        base = a["family"] == "awd_vit" and a["alpha"] in dip_alpha
+        if a["family"] == "awd_dip_vit" or base:
+            paper = (
+                PAPER_TABLE_II.get(a["beta"], (None, None)) if a["alpha"] == 0.1 else (None, None)
+            )
+            lines.append(_row(a, f"{a['alpha']:g}", f"{a['beta']:g}", _pm(a, "eo", "{:,.0f}"),
+                              _pm(a, "top1", "{:.2f}"), *_paper_cells(paper)))  # fmt: skip
+    return lines
+
+
+def _controls_table(at: list[dict[str, Any]]) -> list[str]:
+    """The retrained controls (SPEC 9) of one geometry's rows ``at``; none: no lines."""
+    controls = [a for a in at if a["family"] in CONTROL_LABELS]
+    if not controls:
+        return []
+    lines = ["### Retrained controls (SPEC 9)", "",
+             "| method | alpha | beta | E_O (ours) | top-1 % (ours) |", "|---|---|---|---|---|"]  # fmt: skip
+    lines += [f"| {CONTROL_LABELS[a['family']]} (n={a['ok']}){_status(a)} | "
+              f"{a['alpha']:g} | {a['beta']:g} | {_pm(a, 'eo', '{:,.0f}')} | "
+              f"{_pm(a, 'top1', '{:.2f}')} |" for a in controls]  # fmt: skip
+    return [*lines, ""]
+
+
+def _table_iii(aggs: list[dict[str, Any]]) -> list[str]:
+    """Table III: ViT vs WinfT across geometries, with the paper's printed figures."""
+    lines = ["## Table III: ViT vs WinfT across geometries", "",
+             "| method | image | patch | top-1 % (ours) | E_O (ours) | E_O / N² | train img/s |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
     for a in aggs:
         if a["family"] in ("vit", "winft"):
-            lines.append(
-                f"| {LABELS[a['family']]} (n={a['ok']}){_status(a)} | {a['img_size']} | "
-                f"{a['patch_size']} | {_pm(a, 'top1', '{:.2f}')} | {_pm(a, 'eo', '{:,.0f}')} | "
-                f"{_pm(a, 'eo_ratio', '{:.3f}')} | {_pm(a, 'images_per_s', '{:.0f}')} |"
-            )
+            lines.append(_row(a, f"{a['img_size']}", f"{a['patch_size']}", _pm(a, "top1", "{:.2f}"),
+                              _pm(a, "eo", "{:,.0f}"), _pm(a, "eo_ratio", "{:.3f}"),
+                              _pm(a, "images_per_s", "{:.0f}")))  # fmt: skip
     lines += ["", "Paper (ImageNet-1k, Table III): "
               + "; ".join(f"{m}-{p} {r}: {acc:.2f} % (E_O {eo:,})"
                           for (m, p, r), (acc, eo) in PAPER_TABLE_III.items()), ""]  # fmt: skip
-    return "\n".join(lines)
+    return lines
 
 
 # ---- the claims table -------------------------------------------------------------

@@ -1,9 +1,8 @@
-"""``python -m winft_lightning.study [study=quick]``: the paper's study at small scale.
-
-One Hydra multirun per method family and geometry (ViT; AWD-ViT over alpha; AWD+DIP over
-beta; WinfT) x seeds, all sharing the cached shards, teacher and masks; then the
-aggregation step: ``results.csv`` (one row per run), ``report.md`` (Tables I-III laid out as
-in the paper, the paper's ImageNet figures beside ours) and the trade-off plot.
+"""The study's trained part: one Hydra multirun per method family and geometry (ViT; AWD-ViT
+over alpha; AWD+DIP over beta; WinfT) x seeds (:func:`sweep_commands`, run by
+:func:`run_sweeps`), all sharing the cached shards, teacher and masks, and the paper's figures
+of the first finished WinfT run of each geometry (:func:`study_figures`). Their rows, tables
+and report: :mod:`winft_lightning.stages.study_report`.
 """
 
 from __future__ import annotations
@@ -18,22 +17,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from winft_lightning.stages.study_report import (
-    FAMILIES,
-    LABELS,
-    MODULE_FAMILY,
-    collect_runs,
-)
+from winft_lightning.stages.study_report import collect_runs
 
-__all__ = [
-    "FAMILIES",
-    "LABELS",
-    "MODULE_FAMILY",
-    "machine_line",
-    "run_study",
-    "study_figures",
-    "sweep_commands",
-]
+__all__ = ["run_sweeps", "study_figures", "sweep_commands"]
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +68,7 @@ def sweep_commands(
     return commands
 
 
-def run_study(
+def run_sweeps(
     study: DictConfig,
     study_dir: Path,
     root_dir: Path,
@@ -160,9 +146,3 @@ def study_figures(study_dir: Path, count: int = 3) -> list[Path]:
             }
         )
     return written
-
-
-def machine_line() -> str:
-    from winft_lightning.runtime.machine import summary
-
-    return f"Measured {time.strftime('%Y-%m-%d')} on {summary()}."

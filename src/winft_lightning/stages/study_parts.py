@@ -1,0 +1,135 @@
+"""The study's parts, in order (:func:`run_parts`): the trained part (students swept on masks
+from one teacher: :mod:`.sweeps`), SPEC 9's training-free claims part on K cached teachers
+(:func:`run_claims`), then the report (:mod:`.study_report`) and the paper's figures."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from winft_lightning.stages.teachers import ensure_teachers, given_teachers
+
+log = logging.getLogger(__name__)
+
+
+def study_command() -> str:
+    """The command line this study was started with, as a user would type it."""
+    return " ".join(["python -m winft_lightning.study", *sys.argv[1:]])
+
+
+def machine_line() -> str:
+    """The report's line saying when and on what machine it was measured."""
+    from winft_lightning.runtime.machine import summary
+
+    return f"Measured {time.strftime('%Y-%m-%d')} on {summary()}."
+
+
+def students_teacher(study: DictConfig, root_dir: Path) -> tuple[list[str], str]:
+    """The students' masks come from the claims part's teacher of seed ``students_teacher``
+    (trained once and cached, shared with the claims part): ``["teacher.ckpt=<its file>"]``
+    and a line saying which; ``students_teacher: null``: each job's own ``teacher.*``."""
+    seed = study.get("students_teacher")
+    if seed is None:
+        return [], "each job's own teacher (its teacher.* config)"
+    spec = study.claims.teachers
+    (teacher,) = ensure_teachers(spec.experiment, list(spec.overrides), [int(seed)], root_dir)
+    top1 = (teacher.row or {}).get("top1")
+    top1 = "" if top1 is None else f", top-1 {top1:.2f} %"
+    return [f"teacher.ckpt={teacher.ckpt}"], (
+        f"the claims teacher of seed {seed} ({spec.experiment}, sha256 {teacher.sha256[:12]}{top1})"
+    )
+
+
+def trained_facts(study: DictConfig, study_dir: Path, teacher: str) -> dict[str, Any]:
+    """What the trained part ran: students, seeds, teacher, machine, the last command that ran
+    sweeps, and the wall time summed over every start of its sweeps (``sweeps.json``)."""
+    record = study_dir / "sweeps.json"
+    starts = json.loads(record.read_text()) if record.is_file() else []
+    seconds = sum(s["seconds"] for start in starts for s in start["sweeps"].values())
+    ran = [start.get("command") for start in starts if start["sweeps"] and start.get("command")]
+    return {"machine": machine_line(), "command": ran[-1] if ran else study_command(),
+            "students": "the overrides " + ", ".join(f"`{o}`" for o in study.overrides),
+            "seeds": list(study.seeds), "teacher": teacher,
+            "wall": {"seconds": round(seconds, 1), "starts": len(starts)}}  # fmt: skip
+
+
+def trained_part(study: DictConfig, study_dir: Path, root_dir: Path, run: bool) -> dict[str, Any]:
+    """The trained part: its sweeps run (``run``; else only the runs already there are read)
+    with the students' teacher, and the part's facts (:func:`trained_facts`)."""
+    from winft_lightning.stages.sweeps import run_sweeps
+
+    extra, teacher = students_teacher(study, root_dir)
+    if run:
+        run_sweeps(study, study_dir, root_dir, extra, study_command())
+    return trained_facts(study, study_dir, teacher)
+
+
+def run_claims(study: DictConfig, study_dir: Path, root_dir: Path) -> dict[str, Any]:
+    """SPEC 9's training-free claims on the study's K teachers (each trained once and cached,
+    each pass's per-image values kept under ``claims/records``), rebuilt into
+    ``claims/report.md`` from those records. The teachers live in ``root_dir``'s cache, with
+    the study's other artefacts."""
+    from winft_lightning.runtime.files import write_json_atomic
+    from winft_lightning.stages import claims_report as R
+    from winft_lightning.stages.claims import keep_chance
+
+    spec = OmegaConf.to_container(study.claims, resolve=True)
+    teachers_spec, resamples = spec.pop("teachers"), int(spec.pop("resamples"))
+    reference = spec.pop("reference", None)
+    if teachers_spec.get("ckpts"):
+        teachers, spec["net"] = given_teachers(teachers_spec, root_dir)
+    else:
+        teachers = ensure_teachers(teachers_spec["experiment"], teachers_spec["overrides"],
+                                   teachers_spec["seeds"], root_dir)  # fmt: skip
+    out = study_dir / "claims"
+    passes = [R.measure_teacher(t, spec, out) for t in teachers]
+    grid = tuple(passes[0]["grid"])
+    chance = {"paper": keep_chance((14, 14), 0.1), "here": keep_chance(grid, 0.1)}
+    fits = [(p["teacher_row"] or {}).get("fit_seconds") or 0.0 for p in passes]
+    facts = R.part_facts(passes, spec, resamples, machine_line(), study_command(), chance,
+                         round(sum(fits), 1), round(sum(p["measure_seconds"] for p in passes), 1))  # fmt: skip
+    if reference:  # another grid's claims report: the two-grid table
+        path = Path(reference).expanduser() / "claims.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"study.claims.reference={reference}: no claims.json there")
+        ref = json.loads(path.read_text())
+        facts["reference"] = R.reference_of(ref, f"N = {ref['N']} ({reference})")
+    write_json_atomic(out / "facts.json", facts)
+    result = R.rebuild(out)
+    for p in passes:
+        top1 = (p["teacher_row"] or {}).get("top1")
+        if top1 is not None and top1 < float(teachers_spec["min_top1"]):
+            log.warning("study: teacher %d reached %.2f %% top-1, below the recipe's %s %%",
+                        p["seed"], top1, teachers_spec["min_top1"])  # fmt: skip
+    return result
+
+
+def run_parts(cfg: DictConfig) -> Path:
+    """The study of the composed ``study.yaml`` config ``cfg``: its trained part (when it has
+    ``study.families``), its claims part (when it has ``study.claims`` and ``claims_part`` is
+    not false), then ``report.md`` and the figures under ``study_dir``. All of the study's
+    teachers, shards, masks and runs are cached under ``paths.root_dir``. Returns the
+    report's path."""
+    from winft_lightning.stages.study_report import write_report
+    from winft_lightning.stages.sweeps import study_figures
+
+    study_dir = Path(cfg.study_dir)
+    start = time.perf_counter()
+    root = Path(cfg.paths.root_dir)
+    trained = None
+    if cfg.study.families:
+        trained = trained_part(cfg.study, study_dir, root, bool(cfg.run))
+    part = cfg.study.get("claims") and cfg.study.get("claims_part", True)
+    claims = run_claims(cfg.study, study_dir, root) if part else None
+    title = f"winft_lightning study: {cfg.study.name}"
+    paths = write_report(study_dir, title, machine_line(), claims=claims, trained_facts=trained)
+    figs = study_figures(study_dir)
+    log.info("study figures: %d PNGs under %s", len(figs), study_dir / "figures")
+    log.info("study done in %.0f s: %s", time.perf_counter() - start, paths["report"])
+    return paths["report"]

@@ -1,5 +1,6 @@
 """The committed claims report (docs/results/) is what its records say: rebuilt from its saved
-per-image values it gives the same claims.json and report.md, and README quotes its verdicts."""
+per-image values it gives the same claims.json and report.md, and docs/results.md quotes its
+verdicts."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from winft_lightning.study import recompute
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "docs" / "results" / "2026-12-02_study_claims"
+RESULTS_MD = ROOT / "docs" / "results.md"  # the page that quotes the committed reports
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -25,10 +27,10 @@ def test_the_committed_claims_report_rebuilds_from_its_records(tmp_path):
     assert {p.name for p in rebuilt.glob("*.png")} == {p.name for p in saved.glob("*.png")}
 
 
-def test_readme_quotes_the_committed_verdicts():
+def test_results_page_quotes_the_committed_verdicts():
     claims = json.loads((REPORT / "claims" / "claims.json").read_text())
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### Latest measured: the training-free claims") :]
+    page = RESULTS_MD.read_text()
+    section = page[page.index("### Latest measured: the training-free claims") :]
     for row in (r for r in claims["claims"] if r["headline"]):
         line = next(x for x in section.splitlines() if x.startswith(f"| {row['id']} |"))
         assert line.endswith(f"**{row['verdict']}** |"), line
@@ -36,15 +38,15 @@ def test_readme_quotes_the_committed_verdicts():
             assert f"→ {cell['verdict']}" in line
 
 
-def test_readme_quotes_the_imagenet_projection_the_code_gives():
+def test_results_page_quotes_the_imagenet_projection_the_code_gives():
     from bench.claims_projection import BENCH, project
 
     p = project(json.loads(BENCH.read_text()))
-    readme = " ".join((ROOT / "README.md").read_text().split())
-    assert f"the pass's {p['forwards_per_image']} forwards an image" in readme
+    page = " ".join(RESULTS_MD.read_text().split())
+    assert f"the pass's {p['forwards_per_image']} forwards an image" in page
     per_forward = json.loads(BENCH.read_text())["analysis"]["b16_224"]
-    assert f"forward ({per_forward['teacher_forward_nonfused_s_per_image'] * 1000:.2f} ms" in readme
-    assert f"**about {p['minutes']:.0f} min** for the 50,000 val images on one H100" in readme
+    assert f"forward ({per_forward['teacher_forward_nonfused_s_per_image'] * 1000:.2f} ms" in page
+    assert f"**about {p['minutes']:.0f} min** for the 50,000 val images on one H100" in page
 
 
 TRAINED = ROOT / "docs" / "results" / "2026-12-02_study_trained"
@@ -55,10 +57,10 @@ def test_the_committed_trained_report_rebuilds_from_its_records(tmp_path):
     assert same["trained/comparisons.json"] and same["trained/report.md"]
 
 
-def test_readme_quotes_the_committed_trained_verdicts():
+def test_results_page_quotes_the_committed_trained_verdicts():
     rows = json.loads((TRAINED / "trained" / "comparisons.json").read_text())
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### Latest measured: the trained comparisons") :]
+    page = RESULTS_MD.read_text()
+    section = page[page.index("### Latest measured: the trained comparisons") :]
     for row in rows:
         line = next(x for x in section.splitlines() if x.startswith(f"| {row['id']} |"))
         assert line.endswith(f"{row['seeds_above_zero']} of {row['n']} | **{row['verdict']}** |")
@@ -80,12 +82,12 @@ def test_the_committed_paper_grid_report_rebuilds_from_its_records(tmp_path):
     assert all(p["images"] == 1000 for p in facts["passes"])
 
 
-def test_readme_quotes_the_paper_grid_beside_n64_and_its_teachers():
+def test_results_page_quotes_the_paper_grid_beside_n64_and_its_teachers():
     here = json.loads((PAPER_GRID / "claims" / "claims.json").read_text())
     there = json.loads((REPORT / "claims" / "claims.json").read_text())
     rows = {r["id"]: r for r in there["claims"] if r["headline"]}
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### Latest measured: the claims at the paper's grid") :]
+    page = RESULTS_MD.read_text()
+    section = page[page.index("### Latest measured: the claims at the paper's grid") :]
     for row in (r for r in here["claims"] if r["headline"]):
         line = next(x for x in section.splitlines() if x.startswith(f"| {row['id']} |"))
         ref = rows[row["id"]]

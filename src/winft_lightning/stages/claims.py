@@ -10,8 +10,9 @@ per-image correctness under every condition. Each random draw comes from its own
 ``torch.Generator`` (the random U', C2's windows, C3's random order), consumed in batch order,
 then alpha / beta order, so one seed gives the same values on a rerun.
 
-The columns (one value per image, :data:`COLUMNS` says which) are what the report is rebuilt
-from: :mod:`winft_lightning.core.claims_table` turns them into intervals and verdicts.
+The columns (one value per image, named by :func:`~winft_lightning.core.claims_table.column`)
+are what the report is rebuilt from: :mod:`winft_lightning.core.claims_table` turns them into
+intervals and verdicts.
 """
 
 from __future__ import annotations

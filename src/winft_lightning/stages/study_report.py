@@ -1,7 +1,7 @@
 """The study's report: one row per run (``results.csv``), mean ± std per row of Tables I-III
 (``summary.csv``), the trained comparisons paired by seed, and ``report.md`` with the claims
 table first (training-free verdicts by SPEC 9's rule from the claims part, trained comparisons by
-:func:`winft_lightning.core.claims.verdict`).
+the same rule, :func:`winft_lightning.core.claims.margin_verdict`, with a 0.5 pp margin).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from winft_lightning.core.analysis import analyze
+from winft_lightning.core.interactions import Grid
 from winft_lightning.data.loading import SampleDecoder, collate
 from winft_lightning.data.masks import (
     CONTROLS,
@@ -62,8 +63,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = ["analyze_shards", "analyze_split", "analyzed_dir"]
-
-Grid = tuple[int, int]
 
 
 def analyze_split(

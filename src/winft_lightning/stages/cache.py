@@ -149,8 +149,8 @@ def ensure_teacher_shards(cfg: DictConfig, shards: Path) -> Path:
 
 def teacher_key(cfg: DictConfig, shards: Path) -> str:
     data_opts = {k: v for k, v in OmegaConf.to_container(cfg.data).items() if k != "root"}
-    # the teacher reads no masks: the mask selection (data.alpha -> model.alpha) is not part of
-    # its identity; keyed as before that selection moved into the data config (same entries)
+    # the teacher reads no masks: which windows a run loads (model.alpha's) is not part of its
+    # identity; keyed with alpha=None as when the data config carried it (the same entries)
     data_opts.update(alpha=None, use_masks=False)
     data_opts.pop("control", None)  # nor which masks (the teacher's or a control's) a run reads
     if teacher_source(cfg) is not None:  # the students' own subset is not the teacher's

@@ -32,6 +32,7 @@ from winft_lightning.core import claims as C
 from winft_lightning.core import interactions as ia
 from winft_lightning.core.analysis import analyze
 from winft_lightning.core.claims_table import ORDERINGS, column
+from winft_lightning.core.interactions import Grid
 from winft_lightning.data.datamodule import ShardDataModule
 from winft_lightning.data.progress import image_progress
 from winft_lightning.models import build_vit
@@ -40,8 +41,6 @@ from winft_lightning.runtime.checkpoints import checkpoint_format, read_checkpoi
 from winft_lightning.runtime.machine import trim_heap
 
 __all__ = ["collect_claims", "forwards_per_image", "keep_chance"]
-
-Grid = tuple[int, int]
 
 
 def _generator(seed: int, stream: int, device: torch.device) -> torch.Generator:

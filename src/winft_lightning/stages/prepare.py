@@ -32,21 +32,11 @@ from winft_lightning.data.shards import (
 )
 from winft_lightning.data.sources import load_source
 from winft_lightning.runtime.hashing import json_digest
+from winft_lightning.runtime.resolvers import to_plain
 
 log = logging.getLogger(__name__)
 
 _OWN_FILES = re.compile(r"^(\.)?(train|val|test)-\d{6}\.tar(\.tmp)?$")
-
-
-def _plain(cfg: Any) -> dict[str, Any]:
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return dict(cfg)
 
 
 def fingerprint(obj: Any) -> str:
@@ -75,7 +65,7 @@ def prepare_shards(
     Shard size: ``source.maxcount`` samples / ``source.maxsize`` bytes. Returns the manifest.
     An existing complete set of the same config is returned as is; one of another config is
     refused unless ``overwrite``."""
-    cfg = _plain(source)
+    cfg = dict(to_plain(source))
     maxcount = int(cfg.get("maxcount") or 10000)
     maxsize = int(cfg.get("maxsize") or 1_000_000_000)
     fp = fingerprint(cfg)

@@ -22,11 +22,10 @@ from torch import Tensor, nn
 
 from winft_lightning import figures
 from winft_lightning.core.analysis import analyze, default_patches
+from winft_lightning.core.interactions import Grid
 from winft_lightning.data.loading import analyzed_view
 
 log = logging.getLogger(__name__)
-
-Grid = tuple[int, int]
 
 
 # ---------------------------------------------------------------- analysis -> figures

@@ -22,14 +22,29 @@ from winft_lightning.runtime.machine import describe, summary
 # the row's values each logger also gets, as results/<key>
 RESULT_KEYS = ("top1", "top5", "eo", "eo_ratio", "images_per_s")
 
+
+
+def significant(value: float, digits: int = 3) -> str:
+    """``value`` with ``digits`` significant digits, thousands grouped and no exponent: a slow
+    run's 0.412 img/s stays 0.412, not 0; 3,082.4 is 3,082."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    return f"{value:,.{decimals}f}"
+
+
 COLUMNS = [
-    ("name", "run", "{}"),
-    ("top1", "top-1 %", "{:.2f}"),
-    ("top5", "top-5 %", "{:.2f}"),
-    ("eo", "E_O", "{:,.0f}"),
-    ("eo_ratio", "E_O / N²", "{:.3f}"),
-    ("images_per_s", "train img/s", "{:.0f}"),
+    ("name", "run", "{}".format),
+    ("top1", "top-1 %", "{:.2f}".format),
+    ("top5", "top-5 %", "{:.2f}".format),  # measured only where 5 < the number of classes
+    ("eo", "E_O", "{:,.0f}".format),
+    ("eo_ratio", "E_O / N²", "{:.3f}".format),
+    ("images_per_s", "train img/s", significant),
 ]
+
+
+def _measured(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
 def train_images_per_s(trainer: L.Trainer, callbacks: Iterable[L.Callback]) -> float:
@@ -106,17 +121,18 @@ def results_row(
 
 
 def results_table(rows: list[dict[str, Any]]) -> tuple[Table, str]:
-    """A rich table for the terminal and the same as Markdown."""
+    """A rich table for the terminal and the same as Markdown: only the columns some row
+    measured (no top-5 with 5 classes or fewer), "-" where a row did not."""
+    columns = [c for c in COLUMNS if any(_measured(row.get(c[0])) for row in rows)]
     table = Table(title="winft_lightning results (test split)")
-    for _, title, _ in COLUMNS:
+    for _, title, _ in columns:
         table.add_column(title, justify="right" if title != "run" else "left")
-    md = ["| " + " | ".join(t for _, t, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    md = ["| " + " | ".join(t for _, t, _ in columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         cells = []
-        for key, _, fmt in COLUMNS:
+        for key, _, fmt in columns:
             value = row.get(key)
-            ok = value is not None and not (isinstance(value, float) and math.isnan(value))
-            cells.append(fmt.format(value) if ok else "-")
+            cells.append(fmt(value) if _measured(value) else "-")
         table.add_row(*cells)
         md.append("| " + " | ".join(cells) + " |")
     return table, "\n".join(md) + "\n"

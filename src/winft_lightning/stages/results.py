@@ -23,7 +23,6 @@ from winft_lightning.runtime.machine import describe, summary
 RESULT_KEYS = ("top1", "top5", "eo", "eo_ratio", "images_per_s")
 
 
-
 def significant(value: float, digits: int = 3) -> str:
     """``value`` with ``digits`` significant digits, thousands grouped and no exponent: a slow
     run's 0.412 img/s stays 0.412, not 0; 3,082.4 is 3,082."""

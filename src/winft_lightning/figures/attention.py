@@ -7,8 +7,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from matplotlib.axes import Axes
 from matplotlib.colors import Normalize
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure, SubFigure
 from torch import Tensor
 
 from winft_lightning.core import interactions as ia
@@ -114,72 +115,81 @@ def dip_figure(
     order ``[N]`` (``interactions.dip_order``) and variance ``[N]``
     (``interactions.column_variance``) default to those of ``u``."""
     img, um = to_hwc(image), _np(u).astype(np.float64)
-    n = um.shape[0]
     if order is None or variance is None:
         variance, order = _variance_and_order(u)
     v = _np(variance).astype(np.float64)
     order = _np(order).astype(np.int64)
     betas = list(betas)
-    cols = max(len(betas), 2)
-    fig = Figure(figsize=(cols * PANEL + 0.5, 2 * PANEL + 1.6), dpi=DPI, layout="constrained")
+    fig = Figure(
+        figsize=(max(len(betas), 2) * PANEL + 0.5, 2 * PANEL + 1.6), dpi=DPI, layout="constrained"
+    )
     top, bottom = fig.subfigures(2, 1, height_ratios=[1.25, 1])
     ax_u, ax_v = top.subplots(1, 2)
+    _u_panel(top, ax_u, um, order, betas)
+    _variance_panel(ax_v, v, order, betas)
+    axes = np.asarray(bottom.subplots(1, len(betas), squeeze=False))
+    for ax, beta in zip(axes[0], betas, strict=True):
+        _dropped_panel(ax, img, grid, order, beta)
+    _label_outer(axes)
+    fig.suptitle("Indiscriminative patches (DIP): U, column variance, dropped patches (red)")
+    return fig
 
-    im = ax_u.imshow(
+
+def _u_panel(
+    top: SubFigure, ax: Axes, um: np.ndarray, order: np.ndarray, betas: list[float]
+) -> None:
+    """(a) U ``[N, N]`` in log colour, the patches dropped at the largest beta marked above."""
+    n = um.shape[0]
+    im = ax.imshow(
         np.clip(um, 1e-300, None),
         cmap="viridis",
         norm=_log_norm(um),
         interpolation="nearest",
         extent=(-0.5, n - 0.5, n - 0.5, -0.5),
     )
-    ax_u.set_xlabel("key patch i (column)", fontsize=8)
-    ax_u.set_ylabel("query patch p (row)", fontsize=8)
-    ax_u.set_title(f"(a) U, {n}x{n} (log scale)", fontsize=9)
-    ax_u.tick_params(labelsize=7)
-    _colorbar(top, im, ax_u, "U (log)")
+    ax.set_xlabel("key patch i (column)", fontsize=8)
+    ax.set_ylabel("query patch p (row)", fontsize=8)
+    ax.set_title(f"(a) U, {n}x{n} (log scale)", fontsize=9)
+    ax.tick_params(labelsize=7)
+    _colorbar(top, im, ax, "U (log)")
     if betas and max(betas) > 0:
         dropped = order[: ia.dip_drop_count(max(betas), n)]
-        ax_u.plot(
-            dropped,
-            np.full(len(dropped), -0.5),
-            "v",
-            color="red",
-            ms=3,
-            clip_on=False,
-            label=f"dropped at β={max(betas):g}",
-        )
-        ax_u.legend(loc="lower right", fontsize=7, framealpha=0.8)
+        ax.plot(dropped, np.full(len(dropped), -0.5), "v", color="red", ms=3, clip_on=False,
+                label=f"dropped at β={max(betas):g}")  # fmt: skip
+        ax.legend(loc="lower right", fontsize=7, framealpha=0.8)
 
-    ax_v.plot(np.arange(n), v[order], color="tab:blue", lw=1.2)
-    ax_v.set_yscale("log" if (v > 0).all() else "linear")
+
+def _variance_panel(ax: Axes, v: np.ndarray, order: np.ndarray, betas: list[float]) -> None:
+    """(b) the column variances in DIP order, each beta's drop count marked."""
+    n = v.shape[0]
+    ax.plot(np.arange(n), v[order], color="tab:blue", lw=1.2)
+    ax.set_yscale("log" if (v > 0).all() else "linear")
     colors = ["tab:red", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive"]
     for k, beta in enumerate(sorted(b for b in betas if b > 0)):
         d = ia.dip_drop_count(beta, n)
         c = colors[k % len(colors)]
-        ax_v.axvline(d - 0.5, color=c, ls="--", lw=1, label=f"β={beta:g}: drop {d}")
-        ax_v.plot(np.arange(d), v[order[:d]], ".", color=c, ms=4)
-    ax_v.set_xlabel("patch rank (ascending column variance)", fontsize=8)
-    ax_v.set_ylabel("$v_p$ = Var$_i$ U[i, p]", fontsize=8)
-    ax_v.set_title("(b) sorted column variance", fontsize=9)
-    ax_v.tick_params(labelsize=7)
-    ax_v.grid(alpha=0.3)
+        ax.axvline(d - 0.5, color=c, ls="--", lw=1, label=f"β={beta:g}: drop {d}")
+        ax.plot(np.arange(d), v[order[:d]], ".", color=c, ms=4)
+    ax.set_xlabel("patch rank (ascending column variance)", fontsize=8)
+    ax.set_ylabel("$v_p$ = Var$_i$ U[i, p]", fontsize=8)
+    ax.set_title("(b) sorted column variance", fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
     if any(b > 0 for b in betas):
-        ax_v.legend(fontsize=7)
+        ax.legend(fontsize=7)
 
-    axes = np.asarray(bottom.subplots(1, len(betas), squeeze=False))
-    for j, beta in enumerate(betas):
-        ax = axes[0, j]
-        _image_axes(ax, img, grid)
-        d = ia.dip_drop_count(beta, n)
-        mask = np.zeros(n)
-        mask[order[:d]] = 1.0
-        hw = np.ma.masked_where(mask.reshape(grid) == 0, mask.reshape(grid))
-        # red, not black: the patches DIP drops are often the (black) background itself
-        _overlay(ax, img, hw, cmap="Reds", alpha=0.6, norm=Normalize(0.0, 1.0))
-        ax.set_title(f"(c) β={beta:g}: {d} of {n} dropped", fontsize=8)
-    _label_outer(axes)
-    fig.suptitle("Indiscriminative patches (DIP): U, column variance, dropped patches (red)")
-    return fig
+
+def _dropped_panel(ax: Axes, img: np.ndarray, grid: Grid, order: np.ndarray, beta: float) -> None:
+    """(c) the patches DIP drops at ``beta``, red over the image."""
+    n = order.shape[0]
+    _image_axes(ax, img, grid)
+    d = ia.dip_drop_count(beta, n)
+    mask = np.zeros(n)
+    mask[order[:d]] = 1.0
+    hw = np.ma.masked_where(mask.reshape(grid) == 0, mask.reshape(grid))
+    # red, not black: the patches DIP drops are often the (black) background itself
+    _overlay(ax, img, hw, cmap="Reds", alpha=0.6, norm=Normalize(0.0, 1.0))
+    ax.set_title(f"(c) β={beta:g}: {d} of {n} dropped", fontsize=8)
 
 
 # ---------------------------------------------------------------- rollout vs U

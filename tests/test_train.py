@@ -166,3 +166,20 @@ def test_non_finite_loss(make_cfg, tmp_path, cache_dir, mode):
         trainer.fit(model, datamodule=dm)
         # the poisoned weight poisons every later batch: all of them skipped, none stepped on
         assert model.skipped_batches == steps_per_epoch - 1
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [("data.img_size=32", r"data\.img_size=32 disagrees with model\.net\.img_size=16"),
+     ("model.net.num_classes=7", r"model\.net\.num_classes=7 disagrees with data\.num_classes=10")],
+)  # fmt: skip
+def test_a_value_the_data_and_model_share_has_one_owner(make_cfg, override, named):
+    """The data follows model.net.img_size, the model follows data.num_classes: an override of
+    the follower that disagrees is refused before any work, naming both options."""
+    with pytest.raises(ConfigError, match=named):
+        validate_config(make_cfg("experiment=fmnist_vit", "debug=tiny", override))
+    owner = {"data.img_size=32": "model.net.img_size=32", "model.net.num_classes=7": None}
+    if owner[override]:
+        cfg = make_cfg("experiment=fmnist_vit", "debug=tiny", owner[override])
+        validate_config(cfg)  # the owner's override moves both
+        assert cfg.data.img_size == 32

@@ -42,6 +42,23 @@ def module_class(model_cfg: DictConfig) -> type:
         raise ConfigError(f"model._target_={target!r} is not an importable class: {err}") from err
 
 
+def _check_shared_values(cfg: DictConfig) -> None:
+    """The values the data and the model share have one owner each (``model.net.img_size``,
+    ``data.num_classes``; the other side references it): an override of the other side that
+    disagrees is refused here, naming both options."""
+    shared = (
+        ("model.net.img_size", "data.img_size"),
+        ("data.num_classes", "model.net.num_classes"),
+    )
+    for owner, other in shared:
+        mine, theirs = OmegaConf.select(cfg, owner), OmegaConf.select(cfg, other)
+        if mine is not None and theirs is not None and int(mine) != int(theirs):
+            raise ConfigError(
+                f"{other}={theirs} disagrees with {owner}={mine}: {owner} owns this value "
+                f"(the other follows it); set {owner} instead"
+            )
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Refuse a config that cannot run, before any work, naming the option."""
     model = cfg.model
@@ -69,6 +86,7 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"model.alpha={alpha} is not among the analyzed alphas analyze.alphas={stored}"
             )
+    _check_shared_values(cfg)
     if "alpha" in cfg.data:
         raise ConfigError(
             f"data.alpha={cfg.data.alpha} is not an option: the stored AWD windows a run loads "

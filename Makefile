@@ -35,7 +35,7 @@ test: lint  ## lint, then the whole test suite (the SLURM tests' one-node cluste
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q --durations=15
 
 test-slurm:  ## the SLURM tests alone, on the one-node cluster they start (root)
-	$(PY) -m pytest -q --durations=10 tests/test_slurm.py tests/test_slurm_launch.py
+	$(PY) -m pytest -q --durations=10 tests/cluster/test_slurm.py tests/cluster/test_slurm_launch.py
 
 bench:  ## benchmarks -> outputs/bench/bench_<date>.json
 	$(PY) -m bench

@@ -22,7 +22,8 @@ for step in ${1//,/ }; do
   echo "=== $step $(date +%T)"
   case $step in
     tests) timeout ${TESTS_S:-200} python3 -m pytest -q -n 4 -p no:cacheprovider \
-             tests/test_models_awd.py tests/test_models_sparse.py tests/test_models_winft.py \
+             tests/models/test_models_awd.py tests/models/test_models_sparse.py \
+             tests/models/test_models_winft.py \
              2>&1 | tail -25 ;;
     bench:*) [ -f "$BENCH_JSON" ] || echo '{}' > "$BENCH_JSON"
              timeout ${BENCH_S:-400} python3 -m bench --sections "$(echo "${step#bench:}" | tr + ,)" \

@@ -1,6 +1,7 @@
-"""Shared fixtures: compose the project's Hydra configs the way the CLI does, into tmp_path;
-real digits shard sets, a tiny untrained teacher and its mask set (session-scoped, built once);
-a real one-node SLURM cluster (``slurm_cluster.py``). Plain helpers live in ``helpers.py``."""
+"""The fixtures, and only fixtures (and pytest hooks): the project's Hydra configs composed the
+way the CLI does, into tmp_path; real digits shard sets, a tiny untrained teacher and its mask
+set (session-scoped, built once); a real one-node SLURM cluster (``slurm_cluster.py``). Plain
+helpers live in ``helpers.py``; nothing imports this file."""
 
 from __future__ import annotations
 
@@ -9,15 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
-
-import winft_lightning
-
-CONF_DIR = Path(winft_lightning.__file__).parent / "conf"
-EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+from omegaconf import DictConfig
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -33,29 +27,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
-def compose_config(
-    overrides: list[str], root: Path, config_name: str = "train", run_dir: Path | None = None
-) -> DictConfig:
-    """The composed config of ``python -m winft_lightning <overrides>`` with outputs under root."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            config_name=config_name,
-            overrides=[f"paths.root_dir={root}", *overrides],
-            return_hydra_config=True,
-        )
-    out = run_dir or root / "outputs" / "run"
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(out)
-        cfg.hydra.runtime.cwd = str(root)
-        cfg.hydra.job.name = "test"
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg.hydra  # as the app sees it
-    return cfg
-
-
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny ViTs run ~100x slower when 2 intra-op threads contend with other work on 2 cores."""
@@ -69,25 +40,13 @@ def one_torch_thread():
 
 @pytest.fixture
 def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    from helpers import compose_config  # here, not above: torch comes after OMP_NUM_THREADS
+
     def make(*overrides: str, run_dir: Path | None = None) -> DictConfig:
         return compose_config(list(overrides), tmp_path, run_dir=run_dir)
 
     yield make
     GlobalHydra.instance().clear()
-
-
-def cli(*args: str, module: str = "winft_lightning", timeout: float = 300, **popen):
-    """Run ``python -m <module> <args>`` in a subprocess (a real Hydra app, real processes)."""
-    import subprocess
-    import sys
-
-    env = popen.pop("env", None) or {
-        **os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1"
-    }  # fmt: skip
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        capture_output=True, text=True, timeout=timeout, env=env, check=False, **popen,
-    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -1,16 +1,81 @@
-"""Plain helpers of the tests (imported normally; the fixtures live in conftest.py):
-the digits source, a real tiny timm ViT, a PNG decoder."""
+"""Plain helpers of the tests, imported normally (``from helpers import ...``; pytest puts
+``tests/`` on ``sys.path``); the fixtures live in conftest.py, and nothing imports conftest:
+the project's Hydra configs composed as the CLI composes them, the CLI in a subprocess, a bounded
+wait on an event, the digits source, a real tiny timm ViT, a PNG decoder."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import timm
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
 from PIL import Image
+
+import winft_lightning
+
+REPO = Path(__file__).resolve().parents[1]  # the checkout: README.md, docs/, scripts/
+CONF_DIR = Path(winft_lightning.__file__).parent / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+def compose_config(
+    overrides: list[str], root: Path, config_name: str = "train", run_dir: Path | None = None
+) -> DictConfig:
+    """The composed config of ``python -m winft_lightning <overrides>`` with outputs under root."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name=config_name,
+            overrides=[f"paths.root_dir={root}", *overrides],
+            return_hydra_config=True,
+        )
+    out = run_dir or root / "outputs" / "run"
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(out)
+        cfg.hydra.runtime.cwd = str(root)
+        cfg.hydra.job.name = "test"
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg.hydra  # as the app sees it
+    return cfg
+
+
+def cli(*args: str, module: str = "winft_lightning", timeout: float = 300, **popen):
+    """Run ``python -m <module> <args>`` in a subprocess (a real Hydra app, real processes)."""
+    env = popen.pop("env", None) or {
+        **os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1"
+    }  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True, text=True, timeout=timeout, env=env, check=False, **popen,
+    )  # fmt: skip
+
+
+def wait_for(
+    predicate: Callable[[], object], *procs: subprocess.Popen, timeout: float = 60.0
+) -> None:
+    """Poll ``predicate`` until it holds; fail if ``timeout`` seconds pass first, or if one of
+    ``procs`` (the processes that are to bring it about) exits before it holds."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        for proc in procs:
+            assert proc.poll() is None, f"{proc.args!r} exited early with {proc.returncode}"
+        assert time.monotonic() < end, f"not reached in {timeout} s"
+        time.sleep(0.05)
+
 
 DIGITS = {
     "name": "digits",

@@ -17,9 +17,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from conftest import CONF_DIR
+from helpers import CONF_DIR, REPO
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = REPO / "README.md"
 # the primary config of each CLI (the config_name of its @hydra.main)
 CONFIG_OF = {
     "winft_lightning": "train",

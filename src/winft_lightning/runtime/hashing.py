@@ -2,7 +2,7 @@
 
 Cache keys and fingerprints are stored on disk (artifact-store keys, manifest fingerprints,
 mask-set folder names): the JSON text hashed here must stay byte-for-byte what it was, or
-caches rebuild and stored mask sets stop matching (``tests/test_hashing.py`` pins the values).
+caches rebuild and stored mask sets stop matching (``tests/runtime/test_hashing.py`` pins the values).
 """
 
 from __future__ import annotations

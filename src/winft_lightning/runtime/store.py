@@ -166,9 +166,7 @@ class ArtifactStore:
     def _acquire(self, kind: str, key: str, what: str) -> FileLock:
         lock_path, owner_path = self._lock_paths(kind, key)
         lock = FileLock(lock_path)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
+        if not _try_acquire(lock, owner_path):
             log.info(
                 "%s: waiting for %s/%s, being built by %s (lock %s)",
                 what, kind, key, _owner(owner_path), lock_path,
@@ -216,6 +214,22 @@ class ArtifactStore:
         with open(self.root / BUILDS, "a") as f:
             f.write(line + "\n")
         log.info("%s/%s: published after %.1f s", kind, key, seconds)
+
+
+def _try_acquire(lock: FileLock, owner_path: Path, settle: float = 1.0) -> bool:
+    """Take the lock if it is free. If it is held, wait up to ``settle`` seconds (taking it
+    should it come free) for its holder to name itself in ``owner_path``: a builder writes
+    it just after taking the lock, and a waiter that logs "another process" in between tells
+    the user nothing. Returns whether the lock is now held."""
+    end = time.monotonic() + settle
+    while True:
+        try:
+            lock.acquire(timeout=0)
+            return True
+        except Timeout:
+            if owner_path.is_file() or time.monotonic() >= end:
+                return False
+        time.sleep(0.02)  # a bounded poll for the holder's owner file, not a synchronisation
 
 
 def _owner(path: Path) -> str:

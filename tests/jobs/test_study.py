@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli
+from helpers import REPO, cli
 
 pytestmark = pytest.mark.slow
 
@@ -162,7 +162,7 @@ def test_study_runs_and_aggregates(tmp_path):
 def test_every_study_job_composes(make_cfg, tmp_path, variant):
     """Each job of each sweep of the shipped studies, and each claims teacher, composes and
     validates (first value of every swept option), so a long study cannot die on a typo."""
-    from conftest import compose_config
+    from helpers import compose_config
     from winft_lightning.stages.sweeps import sweep_commands
     from winft_lightning.stages.teachers import teacher_config
     from winft_lightning.stages.validate import validate_config
@@ -190,7 +190,7 @@ def test_the_paper_grid_study_is_the_papers_grid(tmp_path):
     """study=paper_grid: teachers at 28 px, patch 2 (N = 196 = ViT-B/16-224's 14 x 14) with at
     least 6 heads, each at least 85 % by its recipe's bar; the two-grid table reads the
     committed N = 64 report."""
-    from conftest import compose_config
+    from helpers import compose_config
     from winft_lightning.stages.teachers import teacher_config
 
     study = compose_config(["study=paper_grid"], tmp_path, config_name="study").study
@@ -199,5 +199,5 @@ def test_the_paper_grid_study_is_the_papers_grid(tmp_path):
     assert (net.img_size // net.patch_size) ** 2 == 196 and net.num_heads >= 6
     assert spec.min_top1 >= 85 and list(spec.seeds) == [0, 1]
     assert teacher_config(spec.experiment, list(spec.overrides), 1).teacher.max_epochs == 6
-    reference = Path(__file__).resolve().parents[1] / study.claims.reference / "claims.json"
+    reference = REPO / study.claims.reference / "claims.json"
     assert json.loads(reference.read_text())["N"] == 64

@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from helpers import tiny_module
+from helpers import REPO, compose_config, tiny_module
 
 BATCHES, BATCH = 6, 4
 POISON = {(1, 1), (0, 4)}  # (rank, batch index): that rank's images are set to NaN there
@@ -111,9 +111,6 @@ def train_under_ddp_sim(out: Path) -> None:
     """Fit a tiny ViT with on_nonfinite=skip under the composed trainer=ddp_sim config."""
     from hydra.utils import instantiate
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import compose_config
-
     cfg = compose_config(["trainer=ddp_sim"], out)
     assert cfg.trainer.devices == 2 and cfg.trainer.strategy.process_group_backend == "gloo"
     L.seed_everything(0)
@@ -127,10 +124,12 @@ def train_under_ddp_sim(out: Path) -> None:
 
 @pytest.mark.slow
 def test_ddp_sim_one_rank_non_finite_skips_the_step_on_every_rank(tmp_path):
+    # this file as a script: tests/ on its path for helpers.py, as pytest puts it
+    path = os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
     proc = subprocess.Popen(
         [sys.executable, __file__, str(tmp_path)], stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, start_new_session=True,
-        env={**os.environ, "WANDB_MODE": "offline"},
+        env={**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": path},
     )  # fmt: skip
     try:
         out, err = proc.communicate(timeout=240)

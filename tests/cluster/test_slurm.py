@@ -15,13 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import store_builds
+from helpers import REPO, store_builds
 from readme import SWEEPS, is_slurm
 from winft_lightning.runtime.checkpoints import read_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
-REPO = Path(__file__).resolve().parents[1]
 ONE_NODE = REPO / "scripts" / "slurm" / "one_node.sbatch"
 (README_SWEEP,) = [c for c in SWEEPS if is_slurm(c)]
 # README's GPU values replaced by CPU ones (two alphas: two jobs of two ranks)

@@ -6,7 +6,7 @@ import pytest
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
-from conftest import CONF_DIR, EXPERIMENTS
+from helpers import CONF_DIR, EXPERIMENTS
 from winft_lightning.core.families import BY_NAME
 from winft_lightning.stages.validate import ConfigError, module_class, validate_config
 

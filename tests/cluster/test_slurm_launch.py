@@ -9,14 +9,13 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from helpers import REPO
 from winft_lightning.runtime import world as worlds
 from winft_lightning.stages.validate import ConfigError, validate_config
 
-REPO = Path(__file__).resolve().parents[1]
 TEMPLATES = sorted((REPO / "scripts" / "slurm").glob("*.sbatch"))
 # an srun task of a 2-task job on one node, as SLURM sets it
 TASK = {"SLURM_JOB_ID": "5831", "SLURM_JOB_NAME": "winft", "SLURM_NTASKS": "2",

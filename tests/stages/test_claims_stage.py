@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from conftest import cli
-from helpers import TINY_NET, untrained_teacher
+from helpers import TINY_NET, cli, untrained_teacher
 from winft_lightning.core import baselines as B
 from winft_lightning.core import claims as C
 from winft_lightning.core import claims_table as T

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_interactions import naive_rollout
 
 import helpers
-from test_interactions import naive_rollout
 from winft_lightning.core import interactions as ia
 from winft_lightning.core.analysis import Analysis, analyze, default_patches
 from winft_lightning.core.capture import iter_block_attention
@@ -24,19 +24,15 @@ GRID = (4, 4)
 N = 16
 
 
-def tiny_vit():
-    return helpers.tiny_vit(img_size=NET["img_size"], patch_size=NET["patch_size"])
-
-
 def test_rollout_streams_from_capture():
-    model, x = tiny_vit(), torch.randn(2, 3, 32, 32)
+    model, x = helpers.tiny_vit(**NET), torch.randn(2, 3, 32, 32)
     got = ia.attention_rollout(iter_block_attention(model, x, patches_only=False))
     full = list(iter_block_attention(model, x, patches_only=False))
     torch.testing.assert_close(got.double(), naive_rollout(full, 1), rtol=1e-5, atol=1e-7)
 
 
 def test_analyze_equals_separate_passes():
-    model, x, patches = tiny_vit(), torch.randn(2, 3, 32, 32), [0, 5, 15]
+    model, x, patches = helpers.tiny_vit(**NET), torch.randn(2, 3, 32, 32), [0, 5, 15]
     res = analyze(model, x, [0.1, 0.3], GRID, patches=patches, rollout=True)
     u = ia.uncertainty_map(iter_block_attention(model, x))
     torch.testing.assert_close(res.u, u)
@@ -61,7 +57,7 @@ def test_analyze_equals_separate_passes():
 
 
 def test_analyze_defaults_and_errors():
-    model, x = tiny_vit(), torch.randn(3, 3, 32, 32)
+    model, x = helpers.tiny_vit(**NET), torch.randn(3, 3, 32, 32)
     res = analyze(model, x)
     assert res.grid == GRID and res.windows == {} and res.rows is None and res.rollout is None
     assert res.u.shape == (3, N, N) and res.order.shape == (3, N)
@@ -125,7 +121,7 @@ def test_run_figure_callback_draws_the_analysis(family):
     module = MODULES[family](net=net, **({"alpha": 0.1, "beta": 0.25} if family == "winft" else {}))
     module.eval()
     x = torch.randn(2, 3, 32, 32)
-    teacher = analyze(tiny_vit(), x, [0.1])
+    teacher = analyze(helpers.tiny_vit(**NET), x, [0.1])
     batch = {"image": x, "label": torch.zeros(2, dtype=torch.long)}
     if family == "winft":
         batch |= {"windows": teacher.windows[0.1], "dip_order": teacher.order}

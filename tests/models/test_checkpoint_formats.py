@@ -182,7 +182,7 @@ def test_readme_headline_command_trains_from_a_google_npz_on_an_imagefolder(tmp_
     the file's width; it takes its training steps and tests."""
     from PIL import Image
 
-    from conftest import cli
+    from helpers import cli
     from readme import COMMANDS
 
     (headline,) = [

@@ -9,13 +9,14 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 import yaml
+from filelock import FileLock
 
-from helpers import digits_source
+from helpers import digits_source, wait_for
 from winft_lightning.runtime.store import BUILDS, ENTRY, ArtifactStore
 
 # a process that asks the store for one entry; its builder writes a file, then sleeps
@@ -28,12 +29,26 @@ WORKER = textwrap.dedent(
     root, key, sleep, company = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
     Path(root, f"started-{os.getpid()}").touch()
 
+    class Waiting(logging.Handler):  # marks this process as waiting on the lock, and as
+        def emit(self, record):      # having named its builder's pid
+            if "waiting for" in record.getMessage():
+                Path(root, f"waiting-{os.getpid()}").touch()
+                if "being built by pid" in record.getMessage():
+                    Path(root, f"named-{os.getpid()}").touch()
+
+    logging.getLogger().addHandler(Waiting())
+
     def build(out: Path):
         (out / "partial.txt").write_text(str(os.getpid()))
         print("BUILDING", os.getpid(), flush=True)
-        # a loaded machine may start the others late: build until all have started, then sleep
+        # a loaded machine may start the others late: build until all have started and one
+        # of them waits on this build's lock naming this builder (or all of them wait), then sleep
         end = time.monotonic() + 120
         while len(list(Path(root).glob("started-*"))) < company and time.monotonic() < end:
+            time.sleep(0.05)
+        while (company > 1 and not any(Path(root).glob("named-*"))
+               and len(list(Path(root).glob("waiting-*"))) < company - 1
+               and time.monotonic() < end):  # fmt: skip
             time.sleep(0.05)
         time.sleep(sleep)
         (out / "payload.txt").write_text(f"built by {os.getpid()}")
@@ -45,12 +60,15 @@ WORKER = textwrap.dedent(
 )
 
 
-def start(root: Path, key: str, sleep: float, company: int = 1) -> subprocess.Popen:
-    """A process asking for ``key``; as its builder it waits for ``company`` processes in all."""
+def start(
+    root: Path, key: str, sleep: float, company: int = 1, out: IO | None = None
+) -> subprocess.Popen:
+    """A process asking for ``key``; as its builder it waits for ``company`` processes in all.
+    Its output goes to ``out`` (a file to read while it runs), else to a pipe."""
     root.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
         [sys.executable, "-c", WORKER, str(root), key, str(sleep), str(company)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=out or subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
 
 
@@ -58,14 +76,6 @@ def builds(root: Path, kind: str = "things") -> list[dict]:
     path = root / BUILDS
     lines = path.read_text().splitlines() if path.is_file() else []
     return [b for b in map(json.loads, lines) if b["kind"] == kind]
-
-
-def wait_for(predicate, timeout: float = 60.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.05)
 
 
 def test_four_processes_at_once_build_one_entry(tmp_path):
@@ -88,14 +98,18 @@ def test_four_processes_at_once_build_one_entry(tmp_path):
 def test_sigkilled_builder_is_taken_over_and_its_partial_build_discarded(tmp_path):
     first = start(tmp_path, "k2", 120.0)
     owner = tmp_path / "things" / ".locks" / "k2.owner.json"
-    wait_for(lambda: (tmp_path / "things" / ".build-k2" / "partial.txt").is_file())
-    second = start(tmp_path, "k2", 0.5)
-    wait_for(lambda: json.loads(owner.read_text())["pid"] == first.pid)
-    time.sleep(1.0)  # the second process is blocked on the lock now
+    wait_for(lambda: (tmp_path / "things" / ".build-k2" / "partial.txt").is_file(), first)
+    log = tmp_path / "second.out"
+    with log.open("w") as second_out:
+        second = start(tmp_path, "k2", 0.5, out=second_out)
+    wait_for(lambda: json.loads(owner.read_text())["pid"] == first.pid, first)
+    # the second process found the lock held and waits on it now
+    wait_for(lambda: "thing: waiting for things/k2" in log.read_text(), second)
     assert second.poll() is None
     os.kill(first.pid, signal.SIGKILL)
     first.wait(timeout=30)
-    out = second.communicate(timeout=60)[0]
+    second.wait(timeout=60)
+    out = log.read_text()
     assert second.returncode == 0, out
     assert f"taking over things/k2 from a builder that died (pid {first.pid}" in out
     assert f"RESULT built by {second.pid}" in out
@@ -196,3 +210,42 @@ def test_teacher_source_trains_the_teacher_on_its_own_shards(make_cfg, tmp_path)
     cache = tmp_path / "cache"
     assert len(builds(cache, "teachers")) == 1 and len(builds(cache, "masks")) == 2
     assert again["teacher_ckpt"] == student["teacher_ckpt"]
+
+
+HOLDER = textwrap.dedent(
+    """
+    import json, os, sys, time
+    from pathlib import Path
+    from filelock import FileLock
+    lock_path, owner_path, go = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+    lock = FileLock(lock_path)
+    lock.acquire()
+    go.touch()
+    time.sleep(0.3)  # a builder slow to name itself: the window the waiter must outlast
+    owner_path.write_text(json.dumps({"host": "h", "pid": os.getpid(), "since": "now"}))
+    while not Path(str(go) + ".done").exists():
+        time.sleep(0.02)
+    lock.release()
+    """
+)
+
+
+def test_a_waiter_names_a_builder_that_names_itself_late(tmp_path):
+    """The store's waiter logs who builds even when it reaches the lock before the builder
+    has written its owner file (the race that made the four-process test flaky)."""
+    from winft_lightning.runtime import store as st
+
+    store = ArtifactStore(tmp_path)
+    lock_path, owner_path = store._lock_paths("things", "k9")
+    go = tmp_path / "go"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(lock_path), str(owner_path), str(go)]
+    )
+    wait_for(go.is_file, holder)
+    try:
+        assert not st._try_acquire(FileLock(lock_path), owner_path)  # held; its owner known
+        assert json.loads(owner_path.read_text())["pid"] == holder.pid
+    finally:
+        Path(str(go) + ".done").touch()
+        holder.wait(timeout=30)
+    assert st._try_acquire(FileLock(lock_path), owner_path)  # free again: taken at once

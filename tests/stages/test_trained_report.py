@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from conftest import cli
+from helpers import cli
 from winft_lightning.core import claims as C
 from winft_lightning.stages import trained_report as R
 from winft_lightning.study import recompute

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import cli
+from helpers import cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -33,11 +33,19 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
             f"hydra.run.dir={run_dir}"]  # fmt: skip
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = run_dir / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 240
-    while not last.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+
+    def into_epoch_2() -> bool:
+        """A row of epoch 2's training steps in metrics.csv (Lightning saves the CSV logger at
+        each log), so epoch 1's last.ckpt was written before it."""
+        return any(row.get("epoch") == "1" for path in run_dir.rglob("metrics.csv")
+                   for row in csv.DictReader(path.read_text().splitlines()))  # fmt: skip
+
+    try:
+        wait_for(into_epoch_2, proc, timeout=240)
+    except AssertionError:
+        proc.kill()
+        raise
     assert last.exists(), "no epoch checkpoint before the kill"
-    time.sleep(0.3)  # into epoch 2
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
     assert not (run_dir / "results.json").exists()  # it really was interrupted

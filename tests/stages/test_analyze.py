@@ -73,7 +73,7 @@ def test_manifest_and_copied_members(analyzed_shards, digits_shards, teacher_ckp
             "awd.a0100.i16z",
             "awd.a0500.i16z",
             "dip_order.i16z",
-            "awd_random.a0100.i16z",  # SPEC 9's retrained controls (tests/test_controls.py)
+            "awd_random.a0100.i16z",  # SPEC 9's retrained controls (tests/data/test_controls.py)
             "awd_random.a0500.i16z",
             "dip_order_random.i16z",
         }

@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import timm
 import torch
 
+from helpers import tiny_vit
 from winft_lightning.core.capture import iter_block_attention
 from winft_lightning.core.interactions import uncertainty_map
-
-
-def tiny_vit(**kw):
-    torch.manual_seed(0)
-    args = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=10)
-    args.update(kw)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, **args).eval()
 
 
 def hand_attention(model, images):

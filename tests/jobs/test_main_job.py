@@ -14,7 +14,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import cli
+from helpers import cli
 from winft_lightning.runtime.machine import summary
 
 pytestmark = pytest.mark.slow

@@ -28,10 +28,6 @@ GRID = (4, 4)
 N = 16
 
 
-def tiny_vit():
-    return helpers.tiny_vit(img_size=NET["img_size"], patch_size=NET["patch_size"])
-
-
 def image(h=32, w=32, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(3, h, w, generator=g)
@@ -227,7 +223,7 @@ FIGS = ("attention", "uncertainty_rows", "windows", "dip", "field", "responsive_
 
 
 def test_analysis_figures_writes_all(tmp_path):
-    model = tiny_vit()
+    model = helpers.tiny_vit(**NET)
     shown = image(seed=1)[None]
     w = torch.randint(0, 3, (1, N, N))
     paths = V.analysis_figures(
@@ -241,7 +237,7 @@ def test_analysis_figures_writes_all(tmp_path):
 
 
 def tiny_ckpt(path: Path) -> Path:
-    model = tiny_vit()
+    model = helpers.tiny_vit(**NET)
     state = {"net." + k: v for k, v in model.state_dict().items()}
     hp = {"net": dict(model_name="vit_tiny_patch16_224", **NET)}
     torch.save({"state_dict": state, "hyper_parameters": hp}, path)

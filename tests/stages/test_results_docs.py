@@ -5,14 +5,14 @@ verdicts."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
+from helpers import REPO
 from winft_lightning.stages.claims_report import verdict_moves
 from winft_lightning.study import recompute
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 REPORT = ROOT / "docs" / "results" / "2026-12-02_study_claims"
 RESULTS_MD = ROOT / "docs" / "results.md"  # the page that quotes the committed reports
 

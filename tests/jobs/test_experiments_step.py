@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXPERIMENTS
+from helpers import EXPERIMENTS
 from winft_lightning.__main__ import run
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("experiments_step")]

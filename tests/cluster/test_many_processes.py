@@ -9,12 +9,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from helpers import store_builds
+from helpers import store_builds, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -98,12 +97,16 @@ def test_killed_teacher_builder_is_taken_over(tmp_path):
                 )
             text = [lambda i=i: logs[i].read_text() for i in (0, 1)]
             training = "teacher: training a baseline ViT"
-            wait_for(lambda: any(training in read() for read in text), *procs)
+            wait_for(lambda: any(training in read() for read in text), *procs, timeout=300)
             builder = 0 if training in text[0]() else 1
             first, second = procs[builder], procs[1 - builder]
             # the other waits on the builder's lock while the builder is mid-teacher
-            wait_for(lambda: "waiting for teachers/" in text[1 - builder](), first, second)
-            wait_for(lambda: any(teachers.glob(".build-*/run/checkpoints/last.ckpt")), first)
+            wait_for(
+                lambda: "waiting for teachers/" in text[1 - builder](), first, second, timeout=300
+            )
+            wait_for(
+                lambda: any(teachers.glob(".build-*/run/checkpoints/last.ckpt")), first, timeout=300
+            )
             os.kill(first.pid, signal.SIGKILL)
             first.wait(timeout=60)
             assert second.wait(timeout=600) == 0, text[1 - builder]()[-4000:]
@@ -138,12 +141,3 @@ def test_truncated_cached_mask_shard_is_rebuilt_with_the_same_metrics(tmp_path):
     first, second = results(tmp_path / "outputs" / "runs")
     for key in ("top1", "top5", "eo"):
         assert second[key] == pytest.approx(first[key], abs=1e-9)
-
-
-def wait_for(predicate, *procs: subprocess.Popen, timeout: float = 300) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        for proc in procs:
-            assert proc.poll() is None, f"process exited early with {proc.returncode}"
-        assert time.monotonic() < end, "timed out"
-        time.sleep(0.1)

@@ -13,7 +13,7 @@ import timm
 from PIL import Image
 from safetensors.torch import save_file
 
-from conftest import cli
+from helpers import cli
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import cli, compose_config
+from helpers import cli, compose_config
 from winft_lightning.pipeline import prerequisites
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ddp")]

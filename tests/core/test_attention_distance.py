@@ -10,6 +10,7 @@ import torch
 
 from winft_lightning.core.attention_distance import (
     mean_attention_distance,
+    mean_attention_distance_pixels,
     uniform_attention_distance,
 )
 
@@ -88,6 +89,56 @@ def test_matches_a_naive_loop(prefix):
             assert got[b, h].item() == pytest.approx(total / n, abs=1e-12)
     with pytest.raises(ValueError, match="grid"):
         mean_attention_distance(attn, (5, 5), num_prefix=prefix)
+
+
+@pytest.mark.parametrize("prefix", [1, 2])
+def test_pixels_match_the_probing_vits_loop(prefix):
+    # compute_mean_attention_dist of the probing-vits notebook, written out: the patch block of
+    # the softmax map as it is (not renormalised), distance patch_size * |p_i - p_j|
+    g = torch.Generator().manual_seed(10 + prefix)
+    grid, size = (3, 4), 8
+    n, t = 12, 12 + prefix
+    attn = torch.softmax(torch.randn(2, 3, t, t, generator=g, dtype=torch.float64) * 3, dim=-1)
+    got = mean_attention_distance_pixels(attn, grid, size, num_prefix=prefix)
+    for b in range(2):
+        for h in range(3):
+            total = 0.0
+            for i in range(n):
+                for j in range(n):
+                    d = size * math.hypot(i % 4 - j % 4, i // 4 - j // 4)
+                    total += float(attn[b, h, prefix + i, prefix + j]) * d
+            assert got[b, h].item() == pytest.approx(total / n, abs=1e-12)
+    with pytest.raises(ValueError, match="patch_size"):
+        mean_attention_distance_pixels(attn, grid, 0, num_prefix=prefix)
+
+
+def test_the_two_conventions_differ_by_the_class_tokens_share():
+    # every patch row gives 0.3 to the prefix: pixels = (1 - 0.3) * patch_size * patches
+    g = torch.Generator().manual_seed(3)
+    patch = torch.rand(2, 3, 16, 16, generator=g, dtype=torch.float64)
+    attn = with_prefix(patch, 1, share=0.3)
+    ours = mean_attention_distance(attn, (4, 4))
+    theirs = mean_attention_distance_pixels(attn, (4, 4), 16)
+    assert torch.allclose(theirs, 0.7 * 16 * ours, atol=1e-12)
+    # no mass on the prefix: the same number in two units
+    none = with_prefix(patch, 1, share=0.0)
+    assert torch.allclose(mean_attention_distance_pixels(none, (4, 4), 16),
+                          16 * mean_attention_distance(none, (4, 4)), atol=1e-12)  # fmt: skip
+
+
+def test_a_real_vits_heads_read_nearer_without_renormalising():
+    from helpers import tiny_vit
+    from winft_lightning.core.capture import iter_block_attention
+
+    model = tiny_vit(img_size=32, patch_size=4)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for attn in iter_block_attention(model, x, patches_only=False):
+            ours = 4 * mean_attention_distance(attn, (8, 8))
+            theirs = mean_attention_distance_pixels(attn, (8, 8), 4)
+            assert (theirs <= ours + 1e-9).all()  # the class token's share reads as 0
+            cls_share = attn[:, :, 1:, 0].double().mean(dim=-1)  # a query's mass on CLS
+            assert (theirs < ours).all() == bool((cls_share > 0).all())
 
 
 def test_analyze_keeps_every_blocks_distance_and_u_hits_have_theirs():

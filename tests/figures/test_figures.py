@@ -217,6 +217,89 @@ def test_tradeoff_figure(tmp_path):
         im.verify()
 
 
+def test_tradeoff_legend_names_control_arms():
+    rows = [
+        dict(family="awd_vit", control="", alpha=0.1, beta=0.0, top1=64.0, eo=2800.0),
+        dict(family="awd_vit:random", control="random", alpha=0.1, beta=0.0, top1=61.6, eo=2800.0),
+        dict(family="awd_dip_vit:random", alpha=0.1, beta=0.2, top1=60.1, eo=2300.0),
+        dict(family="awd_vit", control="centred", alpha=0.1, beta=0.0, top1=62.0, eo=2800.0),
+    ]
+    (ax,) = figures.tradeoff_figure(rows).axes
+    assert {c.get_label() for c in ax.containers} == {
+        "AWD-ViT", "AWD-ViT (random windows)", "AWD+DIP ViT (random patches dropped)",
+        "AWD-ViT (centred control)",
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------- claims figures
+
+
+def _cell(effect, half):
+    return {"effect": effect, "low": effect - half, "high": effect + half}
+
+
+def test_verdict_figure_reads_near_and_far_rows(tmp_path):
+    rows = [
+        {"id": "C1", "verdict": "negligible", "margin": 0.1,
+         "teachers": {"0": _cell(0.02, 0.01), "1": _cell(0.05, 0.02)}},
+        {"id": "C3/variance", "verdict": "supported", "margin": 0.005,
+         "teachers": {"0": _cell(0.30, 0.01), "1": _cell(0.38, 0.01)}},
+    ]  # fmt: skip
+    fig = figures.verdict_figure(rows)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "symlog"
+    fig.draw_without_rendering()
+    lo, hi = ax.get_xlim()
+    assert lo < -1 and hi > 0.38 / 0.005  # the band and the farthest row both in view
+    # the x label lies inside the canvas (it was clipped before)
+    box = ax.xaxis.label.get_window_extent()
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width
+    assert_png(fig, tmp_path / "verdicts.png")
+
+
+def test_difference_figure_keeps_the_margin_band_visible(tmp_path):
+    points = {"0": [[0.6, 0.58, 0.62], [0.002, -0.001, 0.004]]}
+    fig = figures.difference_figure([0.1, 0.2], {"vs a": points, "vs b": points}, margin=0.005,
+                                    xlabel="β", title="t")  # fmt: skip
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "symlog"
+    fig.draw_without_rendering()
+    # the ±0.5 pp band takes a visible share of the axis although the data reach 62 pp
+    to_px = ax.transData.transform
+    band = abs(to_px((0, 0.5))[1] - to_px((0, -0.5))[1])
+    assert band > 0.1 * ax.get_window_extent().height
+    assert_png(fig, tmp_path / "difference.png")
+
+
+def test_perturbation_curves_draw_the_teachers_range(tmp_path):
+    keys = [f"{o}:{d}" for o in ("variance", "random") for d in ("lowest", "highest")]
+    acc = {"0": {k: [0.9, 0.8, 0.5] for k in keys}, "1": {k: [0.9, 0.6, 0.3] for k in keys}}
+    fig = figures.perturbation_curves_figure([0.0, 0.5, 0.9], acc,
+                                             {"variance": "DIP", "random": "random"})  # fmt: skip
+    ax = fig.axes[0]
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [90, 70, 40])  # the mean over teachers
+    (band, _) = ax.collections[:2]
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert ys.min() == pytest.approx(30) and ys.max() == pytest.approx(90)  # min to max
+    assert_png(fig, tmp_path / "curves.png")
+
+
+def test_attention_distance_figure_gives_pixels_beside_patches(tmp_path):
+    profiles = {"0": {"blocks": [[1.0, 2.0], [3.0, 4.0]], "hits": 2.5}}
+    fig = figures.attention_distance_figure(profiles, {"uniform": 4.1}, "t", patch_size=4)
+    ax = fig.axes[0]
+    assert "patches" in ax.get_ylabel()
+    (right,) = ax.child_axes
+    assert "pixels" in right.get_ylabel() and "4" in right.get_ylabel()
+    fig.draw_without_rendering()
+    lo, hi = ax.get_ylim()  # the right axis's ticks are pixels: 4 x the patches in view
+    ticks = [t for t in right.get_yticks() if 4 * lo <= t <= 4 * hi]
+    assert len(ticks) >= 2 and max(ticks) > hi
+    assert "renormalised" in fig._supxlabel.get_text()
+    assert_png(fig, tmp_path / "distance.png")
+    assert not figures.attention_distance_figure(profiles, {}, "t").axes[0].child_axes
+
+
 # ---------------------------------------------------------------- analysis + CLI
 
 FIGS = ("attention", "uncertainty_rows", "windows", "dip", "field", "responsive_field")

@@ -14,12 +14,28 @@ from winft_lightning.figures.base import DPI
 # ---------------------------------------------------------------- trade-off
 
 
+# what a retrained control arm (``data.control``, the study's ``control`` column) replaces the
+# teacher's masks with, per family (SPEC 9: T1' and T2')
+CONTROL_LABELS = {
+    ("awd_vit", "random"): "random windows",
+    ("awd_dip_vit", "random"): "random patches dropped",
+}
+
+
 def _family(row: Mapping[str, Any]) -> str:
     """The legend label of a result row: the family table's label for its ``family`` or
-    ``module``, else whatever names the row (``method``, ``name``)."""
-    known = BY_NAME.get(str(row.get("family"))) or BY_MODULE.get(str(row.get("module")))
+    ``module``, else whatever names the row (``method``, ``name``). A control arm (``control``
+    set, or a ``family`` spelt ``<family>:<control>`` as the study writes it) gets its
+    family's label and what the control draws, e.g. "AWD-ViT (random windows)"."""
+    family = str(row.get("family"))
+    name, _, suffix = family.partition(":")
+    control = str(row.get("control") or suffix or "")
+    known = BY_NAME.get(name) or BY_MODULE.get(str(row.get("module")))
     if known is not None:
-        return known.label
+        if not control:
+            return known.label
+        what = CONTROL_LABELS.get((known.name, control), f"{control} control")
+        return f"{known.label} ({what})"
     return str(
         row.get("family") or row.get("module") or row.get("method") or row.get("name") or "?"
     )

@@ -86,14 +86,13 @@ def measure_teacher(teacher, settings: dict[str, Any], out_dir: Path) -> dict[st
     return facts
 
 
-def _figures(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+def _figures(result: dict[str, Any], out_dir: Path, patch_size: int | None = None
+             ) -> dict[str, Path]:  # fmt: skip
     from winft_lightning import figures
 
     curves, rows = result["curves"], result["claims"]
     teachers = curves["teachers"]
     margin = T.MARGINS["C3"]
-    mean_acc = {key: list(np.mean([t["accuracy"][key] for t in teachers.values()], axis=0))
-                for key in next(iter(teachers.values()))["accuracy"]}  # fmt: skip
     figs = {
         "verdicts": figures.verdict_figure([r for r in rows if r["headline"]]),
         "c2": figures.difference_figure(
@@ -111,7 +110,7 @@ def _figures(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
             title="C3: top-1 dropping the lowest-U-variance patches minus dropping a baseline's",
         ),
         "c3_curves": figures.perturbation_curves_figure(
-            curves["betas"], mean_acc,
+            curves["betas"], {s: t["accuracy"] for s, t in teachers.items()},
             {o: ("U column variance (DIP)" if o == "variance" else T.BASELINE_NAMES[o])
              for o in T.ORDERINGS},
         ),
@@ -121,7 +120,7 @@ def _figures(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
         figs["attention_distance"] = figures.attention_distance_figure(
             result["attention_profile"], distance_references(grid),
             f"Mean attention distance per block and head ({grid[0]} x {grid[1]} grid, N = {n}; "
-            "class token excluded)",
+            "class token excluded)", patch_size=patch_size,
         )  # fmt: skip
     return {name: figures.save(fig, out_dir / f"claims_{name}.png") for name, fig in figs.items()}
 
@@ -289,7 +288,7 @@ def rebuild(out_dir: str | Path) -> dict[str, Any]:
                                 seed=settings["seed"])  # fmt: skip
     result["N"], result["grid"] = first["N"], first["grid"]
     write_json_atomic(out / "claims.json", result)
-    _figures(result, out)
+    _figures(result, out, first.get("teacher", {}).get("patch_size"))
     (out / "report.md").write_text(report_markdown(result, facts))
     return result
 

@@ -93,7 +93,7 @@ def trained_comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         eo = statistics.fmean(a[s]["eo_ratio"] for s in seeds) if seeds else float("nan")
         row = {"id": cid, "claim": cid, "paper": paper, "statement": f"{statement}: {paper_values}",
                "measure": f"Δ top-1 {label_of(treated[0])} − {label_of(control[0])}, paired by "
-                          f"seed ({label_of(treated[0])} E_O / N² = {eo:.3f})",
+                          "seed" + (f" ({label_of(treated[0])} E_O / N² = {eo:.3f})" if seeds else ""),
                "null": 0.0, "direction": "greater", "n": len(seeds), "headline": True,
                "margin": TRAINED_MARGIN, "seeds_above_zero": sum(d > 0 for d in deltas),
                "details": {"seeds": seeds, "deltas": deltas, "eo_ratio": eo,

@@ -8,7 +8,9 @@ attention from :func:`analysis.analyze` on the timm teacher; the same weights bu
 with :func:`models.build_vit` (full attention; ``attn="awd"``; ``dip="multiply"``) give the
 per-image correctness under every condition. Each random draw comes from its own seeded
 ``torch.Generator`` (the random U', C2's windows, C3's random order), consumed in batch order,
-then alpha / beta order, so one seed gives the same values on a rerun.
+then alpha / beta order, so one seed gives the same values on a rerun. The C3 baselines'
+ties (blank patches share a score) follow a permutation drawn per image from its key and the
+seed (SPEC 10), whatever the batching; DIP's own order keeps SPEC 3's ties by index.
 
 The columns (one value per image, named by :func:`~winft_lightning.core.claims_table.column`)
 are what the report is rebuilt from: :mod:`winft_lightning.core.claims_table` turns them into

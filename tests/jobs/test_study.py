@@ -94,7 +94,7 @@ def test_study_runs_and_aggregates(tmp_path):
     t1c = by_id["T1'"]
     assert t1c["n"] == 2 and t1c["effect"] == pytest.approx(statistics.fmean(deltas))
     assert "Retrained controls" in report and "AWD-ViT, random windows" in report
-    assert by_id["T2"]["n"] == 0 and by_id["T2"]["verdict"] == C.INCONCLUSIVE  # no AWD+DIP run
+    assert by_id["T2"]["n"] == 0 and by_id["T2"]["verdict"] == C.NOT_RUN  # no AWD+DIP run
     measured = json.loads((study_dir / "claims" / "claims.json").read_text())
     facts = json.loads((study_dir / "claims" / "facts.json").read_text())
     assert [p["seed"] for p in facts["passes"]] == [0, 1]

@@ -81,6 +81,21 @@ def test_comparisons_pair_by_seed_and_match_a_naive_t_interval(tmp_path):
         assert im.format == "PNG" and min(im.size) > 300
 
 
+def test_a_comparison_whose_arm_was_not_run_says_not_run(tmp_path):
+    """study=quick runs no control arms and one seed: T1' and T2' say "not run" (no "+nan pp",
+    no verdict); a comparison with one paired seed is run but has no interval: inconclusive."""
+    rows = [r for r in planted_rows() if ":" not in r["family"] and r["seed"] in (0, 9)]
+    comparisons = R.write_part(tmp_path / "trained", rows, FACTS)
+    by_id = {c["id"]: c for c in comparisons}
+    for cid in ("T1'", "T2'"):
+        assert by_id[cid]["n"] == 0 and by_id[cid]["verdict"] == C.NOT_RUN
+    assert by_id["T1"]["n"] == 1 and by_id["T1"]["verdict"] == C.INCONCLUSIVE
+    report = (tmp_path / "trained" / "report.md").read_text()
+    line = next(x for x in report.splitlines() if x.startswith("| T1' |"))
+    assert "| not run |" in line and line.endswith("0 of 0 | **not run** |") and "nan" not in line
+    assert "pp (no interval)" in next(x for x in report.splitlines() if x.startswith("| T1 |"))
+
+
 def test_recompute_rebuilds_the_trained_part_and_names_a_changed_record(tmp_path):
     saved = tmp_path / "report"
     R.write_part(saved / "trained", planted_rows(), FACTS)

@@ -5,6 +5,9 @@ orderings C3's DIP is held against. Pure tensor functions, batch-first, shapes a
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -17,11 +20,13 @@ __all__ = [
     "drop_highest",
     "drop_lowest",
     "hit_distance",
+    "key_seed",
     "locality_index",
     "nearest_distances",
     "random_order",
     "random_u_hits",
     "row_mean_distances",
+    "tie_permutations",
 ]
 
 
@@ -105,10 +110,34 @@ def blank_scores(images01: Tensor, grid: Grid) -> Tensor:
     return cells.std(dim=-1, unbiased=False)
 
 
-def ascending_order(scores: Tensor) -> Tensor:
-    """Patches by ascending score, ties by index (stable), ``[B, N]`` long: the order every
-    C3 baseline drops from (as ``interactions.dip_order`` for U's column variance)."""
-    return torch.sort(scores, dim=1, stable=True).indices
+def key_seed(key: str, seed: int = 0, what: str = "c3/ties") -> int:
+    """A 63-bit seed from an image ``key`` (and the pass's ``seed``, and what it draws): the
+    same on every rerun, batching and device, another one for another image."""
+    digest = hashlib.sha256(f"winft-{what}/{int(seed)}/{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def tie_permutations(seeds: Sequence[int], n: int, device: torch.device | None = None) -> Tensor:
+    """Per image a uniform random permutation of the N patches from a CPU generator seeded by
+    its own seed (e.g. :func:`key_seed` of its key), ``[len(seeds), N]`` long on ``device``:
+    the order in which :func:`ascending_order` breaks that image's ties."""
+    rows = [torch.randperm(n, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    return torch.stack(rows).to(device) if rows else torch.empty(0, n, dtype=torch.long)
+
+
+def ascending_order(scores: Tensor, ties: Tensor | None = None) -> Tensor:
+    """Patches by ascending score, ``[B, N]`` long: the order every C3 baseline drops from.
+    Patches of equal score (blank patches all score 0) come in the order of ``ties``
+    (``[B, N]``, a permutation per image: :func:`tie_permutations`, SPEC 10), or by patch
+    index when ``ties`` is None (a stable sort, as ``interactions.dip_order`` for DIP's own
+    order, which keeps SPEC 3's index rule)."""
+    if ties is None:
+        return torch.sort(scores, dim=1, stable=True).indices
+    if ties.shape != scores.shape:
+        raise ValueError(f"ties {tuple(ties.shape)} vs scores {tuple(scores.shape)}")
+    ties = ties.to(scores.device)
+    ranked = torch.sort(scores.gather(1, ties), dim=1, stable=True).indices
+    return ties.gather(1, ranked)
 
 
 def random_order(batch: int, n: int, generator: torch.Generator) -> Tensor:

@@ -20,10 +20,13 @@ from .interactions import Grid, _check_grid
 __all__ = [
     "CONTRADICTED",
     "INCONCLUSIVE",
+    "INFERIOR",
     "MDE_FACTOR",
     "MIN_RESAMPLES",
     "MIXED",
     "NEGLIGIBLE",
+    "NON_INFERIOR",
+    "NOT_RUN",
     "SUPPORTED",
     "FieldGap",
     "Interval",
@@ -33,6 +36,7 @@ __all__ = [
     "grid_distances",
     "margin_verdict",
     "mde",
+    "noninferiority_verdict",
     "object_patch_mask",
     "paired_bootstrap_ci",
     "per_image_correct",
@@ -124,21 +128,41 @@ NEGLIGIBLE, MIXED = "negligible", "mixed"
 MDE_FACTOR = 2.8  # z_0.975 + z_0.80: the effect a two-sided 5 % test detects with 80 % power
 
 
+def _check_rule(interval: Interval, margin: float) -> None:
+    if not margin > 0:
+        raise ValueError(f"the margin must be > 0, got {margin}")
+    if not interval.low <= interval.high:  # also catches NaN
+        raise ValueError(f"not an interval: [{interval.low}, {interval.high}]")
+
+
 def margin_verdict(interval: Interval, margin: float) -> str:
     """SPEC 9's rule for an effect signed so that the claim predicts > 0, with the smallest
     effect that matters ``margin`` (m > 0), applied in this order: "negligible" when
     -m < low and high < m; "contradicted" when high < 0; "supported" when low > m;
     "inconclusive" otherwise."""
-    if not margin > 0:
-        raise ValueError(f"the margin must be > 0, got {margin}")
-    if not interval.low <= interval.high:  # also catches NaN
-        raise ValueError(f"not an interval: [{interval.low}, {interval.high}]")
+    _check_rule(interval, margin)
     if -margin < interval.low and interval.high < margin:
         return NEGLIGIBLE
     if interval.high < 0:
         return CONTRADICTED
     if interval.low > margin:
         return SUPPORTED
+    return INCONCLUSIVE
+
+
+NON_INFERIOR, INFERIOR = "non-inferior", "inferior"
+NOT_RUN = "not run"  # a row whose arms were not measured: never a verdict
+
+
+def noninferiority_verdict(interval: Interval, margin: float) -> str:
+    """SPEC 10's rule for a claim of *no loss* ("dropping is free"), the effect signed so that
+    a loss is < 0, with the largest loss that does not matter ``margin`` (m > 0):
+    "non-inferior" when low > -m; "inferior" when high < -m; "inconclusive" otherwise."""
+    _check_rule(interval, margin)
+    if interval.low > -margin:
+        return NON_INFERIOR
+    if interval.high < -margin:
+        return INFERIOR
     return INCONCLUSIVE
 
 

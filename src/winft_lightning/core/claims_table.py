@@ -17,13 +17,18 @@ from winft_lightning.core import claims as C
 from winft_lightning.core import interactions as ia
 
 __all__ = [
+    "BASELINES",
+    "HEADLINE_BASELINES",
     "KEEP_PAPER",
     "MARGINS",
     "ORDERINGS",
     "PAPER",
+    "STEP_BETAS",
     "auc",
+    "baselines_markdown",
     "claims_markdown",
     "column",
+    "informative",
     "row_specs",
     "summarise_claims",
 ]
@@ -36,6 +41,11 @@ ORDERINGS = ("variance", "blank", "rollout", "cls", "random")
 BASELINE_NAMES = {"variance": "highest-variance", "blank": "blank (lowest pixel std)",
                   "rollout": "attention rollout", "cls": "CLS attention (last block)",
                   "random": "random"}  # fmt: skip
+# SPEC 10: every baseline ordering against random first (the highest-variance one is DIP's
+# order reversed); the headline C3 rows are DIP against these two; verdicts per beta at these
+BASELINES = ("blank", "rollout", "cls", "variance")
+HEADLINE_BASELINES = ("random", "rollout")
+STEP_BETAS = (0.1, 0.2, 0.3)
 
 PAPER = {
     "C1": ("Fig. 3(b), Sec. III", "the most interactive regions of the current patch are in "
@@ -79,7 +89,9 @@ class RowSpec:
     margin: float
     unit: str  # "pp" (an accuracy difference), "" (an index or fraction), "patches"
     headline: bool
-    effect: Callable[[Columns], np.ndarray]
+    effect: Callable[[Columns], np.ndarray]  # raises KeyError for a column the pass lacks
+    rule: str = "margin"  # "margin" (SPEC 9) or "non-inferiority" (SPEC 10: "free")
+    baseline: str | None = None  # C3 rows: the ordering the row is about (see informative)
 
 
 def _diff(a: str, b: str) -> Callable[[Columns], np.ndarray]:
@@ -90,12 +102,62 @@ def _closest(values: list[float], target: float) -> float:
     return min(values, key=lambda v: (abs(v - target), v))
 
 
+def _drop(base: str) -> str:
+    """The direction a baseline drops its least relevant patches first: the highest-variance
+    baseline drops the highest U-variance patches, every other its lowest scores."""
+    return "highest" if base == "variance" else "lowest"
+
+
+def _c3_rows(betas: list[float], n_patches: int) -> list[RowSpec]:
+    """C3's rows (SPEC 10): each baseline against random, DIP against each baseline (area;
+    headline against random and rollout, and those two per beta of STEP_BETAS), each baseline
+    highest-first, and "dropping is free" per beta as non-inferiority."""
+    span, m = f"beta = 0, {betas[0]:g} .. {betas[-1]:g}", MARGINS["C3"]
+    area = f"area under top-1 vs beta ({span})"
+    dip = "dropping the lowest U-variance patches first"
+    rows = [RowSpec(
+        f"C3/baseline/{base}", "C3", f"{area}, dropping the {BASELINE_NAMES[base]} "
+        f"{'patches first' if base == 'variance' else 'ordering lowest first'}, minus dropping "
+        "a random order's first: the baseline is informative only where this is supported",
+        m, "pp", False, lambda c, base=base: auc(c, base, _drop(base), betas)
+        - auc(c, "random", "lowest", betas), baseline=base,
+    ) for base in BASELINES]  # fmt: skip
+    rows += [RowSpec(
+        f"C3/{base}", "C3", f"{area}, {dip}, minus dropping the {BASELINE_NAMES[base]} "
+        f"{'patches first' if base == 'variance' else 'ordering lowest first'}", m, "pp",
+        base in HEADLINE_BASELINES, lambda c, base=base: auc(c, "variance", "lowest", betas)
+        - auc(c, base, _drop(base), betas), baseline=base,
+    ) for base in ORDERINGS]  # fmt: skip
+    rows += [RowSpec(
+        f"C3/{base}/beta={b:g}", "C3", f"top-1 at beta={b:g} ({ia.dip_drop_count(b, n_patches)} "
+        f"patches dropped), {dip}, minus dropping the {BASELINE_NAMES[base]} ordering lowest "
+        "first", m, "pp", b == PAPER_BETA,
+        _diff(column("correct", "variance", "lowest", b), column("correct", base, "lowest", b)),
+        baseline=base,
+    ) for base in HEADLINE_BASELINES for b in STEP_BETAS]  # fmt: skip
+    rows += [RowSpec(
+        f"C3/{base}/highest-first", "C3", f"{area}, dropping the {BASELINE_NAMES[base]} "
+        "ordering highest first, minus dropping the highest U-variance patches first", m, "pp",
+        False, lambda c, base=base: auc(c, base, "highest", betas)
+        - auc(c, "variance", "highest", betas), baseline=base,
+    ) for base in ORDERINGS[1:]]  # fmt: skip
+    rows += [RowSpec(
+        f"C3/free/beta={b:g}", "C3", f"top-1 with the {ia.dip_drop_count(b, n_patches)} lowest-"
+        f"variance patches dropped (beta={b:g}) minus the unrestricted teacher; non-inferiority: "
+        "non-inferior if low > -m, inferior if high < -m", m, "pp", b == PAPER_BETA,
+        _diff(column("correct", "variance", "lowest", b), "correct:full"),
+        rule="non-inferiority",
+    ) for b in sorted({*betas, *STEP_BETAS})]  # fmt: skip
+    return rows
+
+
 def row_specs(settings: Mapping[str, Any], n_patches: int) -> list[RowSpec]:
-    """Every row of SPEC 9's table for a pass run with ``settings``, in the table's order."""
+    """Every row of SPEC 9's table, with SPEC 10's C3 rows, for a pass run with ``settings``,
+    in the table's order. A row whose columns the pass did not measure (a beta it did not run,
+    a record older than the row) raises KeyError from its ``effect``: "not run"."""
     la, alphas, betas = settings["locality_alpha"], settings["alphas"], settings["betas"]
     keep_alphas = settings["keep_alphas"]
-    a_head, b_head = _closest(alphas, PAPER_ALPHA), _closest(betas, PAPER_BETA)
-    span = f"beta = 0, {betas[0]:g} .. {betas[-1]:g}"
+    a_head = _closest(alphas, PAPER_ALPHA)
     rows = [
         RowSpec("C1", "C1", f"locality index of U' at alpha={la:g}: sum_p (r_p - d_p) / "
                 "sum_p (r_p - n_p); 0 = chance, 1 = the nearest patches", MARGINS["C1"], "",
@@ -117,32 +179,7 @@ def row_specs(settings: Mapping[str, Any], n_patches: int) -> list[RowSpec]:
                 f"under {control} windows of the same w x h containing p", MARGINS["C2"], "pp",
                 a == a_head, _diff(column("correct", "awd", a), column("correct", control, a)),
             ))  # fmt: skip
-    for base in ORDERINGS:
-        other = "highest" if base == "variance" else "lowest"
-        rows.append(RowSpec(
-            f"C3/{base}", "C3", f"area under top-1 vs beta ({span}), dropping the lowest "
-            f"U-variance patches first, minus dropping the {BASELINE_NAMES[base]} "
-            f"{'patches first' if base == 'variance' else 'ordering lowest first'}",
-            MARGINS["C3"], "pp", True,
-            lambda c, base=base, other=other: auc(c, "variance", "lowest", betas)
-            - auc(c, base, other, betas),
-        ))  # fmt: skip
-    for base in ORDERINGS[1:]:
-        rows.append(RowSpec(
-            f"C3/{base}/highest-first", "C3", f"area under top-1 vs beta ({span}), dropping "
-            f"the {BASELINE_NAMES[base]} ordering highest first, minus dropping the highest "
-            "U-variance patches first", MARGINS["C3"], "pp", False,
-            lambda c, base=base: auc(c, base, "highest", betas)
-            - auc(c, "variance", "highest", betas),
-        ))  # fmt: skip
-    for b in betas:
-        rows.append(RowSpec(
-            f"C3/free/beta={b:g}", "C3", f"top-1 with the {ia.dip_drop_count(b, n_patches)} "
-            f"lowest-variance patches dropped (beta={b:g}) minus the unrestricted teacher",
-            MARGINS["C3"], "pp", b == b_head,
-            _diff(column("correct", "variance", "lowest", b), "correct:full"),
-        ))  # fmt: skip
-    return rows
+    return rows + _c3_rows(betas, n_patches)
 
 
 def attention_profile(records: Mapping[int, Columns], n_patches: int) -> dict[str, Any] | None:
@@ -170,12 +207,53 @@ def _interval(values: np.ndarray, resamples: int, seed: int) -> C.Interval | Non
     return C.paired_bootstrap_ci(finite, resamples=resamples, seed=seed)
 
 
-def _teacher_cell(ci: C.Interval | None, margin: float, skipped: int) -> dict[str, Any]:
+RULES = {"margin": C.margin_verdict, "non-inferiority": C.noninferiority_verdict}
+NOT_RUN_CELL = {"effect": None, "low": None, "high": None, "n": 0, "mde": None,
+                "verdict": C.NOT_RUN, "skipped": 0}  # fmt: skip
+
+
+def _teacher_cell(ci: C.Interval | None, margin: float, skipped: int, rule: str) -> dict[str, Any]:
     if ci is None:
         return {"effect": None, "low": None, "high": None, "n": 0, "mde": None,
                 "verdict": C.INCONCLUSIVE, "skipped": skipped}  # fmt: skip
     return {"effect": ci.estimate, "low": ci.low, "high": ci.high, "n": ci.n, "mde": C.mde(ci),
-            "verdict": C.margin_verdict(ci, margin), "skipped": skipped}  # fmt: skip
+            "verdict": RULES[rule](ci, margin), "skipped": skipped}  # fmt: skip
+
+
+def _cells(spec: RowSpec, records: Mapping[int, Columns], resamples: int, seed: int) -> dict:
+    """Per teacher the row's cell; "not run" where the pass lacks the row's columns."""
+    cells = {}
+    for seed_k, cols in records.items():
+        try:
+            values = spec.effect(cols)
+        except KeyError:  # a beta or condition this pass did not measure
+            cells[str(seed_k)] = dict(NOT_RUN_CELL)
+            continue
+        skipped = int((~np.isfinite(values)).sum())
+        ci = _interval(values, resamples, seed)
+        cells[str(seed_k)] = _teacher_cell(ci, spec.margin, skipped, spec.rule)
+    return cells
+
+
+def informative(verdict: str) -> bool | None:
+    """Whether a C3 baseline is evidence (SPEC 10), from its row against random: only a
+    "supported" one beats random by the margin; None when that row was not run."""
+    if verdict == C.NOT_RUN:
+        return None
+    return verdict == C.SUPPORTED
+
+
+def _baselines(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per C3 baseline its verdict against random and whether it is informative (random, the
+    reference, is informative by definition); marks each DIP-vs-baseline row with it."""
+    out = {"random": {"verdict": None, "informative": True}}
+    for r in rows:
+        if r["id"].startswith("C3/baseline/"):
+            out[r["baseline"]] = {"verdict": r["verdict"], "informative": informative(r["verdict"])}
+    for r in rows:
+        if r["baseline"] in out and not r["id"].startswith(("C3/baseline/", "C3/free/")):
+            r["baseline_informative"] = out[r["baseline"]]["informative"]
+    return out
 
 
 def _curves(records: Mapping[int, Columns], settings, resamples, seed) -> dict[str, Any]:
@@ -214,39 +292,42 @@ def summarise_claims(
     """SPEC 9's table over the teachers in ``records`` (``{seed: columns}``, each teacher's own
     pass with ``settings``). Per row: ``teachers`` (per seed: effect, low, high, n, mde,
     verdict, skipped images), ``pooled`` (the mean of the teachers' effects, for reading only),
-    ``verdict`` (the common one, or "mixed (...)"), ``margin`` and the row's text. Intervals:
-    percentile bootstrap over images, ``resamples``, ``seed``; verdicts by
-    :func:`claims.margin_verdict`; also each teacher's ``curves``."""
+    ``verdict`` (the common one, or "mixed (...)"), ``margin``, ``rule`` and the row's text;
+    C3 rows name their ``baseline`` and whether it is informative (``c3_baselines``: each
+    baseline's verdict against random). Intervals: percentile bootstrap over images,
+    ``resamples``, ``seed``; verdicts by :func:`claims.margin_verdict` (the "free" rows:
+    :func:`claims.noninferiority_verdict`), "not run" where a pass lacks a row's columns;
+    also each teacher's ``curves``."""
     if not records:
         raise ValueError("no teacher's values to summarise")
     rows = []
     for spec in row_specs(settings, n_patches):
-        cells = {}
-        for seed_k, cols in records.items():
-            values = spec.effect(cols)
-            skipped = int((~np.isfinite(values)).sum())
-            cells[str(seed_k)] = _teacher_cell(_interval(values, resamples, seed), spec.margin,
-                                               skipped)  # fmt: skip
+        cells = _cells(spec, records, resamples, seed)
         effects = [c["effect"] for c in cells.values() if c["effect"] is not None]
         place, statement = PAPER[spec.claim]
         rows.append({
             "id": spec.id, "claim": spec.claim, "statement": statement, "paper": place,
             "measure": spec.measure, "margin": spec.margin, "unit": spec.unit,
-            "headline": spec.headline, "teachers": cells,
-            "pooled": float(np.mean(effects)) if effects else None,
+            "headline": spec.headline, "rule": spec.rule, "baseline": spec.baseline,
+            "teachers": cells, "pooled": float(np.mean(effects)) if effects else None,
             "verdict": C.common_verdict([c["verdict"] for c in cells.values()]),
         })  # fmt: skip
+    baselines = _baselines(rows)
     keep = {str(k): {f"{a:g}": [float(cols[column("kept", a)].mean()),
                                 float(cols[column("kept_null", a)].mean())]
                          for a in settings["keep_alphas"]} for k, cols in records.items()}  # fmt: skip
     return {
         "claims": rows,
+        "c3_baselines": baselines,  # SPEC 10: which C3 baselines beat random (informative)
         "attention_profile": attention_profile(records, n_patches),
         "keep_levels": keep,  # per teacher and alpha: mean kept(U), mean kept(random U')
         "curves": _curves(records, settings, resamples, seed),
         "bootstrap": {"resamples": resamples, "seed": seed, "confidence": 0.95},
         "rule": "SPEC 9: negligible if -m < low and high < m; contradicted if high < 0; "
-        "supported if low > m; else inconclusive. MDE = 2.8 x the CI's standard error.",
+        'supported if low > m; else inconclusive. "Dropping is free" (C3/free) is '
+        "non-inferiority (SPEC 10): non-inferior if low > -m, inferior if high < -m, else "
+        'inconclusive. A row whose conditions the pass did not measure says "not run". '
+        "MDE = 2.8 x the CI's standard error.",
     }
 
 
@@ -256,10 +337,35 @@ def _fmt(v: float | None, unit: str) -> str:
     return f"{v * 100:+.2f}" if unit == "pp" else f"{v:+.3f}"
 
 
+def _teacher_markdown(c: Mapping[str, Any], unit: str) -> str:
+    if c["verdict"] == C.NOT_RUN:
+        return f"**{C.NOT_RUN}**"
+    return (f"{_fmt(c['effect'], unit)} [{_fmt(c['low'], unit)}, {_fmt(c['high'], unit)}], "
+            f"MDE {_fmt(c['mde'], unit).lstrip('+')}, **{c['verdict']}**")  # fmt: skip
+
+
+def baselines_markdown(baselines: Mapping[str, Mapping[str, Any]]) -> str:
+    """SPEC 10's sentence on which C3 baselines are informative (beat random by the margin)."""
+    named = {("highest-variance" if k == "variance" else k): v for k, v in baselines.items()
+             if k != "random"}  # fmt: skip
+    groups = {"informative": [k for k, v in named.items() if v["informative"]],
+              "uninformative": [f"{k} ({v['verdict']})" for k, v in named.items()
+                                if v["informative"] is False],
+              "not run": [k for k, v in named.items() if v["informative"] is None]}  # fmt: skip
+    said = "; ".join(f"{g}: {', '.join(ks)}" for g, ks in groups.items() if ks)
+    return (
+        f"C3 baselines against random (rows C3/baseline/*, SPEC 10): {said}. A baseline is "
+        "informative only where its area beats a random order's by the margin "
+        '("supported"); DIP beating an uninformative baseline adds nothing.'
+    )
+
+
 def claims_markdown(result: Mapping[str, Any], headline_only: bool = True) -> str:
     """The table: claim, the paper's place, our measure, margin, per teacher the effect
-    [95 % CI], MDE and verdict, the pooled effect, and the verdict. Accuracy rows are in
-    percentage points, C1 and keep as plain numbers, C1b in patches."""
+    [95 % CI], MDE and verdict ("not run" where the pass did not measure it), the pooled
+    effect, and the verdict. Accuracy rows are in percentage points, C1 and keep as plain
+    numbers, C1b in patches. A DIP-vs-baseline row whose baseline does not beat random says
+    so; the headline table ends with which C3 baselines are informative."""
     rows = [r for r in result["claims"] if r["headline"] or not headline_only]
     seeds = list(rows[0]["teachers"]) if rows else []
     head = "| claim | paper | our measure | margin | " + " | ".join(
@@ -269,13 +375,14 @@ def claims_markdown(result: Mapping[str, Any], headline_only: bool = True) -> st
     for r in rows:
         unit = r["unit"]
         suffix = " pp" if unit == "pp" else (" patches" if unit == "patches" else "")
-        cells = []
-        for c in r["teachers"].values():
-            cells.append(f"{_fmt(c['effect'], unit)} [{_fmt(c['low'], unit)}, "
-                         f"{_fmt(c['high'], unit)}], MDE {_fmt(c['mde'], unit).lstrip('+')}, "
-                         f"**{c['verdict']}**")  # fmt: skip
+        cells = [_teacher_markdown(c, unit) for c in r["teachers"].values()]
         margin = _fmt(r["margin"], unit).lstrip("+")
-        lines.append(f"| {r['id']} | {r['paper']} | {r['measure']} | {margin}{suffix} | "
+        measure = r["measure"]
+        if r.get("baseline_informative") is False:
+            measure += " (this baseline does not beat random: uninformative)"
+        lines.append(f"| {r['id']} | {r['paper']} | {measure} | {margin}{suffix} | "
                      + " | ".join(cells) + f" | {_fmt(r['pooled'], unit)}{suffix} | "
                      f"**{r['verdict']}** |")  # fmt: skip
+    if headline_only and result.get("c3_baselines"):
+        lines += ["", baselines_markdown(result["c3_baselines"])]
     return "\n".join(lines) + "\n"

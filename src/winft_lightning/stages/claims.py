@@ -8,7 +8,9 @@ attention from :func:`analysis.analyze` on the timm teacher; the same weights bu
 with :func:`models.build_vit` (full attention; ``attn="awd"``; ``dip="multiply"``) give the
 per-image correctness under every condition. Each random draw comes from its own seeded
 ``torch.Generator`` (the random U', C2's windows, C3's random order), consumed in batch order,
-then alpha / beta order, so one seed gives the same values on a rerun.
+then alpha / beta order, so one seed gives the same values on a rerun. The C3 baselines'
+ties (blank patches share a score) follow a permutation drawn per image from its key and the
+seed (SPEC 10), whatever the batching; DIP's own order keeps SPEC 3's ties by index.
 
 The columns (one value per image, named by :func:`~winft_lightning.core.claims_table.column`)
 are what the report is rebuilt from: :mod:`winft_lightning.core.claims_table` turns them into
@@ -77,19 +79,22 @@ def _kept(windows: Tensor, n: int) -> Tensor:
     return ia.window_areas(windows).sum(dim=1).double() / n**2
 
 
-def _orders(res, x01: Tensor, grid: Grid, gen: torch.Generator) -> dict[str, Tensor]:
-    """Every C3 ordering of one batch, ascending (the first are dropped lowest-first)."""
+def _orders(res, x01: Tensor, grid: Grid, gen: torch.Generator, ties: Tensor | None):
+    """Every C3 ordering of one batch, ascending (the first are dropped lowest-first). The
+    baselines' ties follow ``ties`` (a permutation per image, SPEC 10; None: by index); DIP's
+    own order is ``interactions.dip_order``'s (SPEC 3: ties by index)."""
     return {
         "variance": res.order,
-        "blank": B.ascending_order(B.blank_scores(x01, grid)),
-        "rollout": B.ascending_order(res.rollout),
-        "cls": B.ascending_order(res.cls_attention),
+        "blank": B.ascending_order(B.blank_scores(x01, grid), ties),
+        "rollout": B.ascending_order(res.rollout, ties),
+        "cls": B.ascending_order(res.cls_attention, ties),
         "random": B.random_order(x01.shape[0], grid[0] * grid[1], gen),
     }
 
 
-def _batch(cols, nets, teacher, x01, labels, norm, opts, gens, grid) -> None:
-    """Every per-image value of one batch (``x01`` the analyzed view in 0..1) into ``cols``."""
+def _batch(cols, nets, teacher, x01, labels, norm, opts, gens, grid, ties) -> None:
+    """Every per-image value of one batch (``x01`` the analyzed view in 0..1) into ``cols``;
+    ``ties``: the C3 baselines' tie-breaking permutations (:func:`_orders`)."""
     n = grid[0] * grid[1]
 
     def add(name: str, value: Tensor) -> None:
@@ -128,7 +133,7 @@ def _batch(cols, nets, teacher, x01, labels, norm, opts, gens, grid) -> None:
         }
         for name, w in controls.items():
             add(column("correct", name, a), C.per_image_correct(nets["awd"], x, labels, windows=w))
-    orders = _orders(res, x01, grid, gens["c3"])
+    orders = _orders(res, x01, grid, gens["c3"], ties)
     for ordering in ORDERINGS:
         for direction, drop in (("lowest", B.drop_lowest), ("highest", B.drop_highest)):
             for b in opts["betas"]:
@@ -155,13 +160,16 @@ def collect_claims(
     num_workers: int = 0,
     teacher_sha256: str | None = None,
     net: dict[str, Any] | None = None,
+    ties: str = "key",
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """One pass over the test split (or its first ``limit`` images, in stream order):
     ``(columns, facts)``: ``columns`` maps each per-image value's name to an ``[n]`` array
     (``key`` the image keys); facts = what the pass ran on (teacher, view, grid, seconds).
     ``device`` "auto": CUDA when present. ``teacher_sha256``: the teacher file's digest when
     the caller has it, else it is hashed here. ``net``: the architecture of a plain weights
-    file (a Lightning checkpoint of our modules carries its own)."""
+    file (a Lightning checkpoint of our modules carries its own). ``ties``: how the C3
+    baselines break ties, "key" (SPEC 10: a random permutation per image seeded by its key and
+    ``seed``) or "index" (SPEC 9's passes: by patch index)."""
     start = time.perf_counter()
     ckpt = Path(teacher_ckpt).expanduser()
     dev = torch.device(
@@ -178,18 +186,23 @@ def collect_claims(
                 locality_alpha=float(locality_alpha), object_threshold=float(object_threshold))  # fmt: skip
     for b in opts["betas"]:
         ia.check_beta(b, "claims.betas")
+    if ties not in ("key", "index"):
+        raise ValueError(f"claims.ties must be 'key' or 'index', got {ties!r}")
     gens = {k: _generator(seed, i, dev) for i, k in enumerate(("null", "c2", "c3"))}
+    n = info.grid[0] * info.grid[1]
 
-    def measure(cols: dict[str, list[np.ndarray]], x01: Tensor, labels: Tensor) -> None:
-        _batch(cols, nets, teacher, x01, labels, (mean, std), opts, gens, info.grid)
+    def measure(cols: dict[str, list[np.ndarray]], x01: Tensor, labels: Tensor, keys) -> None:
+        perm = (None if ties == "index" else
+                B.tie_permutations([B.key_seed(k, seed) for k in keys], n, dev))  # fmt: skip
+        _batch(cols, nets, teacher, x01, labels, (mean, std), opts, gens, info.grid, perm)
 
     columns = _test_pass(dm, total, measure, dev, progress)
     seconds = time.perf_counter() - start
-    settings = dict(opts, batch_size=int(batch_size), seed=int(seed), limit=limit)
+    settings = dict(opts, batch_size=int(batch_size), seed=int(seed), limit=limit, ties=ties)
     view = {"img_size": info.img_size, "resize": "shorter side + centre crop",
             "mean": list(mean), "std": list(std)}  # fmt: skip
     facts = _pass_facts(ckpt, info, net_hp, dm, len(columns["key"]), view, dev, seconds)
-    return columns, facts | {"settings": settings}
+    return columns, facts | {"settings": settings, "c3_ties": ties}
 
 
 def _pass_facts(
@@ -242,8 +255,8 @@ def _test_pass(
     dm: ShardDataModule, total: int, measure: Callable, dev: torch.device, progress: bool
 ) -> dict[str, np.ndarray]:
     """The first ``total`` test images of ``dm`` through ``measure(cols, x01 [B,3,H,W] on
-    ``dev``, labels [B])``, which appends each per-image value to ``cols[name]``: the columns,
-    each an ``[total]`` array, with the images' ``key``."""
+    ``dev``, labels [B], the images' keys)``, which appends each per-image value to
+    ``cols[name]``: the columns, each an ``[total]`` array, with the images' ``key``."""
     cols: dict[str, list[np.ndarray]] = {}
     keys: list[str] = []
     with torch.inference_mode(), image_progress(disable=not progress) as bar:
@@ -252,7 +265,7 @@ def _test_pass(
             take = min(total - len(keys), batch["image"].shape[0])
             x01 = batch["image"][:take].to(dev)
             labels = batch["label"][:take].to(dev)
-            measure(cols, x01, labels)
+            measure(cols, x01, labels, list(batch["key"][:take]))
             keys += list(batch["key"][:take])
             trim_heap()
             bar.advance(task, take)

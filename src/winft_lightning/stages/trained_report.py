@@ -80,8 +80,8 @@ def _runs_of(rows: list[dict], spec: tuple, geometry: tuple) -> dict[int, dict]:
 def trained_comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each trained claim at the first geometry, as a claims-table row: delta top-1 (treated -
     control, as a fraction) over the seeds where both finished, with a t interval over seeds,
-    SPEC 9's margin verdict and MDE, and how many seeds lie on the claimed side; fewer than two
-    pairs give no interval and the verdict inconclusive."""
+    SPEC 9's margin verdict and MDE, and how many seeds lie on the claimed side; one pair gives
+    no interval and the verdict inconclusive, none (an arm not run) the verdict "not run"."""
     if not rows:
         return []
     geometry = min({(r["img_size"], r["patch_size"]) for r in rows}, key=lambda g: (g[0], -g[1]))
@@ -93,7 +93,7 @@ def trained_comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         eo = statistics.fmean(a[s]["eo_ratio"] for s in seeds) if seeds else float("nan")
         row = {"id": cid, "claim": cid, "paper": paper, "statement": f"{statement}: {paper_values}",
                "measure": f"Δ top-1 {label_of(treated[0])} − {label_of(control[0])}, paired by "
-                          f"seed ({label_of(treated[0])} E_O / N² = {eo:.3f})",
+                          "seed" + (f" ({label_of(treated[0])} E_O / N² = {eo:.3f})" if seeds else ""),
                "null": 0.0, "direction": "greater", "n": len(seeds), "headline": True,
                "margin": TRAINED_MARGIN, "seeds_above_zero": sum(d > 0 for d in deltas),
                "details": {"seeds": seeds, "deltas": deltas, "eo_ratio": eo,
@@ -102,7 +102,9 @@ def trained_comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if interval is None:
             row.update(effect=statistics.fmean(deltas) if deltas else float("nan"),
                        low=float("nan"), high=float("nan"), mde=float("nan"),
-                       verdict=C.INCONCLUSIVE, method="fewer than 2 paired seeds: no interval")  # fmt: skip
+                       verdict=C.INCONCLUSIVE if deltas else C.NOT_RUN,
+                       method="fewer than 2 paired seeds: no interval" if deltas else
+                       "an arm was not run: no paired seed")  # fmt: skip
         else:
             row.update(effect=interval.estimate, low=interval.low, high=interval.high,
                        mde=C.mde(interval), method=interval.method,
@@ -117,8 +119,12 @@ def trained_markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| claim | paper | statement | our measure | effect [95 % CI] | margin | MDE | "
              "seeds > 0 | verdict |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
-        ci = (f"{r['effect'] * 100:+.2f} pp [{r['low'] * 100:+.2f}, {r['high'] * 100:+.2f}]"
-              if math.isfinite(r["low"]) else f"{r['effect'] * 100:+.2f} pp (no interval)")  # fmt: skip
+        if r["verdict"] == C.NOT_RUN:
+            ci = "not run"
+        elif math.isfinite(r["low"]):
+            ci = f"{r['effect'] * 100:+.2f} pp [{r['low'] * 100:+.2f}, {r['high'] * 100:+.2f}]"
+        else:
+            ci = f"{r['effect'] * 100:+.2f} pp (no interval)"
         mde = f"{r['mde'] * 100:.2f} pp" if math.isfinite(r["mde"]) else "n/a"
         lines.append(f"| {r['id']} | {r['paper']} | {r['statement']} | {r['measure']} | {ci} | "
                      f"{r['margin'] * 100:g} pp | {mde} | {r['seeds_above_zero']} of {r['n']} | "

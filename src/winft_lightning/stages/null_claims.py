@@ -57,9 +57,10 @@ def _opts(settings: Mapping[str, Any] | None) -> dict[str, Any]:
             for k in DEFAULTS}  # fmt: skip
 
 
-def _u_batch(cols, model, x01, norm, opts, gen, grid) -> None:
+def _u_batch(cols, model, x01, norm, opts, gen, grid, ties=None) -> None:
     """The per-image values about U of one batch (``x01`` the analyzed view in 0..1) into
-    ``cols``, as collect_claims' ``_batch`` computes them."""
+    ``cols``, as collect_claims' ``_batch`` computes them (``ties``: the blank order's
+    tie-breaking permutations, as there; None: by index)."""
     n = grid[0] * grid[1]
 
     def add(name: str, value: Tensor) -> None:
@@ -84,20 +85,23 @@ def _u_batch(cols, model, x01, norm, opts, gen, grid) -> None:
     for a in opts["keep_alphas"]:
         add(column("kept", a), _kept(ia.windows_from_hits(hits[a], grid), n))
         add(column("kept_null", a), _kept(ia.windows_from_hits(null[a], grid), n))
-    add(AGREEMENT, spearman_orders(res.order, B.ascending_order(B.blank_scores(x01, grid))))
+    blank = B.ascending_order(B.blank_scores(x01, grid), ties)
+    add(AGREEMENT, spearman_orders(res.order, blank))
 
 
 def null_columns(
     model: nn.Module, images01: Tensor, norm: tuple[Sequence[float], Sequence[float]],
     grid: Grid | None = None, settings: Mapping[str, Any] | None = None, *, seed: int = 0,
-    batch_size: int = 250,
+    batch_size: int = 250, keys: Sequence[str] | None = None,
 ) -> dict[str, np.ndarray]:  # fmt: skip
     """The per-image values about U of ``images01`` (``[B, 3, H, W]`` in 0..1, the analyzed
     view; normalised by ``norm = (mean, std)`` for the model) under the timm ViT ``model``:
     ``{name: [B] array}`` (locality, locality_null, gap, gap_null, kept:a, kept_null:a,
     object_fraction, :data:`AGREEMENT`). ``settings``: collect_claims' (``alphas``,
     ``keep_alphas``, ``locality_alpha``, ``object_threshold``; :data:`DEFAULTS` else);
-    ``batch_size`` and ``seed`` as there give the same random U'."""
+    ``batch_size`` and ``seed`` as there give the same random U'. ``keys``: the images' keys,
+    whose seeded permutations break the blank order's ties as the claims pass does (SPEC 10);
+    None: ties by patch index."""
     if grid is None:
         grid = tuple(int(g) for g in model.patch_embed.grid_size)
     opts = _opts(settings)
@@ -107,7 +111,13 @@ def null_columns(
     with torch.inference_mode():
         for start in range(0, images01.shape[0], int(batch_size)):
             x01 = images01[start : start + int(batch_size)]
-            _u_batch(cols, model, x01, norm, opts, gen, grid)
+            ties = None
+            if keys is not None:
+                chunk = keys[start : start + int(batch_size)]
+                ties = B.tie_permutations(
+                    [B.key_seed(k, seed) for k in chunk], grid[0] * grid[1], dev
+                )
+            _u_batch(cols, model, x01, norm, opts, gen, grid, ties)
     return {k: np.concatenate(v) for k, v in cols.items()}
 
 
@@ -131,6 +141,7 @@ def randomisation_null(
     grid: Grid | None = None, settings: Mapping[str, Any] | None = None, *, seed: int = 0,
     modes: Sequence[str] = ("all", "cascade"), depths: Sequence[int] | None = None,
     limit: int | None = 500, batch_size: int = 250, init_seed: int | None = None,
+    keys: Sequence[str] | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:  # fmt: skip
     """:func:`null_columns` of the first ``limit`` images (None: all) under the ``teacher``
     (``"trained"``) and each re-initialised variant (``"all"``; ``"cascade:k"`` the top and
@@ -139,10 +150,12 @@ def randomisation_null(
     variant draws its random U' from the same stream (``seed``), so the variants are paired
     image by image."""
     x = images01 if limit is None else images01[: int(limit)]
+    keys = None if keys is None or limit is None else list(keys)[: int(limit)]
     init = seed if init_seed is None else init_seed
 
     def cols(model: nn.Module) -> dict[str, np.ndarray]:
-        return null_columns(model, x, norm, grid, settings, seed=seed, batch_size=batch_size)
+        return null_columns(model, x, norm, grid, settings, seed=seed, batch_size=batch_size,
+                            keys=keys)  # fmt: skip
 
     out = {"trained": cols(teacher)}
     for name, mode, depth in variant_names(teacher, modes, depths):

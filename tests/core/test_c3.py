@@ -124,15 +124,17 @@ def _summary(betas: list[float]) -> dict:
 def test_a_baseline_worse_than_random_is_reported_as_uninformative():
     result = _summary([0.1, 0.2, 0.3, 0.5])
     rows = {r["id"]: r for r in result["claims"]}
-    assert rows["C3/baseline/blank"]["verdict"] == "contradicted"  # 30 % vs random's 70 %
-    assert rows["C3/baseline/rollout"]["verdict"] == "supported"
-    assert rows["C3/baseline/cls"]["verdict"] == "negligible"  # exactly random's
-    assert rows["C3/baseline/variance"]["verdict"] == "contradicted"  # highest-variance: 10 %
+    assert rows["C3/baseline/blank"]["teacher_verdicts"] == "contradicted"  # 30 % vs random's 70 %
+    assert rows["C3/baseline/rollout"]["teacher_verdicts"] == "supported"
+    assert rows["C3/baseline/cls"]["teacher_verdicts"] == "negligible"  # exactly random's
+    assert (
+        rows["C3/baseline/variance"]["teacher_verdicts"] == "contradicted"
+    )  # highest-variance: 10 %
     informative = {k: v["informative"] for k, v in result["c3_baselines"].items()}
     assert informative == {"random": True, "blank": False, "rollout": True, "cls": False,
                            "variance": False}  # fmt: skip
     # DIP beats blank by 60 pp, but blank is uninformative: the row says so
-    assert rows["C3/blank"]["verdict"] == "supported"
+    assert rows["C3/blank"]["teacher_verdicts"] == "supported"
     assert rows["C3/blank"]["baseline_informative"] is False
     assert rows["C3/rollout"]["baseline_informative"] is True
     full = T.claims_markdown(result, headline_only=False)
@@ -154,10 +156,10 @@ def test_headline_c3_rows_are_dip_against_random_and_rollout_with_a_verdict_per_
         for b in T.STEP_BETAS:
             cell = rows[f"C3/{base}/beta={b:g}"]["teachers"]["0"]
             assert cell["effect"] == pytest.approx(want) and cell["verdict"] != C.NOT_RUN
-    assert rows["C3/rollout/beta=0.2"]["verdict"] == "contradicted"
+    assert rows["C3/rollout/beta=0.2"]["teacher_verdicts"] == "contradicted"
     # "free": DIP at 90 %, the unrestricted teacher at 90 %: non-inferior by the SPEC 10 rule
     free = rows["C3/free/beta=0.2"]
-    assert free["rule"] == "non-inferiority" and free["verdict"] == "non-inferior"
+    assert free["rule"] == "non-inferiority" and free["teacher_verdicts"] == "non-inferior"
     assert [r["id"] for r in c3 if r["id"].startswith("C3/free/")] == [
         f"C3/free/beta={b:g}" for b in (0.1, 0.2, 0.3, 0.5)]  # fmt: skip
 
@@ -172,7 +174,7 @@ def test_a_beta_the_pass_did_not_measure_says_not_run():
             assert all(c["verdict"] == C.NOT_RUN and c["effect"] is None
                        for c in row["teachers"].values())  # fmt: skip
     assert rows["C3/free/beta=0.2"]["verdict"] == C.NOT_RUN
-    assert rows["C3/free/beta=0.25"]["verdict"] == "non-inferior"  # measured: a verdict
+    assert rows["C3/free/beta=0.25"]["teacher_verdicts"] == "non-inferior"  # measured: a verdict
     line = next(x for x in T.claims_markdown(result).splitlines()
                 if x.startswith("| C3/random/beta=0.2 |"))  # fmt: skip
     assert line.count("**not run**") == 3 and "inconclusive" not in line and "nan" not in line

@@ -116,7 +116,9 @@ def test_every_row_has_the_verdict_spec9_gives_its_interval(part):
             )
             assert cell["verdict"] == T.RULES[spec.rule](want, spec.margin), row["id"]
             assert cell["mde"] == pytest.approx(2.8 * want.se)
-        assert row["verdict"] == C.common_verdict([c["verdict"] for c in row["teachers"].values()])
+        common = C.common_verdict([c["verdict"] for c in row["teachers"].values()])
+        assert row["teacher_verdicts"] == common  # the per-teacher detail
+        assert row["verdict"] == row["pooled"]["verdict"] == "no headline verdict (K = 2 < 3)"
         assert row["margin"] == spec.margin
     c1b = next(r for r in result["claims"] if r["id"] == "C1b")
     assert c1b["margin"] == pytest.approx(0.05 * 16)

@@ -75,11 +75,17 @@ PAPER_GRID = ROOT / "docs" / "results" / "2026-12-02_study_paper_grid"
 
 def test_the_committed_paper_grid_report_rebuilds_from_its_records(tmp_path):
     same = recompute(PAPER_GRID, tmp_path)
+    assert same and all(same.values()), [k for k, v in same.items() if not v]
     assert same["claims/claims.json"] and same["claims/report.md"]
     facts = json.loads((PAPER_GRID / "claims" / "facts.json").read_text())
     # the two teachers of conf/study/paper_grid.yaml, both at N = 196
     assert [(p["seed"], p["N"]) for p in facts["passes"]] == [(0, 196), (1, 196)]
     assert all(p["images"] == 1000 for p in facts["passes"])
+    # every run counts (SPEC 10): the run this one replaced (68465a6, three teachers of 4
+    # epochs) is kept beside it and rebuilt too
+    assert same["claims_4ep/claims.json"] and same["claims_4ep/report.md"]
+    earlier = json.loads((PAPER_GRID / "claims_4ep" / "facts.json").read_text())
+    assert [(p["seed"], p["N"]) for p in earlier["passes"]] == [(0, 196), (1, 196), (2, 196)]
 
 
 def test_results_page_quotes_the_paper_grid_beside_n64_and_its_teachers():

@@ -28,6 +28,7 @@ __all__ = [
     "NON_INFERIOR",
     "NOT_RUN",
     "SUPPORTED",
+    "VERDICT_RULES",
     "FieldGap",
     "Interval",
     "centred_windows_like",
@@ -164,6 +165,10 @@ def noninferiority_verdict(interval: Interval, margin: float) -> str:
     if interval.high < -margin:
         return INFERIOR
     return INCONCLUSIVE
+
+
+# a row's rule name -> the function that gives its verdict from an interval and the margin
+VERDICT_RULES = {"margin": margin_verdict, "non-inferiority": noninferiority_verdict}
 
 
 def mde_multiplier(df: int | None, power: float = 0.8, confidence: float = 0.95) -> float:

@@ -15,6 +15,7 @@ import numpy as np
 
 from winft_lightning.core import claims as C
 from winft_lightning.core import interactions as ia
+from winft_lightning.core.claims_pooled import NO_HEADLINE, pool_rows
 
 __all__ = [
     "BASELINES",
@@ -207,17 +208,17 @@ def _interval(values: np.ndarray, resamples: int, seed: int) -> C.Interval | Non
     return C.paired_bootstrap_ci(finite, resamples=resamples, seed=seed)
 
 
-RULES = {"margin": C.margin_verdict, "non-inferiority": C.noninferiority_verdict}
-NOT_RUN_CELL = {"effect": None, "low": None, "high": None, "n": 0, "mde": None,
+RULES = C.VERDICT_RULES
+NOT_RUN_CELL = {"effect": None, "low": None, "high": None, "n": 0, "mde": None, "se": None,
                 "verdict": C.NOT_RUN, "skipped": 0}  # fmt: skip
 
 
 def _teacher_cell(ci: C.Interval | None, margin: float, skipped: int, rule: str) -> dict[str, Any]:
     if ci is None:
-        return {"effect": None, "low": None, "high": None, "n": 0, "mde": None,
+        return {"effect": None, "low": None, "high": None, "n": 0, "mde": None, "se": None,
                 "verdict": C.INCONCLUSIVE, "skipped": skipped}  # fmt: skip
     return {"effect": ci.estimate, "low": ci.low, "high": ci.high, "n": ci.n, "mde": C.mde(ci),
-            "verdict": RULES[rule](ci, margin), "skipped": skipped}  # fmt: skip
+            "se": ci.se, "verdict": RULES[rule](ci, margin), "skipped": skipped}  # fmt: skip
 
 
 def _cells(spec: RowSpec, records: Mapping[int, Columns], resamples: int, seed: int) -> dict:
@@ -249,7 +250,9 @@ def _baselines(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     out = {"random": {"verdict": None, "informative": True}}
     for r in rows:
         if r["id"].startswith("C3/baseline/"):
-            out[r["baseline"]] = {"verdict": r["verdict"], "informative": informative(r["verdict"])}
+            # the pooled verdict; below K = 3 (none given) every teacher's own must agree
+            v = r["teacher_verdicts"] if r["verdict"].startswith(NO_HEADLINE) else r["verdict"]
+            out[r["baseline"]] = {"verdict": v, "informative": informative(v)}
     for r in rows:
         if r["baseline"] in out and not r["id"].startswith(("C3/baseline/", "C3/free/")):
             r["baseline_informative"] = out[r["baseline"]]["informative"]
@@ -291,8 +294,10 @@ def summarise_claims(
 ) -> dict[str, Any]:
     """SPEC 9's table over the teachers in ``records`` (``{seed: columns}``, each teacher's own
     pass with ``settings``). Per row: ``teachers`` (per seed: effect, low, high, n, mde,
-    verdict, skipped images), ``pooled`` (the mean of the teachers' effects, for reading only),
-    ``verdict`` (the common one, or "mixed (...)"), ``margin``, ``rule`` and the row's text;
+    se, verdict, skipped images), ``pooled`` (SPEC 10: the random-effects meta-analysis over the
+    teachers, :func:`claims_pooled.pool_row`; headline rows Bonferroni-simultaneous),
+    ``verdict`` (the pooled one; "no headline verdict" below K = 3), ``teacher_verdicts`` (the
+    common per-teacher verdict, or "mixed (...)"), ``margin``, ``rule`` and the row's text;
     C3 rows name their ``baseline`` and whether it is informative (``c3_baselines``: each
     baseline's verdict against random). Intervals: percentile bootstrap over images,
     ``resamples``, ``seed``; verdicts by :func:`claims.margin_verdict` (the "free" rows:
@@ -303,15 +308,14 @@ def summarise_claims(
     rows = []
     for spec in row_specs(settings, n_patches):
         cells = _cells(spec, records, resamples, seed)
-        effects = [c["effect"] for c in cells.values() if c["effect"] is not None]
         place, statement = PAPER[spec.claim]
         rows.append({
             "id": spec.id, "claim": spec.claim, "statement": statement, "paper": place,
             "measure": spec.measure, "margin": spec.margin, "unit": spec.unit,
             "headline": spec.headline, "rule": spec.rule, "baseline": spec.baseline,
-            "teachers": cells, "pooled": float(np.mean(effects)) if effects else None,
-            "verdict": C.common_verdict([c["verdict"] for c in cells.values()]),
+            "teachers": cells, "verdict": C.common_verdict([c["verdict"] for c in cells.values()]),
         })  # fmt: skip
+    family = pool_rows(rows)  # SPEC 10: the teacher is the unit; verdict = the pooled one
     baselines = _baselines(rows)
     keep = {str(k): {f"{a:g}": [float(cols[column("kept", a)].mean()),
                                 float(cols[column("kept_null", a)].mean())]
@@ -323,6 +327,7 @@ def summarise_claims(
         "keep_levels": keep,  # per teacher and alpha: mean kept(U), mean kept(random U')
         "curves": _curves(records, settings, resamples, seed),
         "bootstrap": {"resamples": resamples, "seed": seed, "confidence": 0.95},
+        "family": family,
         "rule": "SPEC 9: negligible if -m < low and high < m; contradicted if high < 0; "
         'supported if low > m; else inconclusive. "Dropping is free" (C3/free) is '
         "non-inferiority (SPEC 10): non-inferior if low > -m, inferior if high < -m, else "
@@ -360,18 +365,32 @@ def baselines_markdown(baselines: Mapping[str, Mapping[str, Any]]) -> str:
     )
 
 
+def _pooled_markdown(r: Mapping[str, Any], suffix: str) -> tuple[str, str]:
+    """The pooled cell ("effect [low, high] (K, tau^2)") and the power cell of one row."""
+    p, unit = r["pooled"], r["unit"]
+    if p["effect"] is None:
+        return "n/a", "n/a"
+    cell = (f"{_fmt(p['effect'], unit)} [{_fmt(p['low'], unit)}, {_fmt(p['high'], unit)}]"
+            f"{suffix} (K = {p['k']}, tau² = {p['tau2']:.3g})")  # fmt: skip
+    reach = "reachable" if p["negligible_reachable"] else "out of reach"
+    return cell, f"{_fmt(p['supported_needs'], unit)}{suffix}; negligible {reach}"
+
+
 def claims_markdown(result: Mapping[str, Any], headline_only: bool = True) -> str:
     """The table: claim, the paper's place, our measure, margin, per teacher the effect
     [95 % CI], MDE and verdict ("not run" where the pass did not measure it), the pooled
-    effect, and the verdict. Accuracy rows are in percentage points, C1 and keep as plain
-    numbers, C1b in patches. A DIP-vs-baseline row whose baseline does not beat random says
-    so; the headline table ends with which C3 baselines are informative."""
+    effect and interval over the teachers (SPEC 10; simultaneous over the headline rows),
+    the power both ways, the verdict (the pooled one) and the per-teacher verdicts. Accuracy
+    rows are in percentage points, C1 and keep as plain numbers, C1b in patches. A
+    DIP-vs-baseline row whose baseline does not beat random says so; the headline table ends
+    with which C3 baselines are informative."""
     rows = [r for r in result["claims"] if r["headline"] or not headline_only]
     seeds = list(rows[0]["teachers"]) if rows else []
     head = "| claim | paper | our measure | margin | " + " | ".join(
         f"teacher {s}: effect [95 % CI], MDE, verdict" for s in seeds
     )
-    lines = [head + " | pooled | verdict |", "|" + "---|" * (len(seeds) + 6)]
+    lines = [head + " | pooled over teachers [CI] | supported needs (80 % power); negligible "
+             "| verdict | per-teacher verdicts |", "|" + "---|" * (len(seeds) + 8)]  # fmt: skip
     for r in rows:
         unit = r["unit"]
         suffix = " pp" if unit == "pp" else (" patches" if unit == "patches" else "")
@@ -380,9 +399,16 @@ def claims_markdown(result: Mapping[str, Any], headline_only: bool = True) -> st
         measure = r["measure"]
         if r.get("baseline_informative") is False:
             measure += " (this baseline does not beat random: uninformative)"
+        pooled, power = _pooled_markdown(r, suffix)
         lines.append(f"| {r['id']} | {r['paper']} | {measure} | {margin}{suffix} | "
-                     + " | ".join(cells) + f" | {_fmt(r['pooled'], unit)}{suffix} | "
-                     f"**{r['verdict']}** |")  # fmt: skip
+                     + " | ".join(cells) + f" | {pooled} | {power} | **{r['verdict']}** | "
+                     f"{r['teacher_verdicts']} |")  # fmt: skip
+    family = result.get("family")
+    if headline_only and family:
+        lines += ["", f"Pooled: {family['method']}; the {family['rows']} headline rows' "
+                  f"intervals are simultaneous at {family['confidence']:.0%} (each at "
+                  f"{family['per_row_confidence']:.4f}). With K < 3 teachers no headline "
+                  "verdict is given (SPEC 10)."]  # fmt: skip
     if headline_only and result.get("c3_baselines"):
         lines += ["", baselines_markdown(result["c3_baselines"])]
     return "\n".join(lines) + "\n"

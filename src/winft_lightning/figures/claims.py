@@ -39,9 +39,21 @@ def _margin_scale(ax, axis: str, linthresh: float) -> None:
     target.set_major_formatter(lambda v, _: f"{v:g}")
 
 
+def _pooled_bar(ax, row: Mapping[str, Any], y: float, first: bool) -> None:
+    """The row's interval pooled over the teachers (SPEC 10), black, below its teachers."""
+    pooled = row.get("pooled")
+    if not isinstance(pooled, Mapping) or pooled.get("effect") is None:
+        return
+    m = row["margin"]
+    ax.errorbar(pooled["effect"] / m, y, xerr=[[(pooled["effect"] - pooled["low"]) / m],
+                [(pooled["high"] - pooled["effect"]) / m]], fmt="D", ms=4, color="black",
+                capsize=2, label="pooled over teachers (simultaneous CI)" if first else None)  # fmt: skip
+
+
 def verdict_figure(rows: Sequence[Mapping[str, Any]]) -> Figure:
-    """One line per row: each teacher's effect and 95 % CI in units of the row's margin, so
-    that every claim shares one axis; the grey band (-1, 1) is "negligible", the claim
+    """One line per row: each teacher's effect and 95 % CI in units of the row's margin, and
+    the interval pooled over the teachers (black; the verdict's), so that every claim shares
+    one axis; the grey band (-1, 1) is "negligible", the claim
     predicts > 0 and "supported" needs the whole CI right of 1. The axis is symmetric-log,
     linear within ±1 margin (C3's rows sit tens of margins out)."""
     fig = Figure(figsize=(8.4, 0.42 * len(rows) + 1.7), dpi=DPI, layout="constrained")
@@ -61,6 +73,7 @@ def verdict_figure(rows: Sequence[Mapping[str, Any]]) -> Figure:
                         [(cell["high"] - cell["effect"]) / m]], fmt="o", ms=4,
                         color=COLORS[k % len(COLORS)], capsize=2,
                         label=f"teacher {seed}" if i == 0 else None)  # fmt: skip
+        _pooled_bar(ax, row, i + (len(seeds) + 1) / 2 * 0.22, first=i == 0)
     _margin_scale(ax, "x", 1.0)
     ax.set_yticks(range(len(rows)), [f"{r['id']}: {r['verdict']}" for r in rows], fontsize=8)
     ax.invert_yaxis()

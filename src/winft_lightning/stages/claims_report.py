@@ -156,9 +156,13 @@ def report_markdown(result: dict[str, Any], facts: dict[str, Any]) -> str:
               f"in all {_minutes(wall['teachers_seconds'] + wall['passes_seconds'])} min.", "",
               "## Verdicts", "", T.claims_markdown(result), result["rule"],
               "Effects are signed so that the claim predicts > 0. Margins were declared in "
-              "SPEC 9 before the run. Each teacher has its own verdict; a claim's verdict is "
-              "the common one, else *mixed*. Pooled: the mean of the teachers' effects, for "
-              "reading only.", ""]  # fmt: skip
+              "SPEC 9 before the run. SPEC 10: the teacher is the unit; a claim's verdict is "
+              "the rule applied to the interval pooled over the teachers (random effects), "
+              "none below K = 3; each teacher's own cell and verdict are detail. Every "
+              "teacher this recipe trained is in the table, whatever its accuracy. Not in "
+              "this part: the randomisation null (`stages.null_claims`), which is measured "
+              "apart; accuracy rows (C2, C3) are never measured on a random teacher (it is "
+              "at chance).", ""]  # fmt: skip
     chance = facts["keep_chance"]
     lines += ["## The keep fraction against chance", "",
               "| alpha | teacher | kept(U) | kept(random U') |", "|---|---|---|---|"]  # fmt: skip
@@ -235,7 +239,10 @@ def grid_table(reference: dict[str, Any], result: dict[str, Any]) -> list[str]:
         lines.append(f"| {ref['id']} | {_cell(ref)} | {_cell(row)} | {'yes' if moves else 'no'} |")
     lines += ["", f"Verdicts that move with the grid: {', '.join(moved) or 'none'} (a move: the "
               "set of the teachers' own verdicts changes). Effects are in each row's unit; "
-              "C1b's margin scales with N (SPEC 9).", ""]  # fmt: skip
+              "C1b's margin scales with N (SPEC 9). The comparison is confounded: the two "
+              "reports differ in more than N (their images, K, heads, depth and patch size: "
+              "see each report's teachers and command), so a move is not N's alone, and a "
+              "move that is only a wider interval is no move of the effect.", ""]  # fmt: skip
     return lines
 
 

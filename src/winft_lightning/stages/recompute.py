@@ -12,11 +12,14 @@ log = logging.getLogger(__name__)
 
 
 def _parts(path: Path) -> dict[str, Path]:
-    """The report parts under ``path`` (a study dir with ``claims/`` and/or ``trained/``, or
-    one part's dir): ``{part: its dir}``."""
+    """The report parts under ``path`` (a study dir with ``claims/`` and/or ``trained/`` and
+    any earlier recipe's ``claims_<name>/``, or one part's dir): ``{part: its dir}``."""
     if (path / "facts.json").is_file():
         return {"trained" if (path / "records" / "runs.csv").is_file() else "claims": path}
-    return {p: path / p for p in ("claims", "trained") if (path / p / "facts.json").is_file()}
+    found = {p: path / p for p in ("claims", "trained") if (path / p / "facts.json").is_file()}
+    # an earlier recipe's claims kept beside the current one (SPEC 10: every run counts)
+    found |= {d.name: d for d in sorted(path.glob("claims_*")) if (d / "facts.json").is_file()}
+    return found
 
 
 def recompute(path: Path, out_root: Path) -> dict[str, bool]:
@@ -39,7 +42,7 @@ def recompute(path: Path, out_root: Path) -> dict[str, bool]:
         out = out_dir / part
         shutil.copytree(src / "records", out / "records")
         shutil.copy2(src / "facts.json", out / "facts.json")
-        {"claims": claims_report, "trained": trained_report}[part].rebuild(out)
+        (trained_report if part == "trained" else claims_report).rebuild(out)
         same |= {f"{part}/{p.name}": p.read_bytes() == (src / p.name).read_bytes()
                  for p in sorted(out.iterdir()) if p.is_file() and (src / p.name).is_file()
                  and p.name != "facts.json"}  # fmt: skip

@@ -92,10 +92,29 @@ def _orders(res, x01: Tensor, grid: Grid, gen: torch.Generator, ties: Tensor | N
     }
 
 
+def field_columns(add, order: Tensor, hits: dict, null: dict, x01: Tensor, grid: Grid,
+                  opts: dict) -> None:  # fmt: skip
+    """C1b's and the keep fraction's per-image values from U' (``hits``) and the random U'
+    (``null``) per alpha, DIP's ``order`` and the images ``x01``, each handed to ``add(name,
+    value)``: object_fraction, gap, gap_null, kept:a, kept_null:a. Shared by the claims pass
+    and the randomisation null (:mod:`.null_claims`)."""
+    n, la = grid[0] * grid[1], opts["locality_alpha"]
+    obj = C.object_patch_mask(x01, grid, opts["object_threshold"])
+    add("object_fraction", obj.double().mean(dim=1))
+    both = ((obj.sum(dim=1) > 0) & ((~obj).sum(dim=1) > 0)).cpu()  # images C1b can use
+    for name, h in (("gap", hits[la]), ("gap_null", null[la])):
+        field = ia.responsive_field(ia.windows_from_hits(h, grid), order, 0.0, grid)
+        gap = torch.full((x01.shape[0],), float("nan"), dtype=torch.float64)
+        gap[both] = C.field_size_gap(ia.field_size(field, grid), obj).gap.cpu()
+        add(name, gap)
+    for a in opts["keep_alphas"]:
+        add(column("kept", a), _kept(ia.windows_from_hits(hits[a], grid), n))
+        add(column("kept_null", a), _kept(ia.windows_from_hits(null[a], grid), n))
+
+
 def _batch(cols, nets, teacher, x01, labels, norm, opts, gens, grid, ties) -> None:
     """Every per-image value of one batch (``x01`` the analyzed view in 0..1) into ``cols``;
     ``ties``: the C3 baselines' tie-breaking permutations (:func:`_orders`)."""
-    n = grid[0] * grid[1]
 
     def add(name: str, value: Tensor) -> None:
         cols.setdefault(name, []).append(value.detach().cpu().numpy())
@@ -112,17 +131,7 @@ def _batch(cols, nets, teacher, x01, labels, norm, opts, gens, grid, ties) -> No
         for head in range(res.attention_distance.shape[2]):
             add(column("attn_distance", block, head), res.attention_distance[:, block, head])
     add("locality_null", B.locality_index(null[la], grid))
-    obj = C.object_patch_mask(x01, grid, opts["object_threshold"])
-    add("object_fraction", obj.double().mean(dim=1))
-    both = ((obj.sum(dim=1) > 0) & ((~obj).sum(dim=1) > 0)).cpu()  # images C1b can use
-    for name, h in (("gap", hits[la]), ("gap_null", null[la])):
-        field = ia.responsive_field(ia.windows_from_hits(h, grid), res.order, 0.0, grid)
-        gap = torch.full((x.shape[0],), float("nan"), dtype=torch.float64)
-        gap[both] = C.field_size_gap(ia.field_size(field, grid), obj).gap.cpu()
-        add(name, gap)
-    for a in opts["keep_alphas"]:
-        add(column("kept", a), _kept(ia.windows_from_hits(hits[a], grid), n))
-        add(column("kept_null", a), _kept(ia.windows_from_hits(null[a], grid), n))
+    field_columns(add, res.order, hits, null, x01, grid, opts)
     add("correct:full", C.per_image_correct(nets["full"], x, labels))
     for a in opts["alphas"]:
         win = res.window(a)

@@ -8,8 +8,8 @@ block down). The accuracy rows (C2, C3) are not: a random teacher is at chance.
 The per-image columns are named and computed as :func:`winft_lightning.stages.claims
 .collect_claims` computes them (its ``_batch``; a test holds the two equal): U and the DIP order
 from :func:`analysis.analyze`, the random U' drawn from the same seeded stream (stream 0 of
-``seed``, consumed in batch order, then alpha order over the same alphas), the kept fraction by
-its ``_kept``. Their effects are :func:`claims_table.row_specs`' own rows (C1, C1b, keep/*),
+``seed``, consumed in batch order, then alpha order over the same alphas), C1b's and the keep
+fraction's columns by its :func:`~winft_lightning.stages.claims.field_columns`. Their effects are :func:`claims_table.row_specs`' own rows (C1, C1b, keep/*),
 with its margins; the agreement is :func:`core.agreement.spearman_orders` of DIP's order and
 ``baselines.ascending_order(blank_scores)``, the blank order C3 drops from.
 """
@@ -29,10 +29,10 @@ from winft_lightning.core import claims as C
 from winft_lightning.core import interactions as ia
 from winft_lightning.core.agreement import spearman_orders
 from winft_lightning.core.analysis import analyze
-from winft_lightning.core.claims_table import column, row_specs
+from winft_lightning.core.claims_table import row_specs
 from winft_lightning.core.interactions import Grid
 from winft_lightning.models.randomise import randomised
-from winft_lightning.stages.claims import _generator, _kept
+from winft_lightning.stages.claims import _generator, field_columns
 
 __all__ = [
     "AGREEMENT",
@@ -61,7 +61,6 @@ def _u_batch(cols, model, x01, norm, opts, gen, grid, ties=None) -> None:
     """The per-image values about U of one batch (``x01`` the analyzed view in 0..1) into
     ``cols``, as collect_claims' ``_batch`` computes them (``ties``: the blank order's
     tie-breaking permutations, as there; None: by index)."""
-    n = grid[0] * grid[1]
 
     def add(name: str, value: Tensor) -> None:
         cols.setdefault(name, []).append(value.detach().cpu().numpy())
@@ -74,17 +73,7 @@ def _u_batch(cols, model, x01, norm, opts, gen, grid, ties=None) -> None:
     la = opts["locality_alpha"]
     add("locality", B.locality_index(hits[la], grid))
     add("locality_null", B.locality_index(null[la], grid))
-    obj = C.object_patch_mask(x01, grid, opts["object_threshold"])
-    add("object_fraction", obj.double().mean(dim=1))
-    both = ((obj.sum(dim=1) > 0) & ((~obj).sum(dim=1) > 0)).cpu()  # images C1b can use
-    for name, h in (("gap", hits[la]), ("gap_null", null[la])):
-        field = ia.responsive_field(ia.windows_from_hits(h, grid), res.order, 0.0, grid)
-        gap = torch.full((x.shape[0],), float("nan"), dtype=torch.float64)
-        gap[both] = C.field_size_gap(ia.field_size(field, grid), obj).gap.cpu()
-        add(name, gap)
-    for a in opts["keep_alphas"]:
-        add(column("kept", a), _kept(ia.windows_from_hits(hits[a], grid), n))
-        add(column("kept_null", a), _kept(ia.windows_from_hits(null[a], grid), n))
+    field_columns(add, res.order, hits, null, x01, grid, opts)
     blank = B.ascending_order(B.blank_scores(x01, grid), ties)
     add(AGREEMENT, spearman_orders(res.order, blank))
 

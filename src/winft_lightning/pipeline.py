@@ -15,26 +15,13 @@ from typing import Any
 from omegaconf import DictConfig
 
 from winft_lightning.stages.cache import (
-    config_key,
     ensure_masks,
     ensure_shards,
     ensure_teacher,
     ensure_teacher_shards,
-    manifest_digest,
-    teacher_key,
 )
 
-__all__ = [
-    "Prerequisites",
-    "config_key",
-    "ensure_masks",
-    "ensure_shards",
-    "ensure_teacher",
-    "ensure_teacher_shards",
-    "manifest_digest",
-    "prerequisites",
-    "teacher_key",
-]
+__all__ = ["Prerequisites", "prerequisites"]
 
 
 @dataclass(frozen=True)

@@ -142,7 +142,7 @@ def test_controls_are_refused_where_they_cannot_run(analyzed_shards, tmp_path, m
 
 
 def test_the_teacher_is_the_same_for_a_control_arm(make_cfg, digits_shards):
-    from winft_lightning.pipeline import teacher_key
+    from winft_lightning.stages.cache import teacher_key
 
     arm = make_cfg("experiment=fmnist_awd_vit", "debug=tiny")
     control = make_cfg("experiment=fmnist_awd_vit", "debug=tiny", "data.control=random")

@@ -16,7 +16,7 @@ from PIL import Image
 from winft_lightning.data.folder_listing import describe_changes, list_folder
 from winft_lightning.data.shards import iter_tar, read_manifest
 from winft_lightning.data.sources import imagefolder
-from winft_lightning.pipeline import ensure_shards
+from winft_lightning.stages.cache import ensure_shards
 
 CLASSES = ("a", "b")
 

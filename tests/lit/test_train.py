@@ -141,7 +141,7 @@ class PoisonWeights(L.Callback):
 
 @pytest.mark.parametrize("mode", ["raise", "skip"])
 def test_non_finite_loss(make_cfg, tmp_path, cache_dir, mode):
-    from winft_lightning.pipeline import ensure_shards
+    from winft_lightning.stages.cache import ensure_shards
     from winft_lightning.stages.train import make_datamodule
 
     cfg = make_cfg("experiment=fmnist_vit", "debug=tiny", f"paths.cache_dir={cache_dir}")

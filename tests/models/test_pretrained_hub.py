@@ -111,7 +111,7 @@ def test_the_new_key_keeps_the_teacher_cache_key(make_cfg, tmp_path):
     teachers trained before the option existed still match); true is part of it."""
     from omegaconf import open_dict
 
-    from winft_lightning.pipeline import teacher_key
+    from winft_lightning.stages.cache import teacher_key
 
     shards = tmp_path / "shards"
     shards.mkdir()

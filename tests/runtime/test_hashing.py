@@ -1,7 +1,7 @@
 """The one hasher (hashing.py): every cache key and fingerprint keeps its exact value.
 
 The expected digests were computed by the code before the helpers moved to hashing.py
-(pipeline.config_key / manifest_digest, prepare.fingerprint, analyze.alphas_hash and its
+(cache.config_key / manifest_digest, prepare.fingerprint, analyze.alphas_hash and its
 manifest fingerprint, teacher.file_sha256). A changed value would silently rebuild caches
 and stop stored mask sets from matching."""
 
@@ -13,10 +13,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from winft_lightning import pipeline
 from winft_lightning.models import teacher
 from winft_lightning.runtime.hashing import file_sha256, json_digest
-from winft_lightning.stages import analyze, prepare
+from winft_lightning.stages import analyze, cache, prepare
 
 MANIFEST = {
     "splits": {"train": {"count": 3}},
@@ -33,9 +32,9 @@ def test_keys_and_fingerprints_keep_their_values(tmp_path):
     src = OmegaConf.create(
         {"name": "digits", "seed": 0, "limit": {"train": 200, "val": None}, "val_fraction": 0.1}
     )
-    key = pipeline.config_key("abc", [0.1, 0.5], src, {"b": 1, "a": Path("/p")})
+    key = cache.config_key("abc", [0.1, 0.5], src, {"b": 1, "a": Path("/p")})
     assert key == "8abc6273a557"
-    assert pipeline.manifest_digest(tmp_path) == (
+    assert cache.manifest_digest(tmp_path) == (
         "9dd37563008c2a1dc82069995a1035da6506c4f2a336614e6f2df953f3e8be54"
     )
     fp = prepare.fingerprint({"name": "digits", "seed": 0, "limit": {"train": 200, "val": None}})

@@ -157,8 +157,8 @@ def test_corrupt_entry_is_moved_aside_and_rebuilt(tmp_path, caplog):
 
 
 def test_same_folder_name_different_shards_get_different_mask_entries(make_cfg, tmp_path):
-    from winft_lightning import pipeline
     from winft_lightning.models.teacher import file_sha256, save_untrained
+    from winft_lightning.stages import cache
     from winft_lightning.stages.prepare import prepare_shards
 
     cfg = make_cfg("experiment=fmnist_awd_vit", "debug=tiny")
@@ -172,7 +172,7 @@ def test_same_folder_name_different_shards_get_different_mask_entries(make_cfg, 
     for shards in (a, b):
         cfg = make_cfg("experiment=fmnist_awd_vit", "debug=tiny", f"data.root={shards}",
                        f"teacher.ckpt={teacher}")  # fmt: skip
-        roots.append(pipeline.ensure_masks(cfg, teacher, sha, shards))
+        roots.append(cache.ensure_masks(cfg, teacher, sha, shards))
     assert roots[0] != roots[1]
     for shards, root in zip((a, b), roots, strict=True):
         manifest = json.loads((root / "manifest.json").read_text())

@@ -15,7 +15,9 @@ of entries N(0, 1/d) (so its spread is 1/sqrt(d)):
 Here ``W_q^h`` is ``[d, k]`` acting on row tokens (``q = x W_q``): timm's ``qkv.weight`` rows
 ``h k .. (h + 1) k`` transposed. Biases, norms, MLPs, the patch embedding and the class token
 keep their timm initialisation; the architecture and its state-dict keys are unchanged. Every
-draw comes from the given ``torch.Generator`` (on the CPU, float64): the global RNG is untouched.
+draw comes from the given ``torch.Generator`` (on the CPU, float64): the global RNG is
+untouched. Cost: a batched SVD of the heads' ``[d, d]`` targets and one more per block
+(ViT-B/16: ~10 s a block on 2 busy CPU cores).
 """
 
 from __future__ import annotations
@@ -32,19 +34,20 @@ INITS = ("default", "mimetic")
 
 
 def mimetic_factors(
-    dim: int, rank: int, alpha: float, beta: float, generator: torch.Generator
+    dim: int, rank: int, alpha: float, beta: float, generator: torch.Generator, count: int = 1
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(left [d, rank], right [d, rank], target [d, d])``, float64 on the CPU: ``target =
-    alpha Z + beta I`` with Z ``[d, d]`` of entries N(0, 1/d) drawn from ``generator``, and
-    ``left @ right.T`` its best rank-``rank`` approximation (SVD ``U S V^T``: ``left = U_r
-    sqrt(S_r)``, ``right = V_r sqrt(S_r)``; equal to ``target`` when ``rank = dim``)."""
+    """``count`` independent draws ``(left [count, d, rank], right [count, d, rank], target
+    [count, d, d])``, float64 on the CPU: ``target = alpha Z + beta I`` with Z of entries
+    N(0, 1/d) (one ``randn [count, d, d]`` from ``generator``), and ``left @ right^T`` its best
+    rank-``rank`` approximation (SVD ``U S V^T``: ``left = U_r sqrt(S_r)``, ``right = V_r
+    sqrt(S_r)``; exactly ``target`` when ``rank = dim``)."""
     if not 1 <= rank <= dim:
         raise ValueError(f"rank must be in 1..{dim}, got {rank}")
-    z = torch.randn(dim, dim, generator=generator, dtype=torch.float64) / math.sqrt(dim)
+    z = torch.randn(count, dim, dim, generator=generator, dtype=torch.float64) / math.sqrt(dim)
     target = alpha * z + beta * torch.eye(dim, dtype=torch.float64)
-    u, s, vh = torch.linalg.svd(target)
-    root = s[:rank].sqrt()
-    return u[:, :rank] * root, vh[:rank].T * root, target
+    u, s, vh = torch.linalg.svd(target)  # batched: one call for every head of a block
+    root = s[:, None, :rank].sqrt()
+    return u[..., :rank] * root, vh[:, :rank].mT * root, target
 
 
 def sincos_pos_embed(model: nn.Module) -> Tensor:
@@ -69,17 +72,13 @@ def _init_attention(attn: nn.Module, coefs: tuple[float, ...], generator: torch.
     heads, head_dim = int(attn.num_heads), int(attn.head_dim)
     if attn.qkv.weight.shape[0] != 3 * heads * head_dim or heads * head_dim != dim:
         raise ValueError(f"expected qkv [3 d, d] with d = heads x head_dim, got {attn.qkv}")
-    weight = torch.empty(3 * dim, dim, dtype=torch.float64)
+    wq, wk, _ = mimetic_factors(dim, head_dim, alpha1, beta1, generator, count=heads)
     root = math.sqrt(qk_scale)
-    for h in range(heads):
-        wq, wk, _ = mimetic_factors(dim, head_dim, alpha1, beta1, generator)
-        rows = slice(h * head_dim, (h + 1) * head_dim)
-        weight[rows] = root * wq.T
-        weight[dim:][rows] = root * wk.T
     wv, wproj, _ = mimetic_factors(dim, dim, alpha2, -beta2, generator)
-    weight[2 * dim :] = wv.T
+    # timm's rows: head h's queries are qkv.weight[h k:(h + 1) k] = (W_q^h)^T, keys d rows on
+    weight = torch.cat([root * wq.mT.reshape(dim, dim), root * wk.mT.reshape(dim, dim), wv[0].T])
     attn.qkv.weight.copy_(weight)
-    attn.proj.weight.copy_(wproj)  # y = o W_proj with W_proj = wproj.T: proj.weight = wproj
+    attn.proj.weight.copy_(wproj[0])  # y = o W_proj, W_proj = wproj^T: proj.weight = wproj
 
 
 @torch.no_grad()
@@ -95,7 +94,7 @@ def mimetic_init_(
     """Re-initialise ``model`` (a timm ``VisionTransformer``) in place, mimetically (see the
     module doc): every block's ``attn.qkv`` / ``attn.proj`` weights, and ``pos_embed`` (2-D
     sin-cos, prefix slots zero). ``qk_scale`` multiplies every ``W_q W_k^T``. Draws block by
-    block (each head's Z, then the value/projection Z) from ``generator`` (None: a fresh
+    block (the heads' Z as one ``[heads, d, d]``, then the value/projection Z) from ``generator`` (None: a fresh
     generator seeded 0). Returns ``model``."""
     if qk_scale <= 0:
         raise ValueError(f"qk_scale must be > 0, got {qk_scale}")

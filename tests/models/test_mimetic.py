@@ -97,6 +97,15 @@ def _check_heads(model, seed, qk_scale=1.0, spectra=None):
         assert torch.allclose(vp, value, atol=1e-5)
 
 
+def test_factors_multiply_to_the_target_at_full_rank():
+    gen = torch.Generator().manual_seed(0)
+    left, right, target = mimetic_factors(48, 48, 0.4, -0.4, gen, count=2)
+    assert left.shape == right.shape == target.shape == (2, 48, 48)
+    assert torch.allclose(left @ right.mT, target, atol=1e-10)
+    with pytest.raises(ValueError, match="rank"):
+        mimetic_factors(48, 49, 0.7, 0.7, gen)
+
+
 def test_tiny_products_follow_the_closed_form():
     model = mimetic_init_(build_vit(**TINY), generator=torch.Generator().manual_seed(3))
     _check_heads(model, 3)

@@ -17,7 +17,7 @@ Here ``W_q^h`` is ``[d, k]`` acting on row tokens (``q = x W_q``): timm's ``qkv.
 keep their timm initialisation; the architecture and its state-dict keys are unchanged. Every
 draw comes from the given ``torch.Generator`` (on the CPU, float64): the global RNG is
 untouched. Cost: a batched SVD of the heads' ``[d, d]`` targets and one more per block
-(ViT-B/16: ~10 s a block on 2 busy CPU cores).
+(ViT-B/16: 10-40 s a block on 2 shared CPU cores).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from winft_lightning.runtime.checkpoints import checkpoint_file
 from .attention import AwdAttention, NetAttention, WinftAttention, WinftBlockOutput, winft_window
 from .block import NetBlock
 from .inputs import SPEC_ATTR, NetInputs, NetSpec, net_inputs
+from .mimetic import INITS, mimetic_init_
 from .sparse import DEFAULT_BLOCK, block_sizes
 from .weights import create_pretrained, create_with_weights
 
@@ -169,6 +170,8 @@ def build_vit(
     drop_path_rate: float = 0.0,
     tile: int = 0,
     block_size: int | Sequence[int] = DEFAULT_BLOCK,
+    init: str = "default",
+    init_options: dict[str, float] | None = None,
     **timm_kwargs: Any,
 ) -> nn.Module:
     """A timm ``VisionTransformer`` with ``attn`` in {"full", "awd", "winft"}.
@@ -190,8 +193,14 @@ def build_vit(
     embed_dim/depth/num_heads override the named architecture only when given. ``tile`` (token order: 0 row-major with the prefix last,
     -1 timm's order, > 0 square tiles) and ``block_size`` (flex block, int or (q, kv) pair) set
     the sparse path (see :mod:`.sparse`).
+
+    ``init`` (fresh weights only): "default" (timm's) or "mimetic" (:func:`.mimetic.mimetic_init_`
+    on top of timm's, ``init_options`` its alpha1/beta1/alpha2/beta2/qk_scale; its generator is
+    seeded by one draw of the global RNG, which timm's own init draws from too, so a teacher's
+    seed picks its Z). Same modules and state-dict keys either way.
     """
     dip, block_size = _check_options(model_name, attn, winft_mode, sparse, dip, tile, block_size)
+    _check_init(init, init_options, checkpoint, pretrained)
     masked = attn == "awd" or dip == "key_mask"
     attn_layer = WinftAttention if attn == "winft" else AwdAttention if masked else Attention
     kwargs = dict(timm_kwargs)
@@ -207,6 +216,9 @@ def build_vit(
         block_fn=NetBlock,
     )
     model = _create(model_name, checkpoint, pretrained, **kwargs)
+    if init == "mimetic":
+        seed = int(torch.randint(2**62, ()))  # the global RNG, as timm's init above
+        mimetic_init_(model, **(init_options or {}), generator=torch.Generator().manual_seed(seed))
     spec_of = {"attn": attn, "sparse": sparse, "dip": dip, "tile": tile, "block_size": block_size}
     return _as_net(model, model_name, winft_mode, **spec_of)
 
@@ -243,6 +255,18 @@ def _check_options(
     if tile < -1:
         raise ValueError(f"tile must be -1 (timm order), 0 (row-major) or > 0, got {tile}")
     return dip, block_size
+
+
+def _check_init(
+    init: str, options: dict[str, float] | None, checkpoint: str | None, pretrained: bool
+) -> None:
+    """:func:`build_vit`'s checks of ``init`` and ``init_options`` (a ``ValueError``)."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if init != "default" and (checkpoint is not None or pretrained):
+        raise ValueError(f"init={init!r} initialises fresh weights: give no checkpoint/pretrained")
+    if options and init != "mimetic":
+        raise ValueError(f"init_options {dict(options)} need init='mimetic', got {init!r}")
 
 
 def _create(model_name: str, checkpoint: str | None, pretrained: bool, **kwargs: Any) -> nn.Module:

@@ -147,6 +147,20 @@ def ensure_teacher_shards(cfg: DictConfig, shards: Path) -> Path:
     return shards if source is None else ensure_shards(cfg, source)
 
 
+def teacher_model(cfg: DictConfig) -> dict[str, Any]:
+    """``teacher.model`` resolved, with ``teacher.init`` (and ``teacher.init_options``) folded
+    into its net as ``build_vit``'s ``init`` / ``init_options`` when the init is not "default":
+    a default-init teacher's config (and store key) is exactly as before ``teacher.init``."""
+    model = OmegaConf.to_container(cfg.teacher.model, resolve=True)
+    init = cfg.teacher.get("init") or "default"
+    if init != "default":
+        model["net"]["init"] = init
+    options = cfg.teacher.get("init_options")
+    if options:
+        model["net"]["init_options"] = OmegaConf.to_container(options, resolve=True)
+    return model
+
+
 def teacher_key(cfg: DictConfig, shards: Path) -> str:
     data_opts = {k: v for k, v in OmegaConf.to_container(cfg.data).items() if k != "root"}
     # the teacher reads no masks: which windows a run loads (model.alpha's) is not part of its
@@ -155,7 +169,7 @@ def teacher_key(cfg: DictConfig, shards: Path) -> str:
     data_opts.pop("control", None)  # nor which masks (the teacher's or a control's) a run reads
     if teacher_source(cfg) is not None:  # the students' own subset is not the teacher's
         data_opts["source"] = OmegaConf.to_container(teacher_source(cfg), resolve=True)
-    model = OmegaConf.to_container(cfg.teacher.model, resolve=True)
+    model = teacher_model(cfg)
     if not model.get("net", {}).get("pretrained", True):
         del model["net"]["pretrained"]  # keyed as before model.net.pretrained existed
     return config_key(
@@ -224,7 +238,7 @@ def teacher_job(cfg: DictConfig, shards: Path, run_dir: Path) -> DictConfig:
         task_name="teacher",
         tags=[*(cfg.get("tags") or []), "teacher"],
         seed=int(cfg.teacher.seed),
-        model=OmegaConf.to_container(cfg.teacher.model, resolve=True),
+        model=teacher_model(cfg),
         paths={**paths, "output_dir": str(run_dir)},
         train=True,
         test=True,
@@ -260,7 +274,7 @@ def _untrained_teacher(cfg: DictConfig, ckpt: Path) -> Path:
     from winft_lightning.models.teacher import save_untrained
 
     log.info("teacher: teacher.max_epochs=0, saving a randomly initialised ViT -> %s", ckpt)
-    return save_untrained(cfg.teacher.model, ckpt)
+    return save_untrained(teacher_model(cfg), ckpt)
 
 
 def mask_key(cfg: DictConfig, teacher_sha256: str, shards: Path) -> str:

@@ -1,16 +1,21 @@
 """Plain helpers of the tests, imported normally (``from helpers import ...``; pytest puts
 ``tests/`` on ``sys.path``); the fixtures live in conftest.py, and nothing imports conftest:
-the project's Hydra configs composed as the CLI composes them, the CLI in a subprocess, a bounded
+the project's Hydra configs composed as the CLI composes them, the CLI in a new process (forked, or a fresh interpreter), a bounded
 wait on an event, the digits source, a real tiny timm ViT, a PNG decoder."""
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
 import os
+import runpy
+import signal
 import subprocess
 import sys
+import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,15 +58,87 @@ def compose_config(
     return cfg
 
 
-def cli(*args: str, module: str = "winft_lightning", timeout: float = 300, **popen):
-    """Run ``python -m <module> <args>`` in a subprocess (a real Hydra app, real processes)."""
+def cli(
+    *args: str, module: str = "winft_lightning", timeout: float = 300, fresh: bool = False, **popen
+) -> subprocess.CompletedProcess:
+    """Run ``python -m <module> <args>`` in a new process (a real Hydra app, real processes).
+
+    By default the process is a fork of this test process that runs the module as ``python -m``
+    does (:func:`_forked_module`): it skips a second import of torch, Lightning and timm (about
+    11 s of CPU a process on a 2-core host). ``fresh=True`` starts a new interpreter instead,
+    for a test whose point is what a user's cold ``python -m`` does. ``cwd`` and ``env`` as in
+    :func:`subprocess.run`."""
     env = popen.pop("env", None) or {
         **os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1"
     }  # fmt: skip
+    if not fresh:
+        return _forked_module(module, list(args), timeout, env=env, **popen)
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         capture_output=True, text=True, timeout=timeout, env=env, check=False, **popen,
     )  # fmt: skip
+
+
+def _forked_module(
+    module: str, args: list[str], timeout: float, env: dict[str, str], cwd: Path | str | None = None
+) -> subprocess.CompletedProcess:
+    """``python -m module args`` in a forked child: its own working directory, environment,
+    argv, stdout and stderr (files read back here), Hydra state and exit handlers; the exit
+    status as Python's own (a ``SystemExit`` code, 1 on an uncaught exception). Killed, and
+    :class:`subprocess.TimeoutExpired` raised, after ``timeout`` seconds."""
+    argv = [sys.executable, "-m", module, *args]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into pytest
+            _run_module_in_child(module, args, env, cwd, out.fileno(), err.fileno())
+        end = time.monotonic() + timeout
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+            if time.monotonic() > end:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise subprocess.TimeoutExpired(argv, timeout)
+            time.sleep(0.05)
+        out.seek(0)
+        err.seek(0)
+        text = [f.read().decode(errors="replace") for f in (out, err)]
+    return subprocess.CompletedProcess(argv, os.waitstatus_to_exitcode(done[1]), *text)
+
+
+def _run_module_in_child(
+    module: str, args: list[str], env: dict[str, str], cwd, out: int, err: int
+) -> None:
+    code: object = 1
+    try:
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        atexit._clear()  # the test process's exit handlers are not the child's
+        if cwd is not None:
+            os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(env)
+        GlobalHydra.instance().clear()
+        sys.argv = ["-m", *args]
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        atexit._run_exitfuncs()
+        if not isinstance(code, int | None):
+            print(code, file=sys.stderr)
+            code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code or 0)
 
 
 def wait_for(

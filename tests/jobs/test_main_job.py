@@ -38,7 +38,7 @@ def test_no_argument_job_on_digits(tmp_path):
     """`python -m winft_lightning debug=tiny` with its default paths, from an empty working
     directory: the default job (teacher ViT -> analyze -> WinfT -> test both -> table) on
     digits, everything under ./outputs/, every output file present and parseable."""
-    res = cli("debug=tiny", cwd=tmp_path, env=env_without_root())
+    res = cli("debug=tiny", cwd=tmp_path, env=env_without_root(), fresh=True)  # as a user types it
     assert res.returncode == 0, res.stderr[-4000:]
     (run_dir,) = (tmp_path / "outputs" / "runs" / "debug_tiny").iterdir()  # <task>/<stamp>
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]  # nothing else written

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 
 import winft_lightning.stages.analyze as analyze_mod
 import winft_lightning.stages.prepare as prepare_mod
-from helpers import DIGITS
+from helpers import DIGITS, cli
 from winft_lightning.data.errors import ManifestError
 from winft_lightning.data.shards import JOURNAL, MANIFEST, read_manifest
 from winft_lightning.stages.analyze import analyze_shards
@@ -121,10 +120,9 @@ def test_analyze_resumes_after_kill(
     assert tars(out) == tars(analyzed_shards)  # identical to the uninterrupted fixture run
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = os.environ | {"PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+def _cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return cli(
+        *args, module=module, timeout=120, cwd=cwd, env=os.environ | {"PYTHONWARNINGS": "ignore"}
     )
 
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ import yaml
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from helpers import cli
 from readme import (
     RUNNABLE,
     Command,
@@ -47,13 +46,11 @@ def row_key(override_key: str) -> str | None:
 
 
 def run_sweep(module: str, args: list[str], cwd: Path) -> tuple[Path, list[Path]]:
-    """Run ``python -m module args`` in ``cwd`` (no WINFT_ROOT); its sweep dir and job dirs."""
+    """Run ``python -m module args`` in ``cwd`` (no WINFT_ROOT; forked, :func:`helpers.cli`);
+    its sweep dir and job dirs."""
     env = {k: v for k, v in os.environ.items() if k != "WINFT_ROOT"}
     env |= {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False,
-    )  # fmt: skip
+    proc = cli(*args, module=module, timeout=RUN_TIMEOUT, cwd=cwd, env=env)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-6000:])
     sweeps = sorted((cwd / "outputs" / "multirun").glob("*/*"))
     assert len(sweeps) == 1, sweeps  # one sweep dir, under the working directory's outputs/

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -347,13 +345,14 @@ def test_cli_end_to_end(tmp_path):
         json.dumps(dict(module="AWDModule", alpha=0.1, beta=0.0, top1=80.0, eo=100.0, eo_ratio=0.4))
     )
     out = tmp_path / "figs"
-    cmd = [
-        sys.executable, "-m", "winft_lightning.visualize", f"ckpt={ckpt}",
-        f"images=[{tmp_path / 'photo.jpg'}]", f"out_dir={out}", "alphas=[0.1]",
+    args = [
+        f"ckpt={ckpt}", f"images=[{tmp_path / 'photo.jpg'}]", f"out_dir={out}", "alphas=[0.1]",
         "betas=[0.25]", f"results=[{tmp_path / 'runs'}]", f"hydra.run.dir={tmp_path / 'hydra'}",
     ]  # fmt: skip
     env = {**os.environ, "WINFT_ROOT": str(tmp_path)}
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    proc = helpers.cli(
+        *args, module="winft_lightning.visualize", timeout=120, cwd=tmp_path, env=env
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     names = sorted(p.name for p in out.iterdir())
     want = [f"img0_{k}.png" for k in FIGS] + ["rollout.png", "tradeoff_eo.png"]

@@ -4,7 +4,7 @@ little-endian typed arrays as base64 (deflated when that is smaller), and the im
 The one lossy step is :func:`quantise_rows`: a row ``v`` (non-negative) is stored as
 ``q = round(v / s)`` in 0..255 with ``s = float32(max(v) / 255)``, read back as ``q * s``. Its
 error is at most half a step, ``|v - q * s| <= s / 2`` (:func:`max_error`): 1/510 of the row's
-maximum, 0.196 %. Everything rounding-sensitive (windows, DIP order, drop counts, U' hits, U's
+maximum, 0.196 % (up to float32's rounding of ``s``, a factor within 1 + 6e-8). Everything rounding-sensitive (windows, DIP order, drop counts, U' hits, U's
 argmax) is stored exactly, as the integers or bits Python computed.
 
 Each array is a dict ``{"dtype": "u8" | "u16" | "f32", "shape": [...], "deflate": bool,

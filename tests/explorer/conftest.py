@@ -38,7 +38,6 @@ def explored(tmp_path_factory):
     from winft_lightning.models import build_vit, predicted_window_sum
     from winft_lightning.stages.visualize import sample_images
 
-    torch.set_num_threads(1)
     model = tiny_vit(**NET)
     display = sample_images(32)[:1]
     x = (display - 0.5) / 0.5

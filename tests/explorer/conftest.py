@@ -14,7 +14,6 @@ import torch
 
 from bench import browser as B
 
-ALPHAS = (0.025, 0.05, 0.1, 0.2, 0.5, 1.0)
 NET = dict(img_size=32, patch_size=4, depth=3)
 # a name that would end the page's data <script> if it were not escaped
 NAME = "astronaut </script><!-- & <b>"
@@ -47,13 +46,13 @@ def explored(tmp_path_factory):
     with torch.no_grad():
         winft_w = predicted_window_sum(winft, x)
     packed = explore(
-        model, x, display, alphas=ALPHAS, heads=True, winft_w=winft_w, names=[NAME],
+        model, x, display, heads=True, winft_w=winft_w, names=[NAME],
         title="test <explorer>", source={"teacher": "tiny ViT"},
     )  # fmt: skip
     path = write_explorer(tmp_path_factory.mktemp("explorer") / "explorer.html", packed)
     return SimpleNamespace(
         model=model, x=x, display=display, winft_w=winft_w, packed=packed, path=Path(path),
-        grid=(8, 8), n=64,
+        grid=(8, 8), n=64, name=NAME,
     )  # fmt: skip
 
 

@@ -11,10 +11,9 @@ import torch
 from PIL import Image
 
 from bench import browser as B
-from conftest import ALPHAS, NAME
 from helpers import REPO
 from winft_lightning.core import interactions as ia
-from winft_lightning.core.analysis import analyze
+from winft_lightning.core.analysis import DEFAULT_ALPHAS, analyze
 from winft_lightning.core.capture import iter_block_attention
 from winft_lightning.explorer.codec import decode_array, max_error
 from winft_lightning.explorer.pack import DEFAULT_BETAS
@@ -29,14 +28,14 @@ def cells(mask: torch.Tensor) -> list[int]:
 
 
 def test_clicks_and_sliders_draw_what_core_interactions_compute(page, explored):
-    res = analyze(explored.model, explored.x, ALPHAS, explored.grid)
+    res = analyze(explored.model, explored.x, DEFAULT_ALPHAS, explored.grid)
     grid, n = explored.grid, explored.n
     seen_dropped_in_window = False
     for p in PATCHES:
         B.click_cell(page, p)
         for ai in ALPHA_STOPS:
             B.set_slider(page, "alpha", ai)
-            alpha = ALPHAS[ai]
+            alpha = DEFAULT_ALPHAS[ai]
             for bi in BETA_STOPS:
                 s = B.set_slider(page, "beta", bi)
                 beta, drawn = DEFAULT_BETAS[bi], s["drawn"]
@@ -110,7 +109,7 @@ def test_the_page_opens_offline_and_sends_no_request(browser, explored):
         browser.execute_cdp_cmd("Network.disable", {})
     # markup in the title and the image's name is text, not markup
     assert browser.title == "test <explorer>"
-    assert browser.find_element("css selector", "#images button").text == NAME.strip()
+    assert browser.find_element("css selector", "#images button").text == explored.name.strip()
 
 
 def test_the_drawn_page_is_not_blank(page):

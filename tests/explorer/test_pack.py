@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import helpers
-from conftest import ALPHAS
 from winft_lightning import analyze
 from winft_lightning.core import interactions as ia
+from winft_lightning.core.analysis import DEFAULT_ALPHAS
 from winft_lightning.explorer import codec, explorer_html, pack_explorer
 from winft_lightning.explorer.pack import DEFAULT_BETAS, dequantised
 
@@ -60,13 +60,13 @@ def test_arrays_read_back_as_written(deflate):
 def test_the_exact_parts_are_the_core_functions_own(explored):
     """Windows, order, U' hits, argmax and drop counts as Python computed them; U and the
     attention rows to the stated error."""
-    res = analyze(explored.model, explored.x, ALPHAS, patches=range(explored.n))
+    res = analyze(explored.model, explored.x, DEFAULT_ALPHAS, patches=range(explored.n))
     packed, n = explored.packed, explored.n
     entry = packed["images"][0]
-    assert packed["alphas"] == list(ALPHAS) and packed["betas"] == list(DEFAULT_BETAS)
+    assert packed["alphas"] == list(DEFAULT_ALPHAS) and packed["betas"] == list(DEFAULT_BETAS)
     assert packed["drops"] == [ia.dip_drop_count(b, n) for b in DEFAULT_BETAS]
     assert packed["drops"][:4] == [0, 3, 6, 9]  # floor(beta * 64): 0.15 * 64 = 9.6 -> 9
-    for k, alpha in enumerate(ALPHAS):
+    for k, alpha in enumerate(DEFAULT_ALPHAS):
         assert np.array_equal(codec.decode_array(entry["windows"][k]), res.windows[alpha][0])
         bits = codec.decode_array(entry["hits"][k])
         hits = np.unpackbits(bits, bitorder="little")[: n * n].reshape(n, n).astype(bool)
@@ -94,11 +94,11 @@ def test_bad_pages_are_refused(explored):
     shared = dict(grid=(8, 8), blocks=3, heads=2, patch_size=4, img_size=(32, 32))
     images = explored.packed["images"]
     with pytest.raises(ValueError, match=r"betas=1\.0 is outside"):
-        pack_explorer(images, alphas=ALPHAS, betas=[0.0, 1.0], **shared)
+        pack_explorer(images, alphas=DEFAULT_ALPHAS, betas=[0.0, 1.0], **shared)
     with pytest.raises(ValueError, match=r"start_beta=0\.33 is not one of"):
-        pack_explorer(images, alphas=ALPHAS, start_beta=0.33, **shared)
+        pack_explorer(images, alphas=DEFAULT_ALPHAS, start_beta=0.33, **shared)
     with pytest.raises(ValueError, match="was analysed at"):  # hits and windows by alpha order
-        pack_explorer(images, alphas=ALPHAS[::-1], **shared)
+        pack_explorer(images, alphas=DEFAULT_ALPHAS[::-1], **shared)
 
 
 def test_an_analysis_result_writes_its_explorer_and_shows_inline(tmp_path):

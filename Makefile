@@ -4,24 +4,28 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_WORKERS ?= 2
 
-.PHONY: install data slurm test test-slurm lint format bench run study study-quick study-claims study-trained study-paper-grid clean help
+.PHONY: install data slurm browser test test-slurm lint format bench run study study-quick study-claims study-trained study-paper-grid clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -e 's/:.*## /\t/'
 
-install:  ## create .venv, install the package with dev extras, the offline data, SLURM (root)
+install:  ## create .venv, install the package with dev extras, the offline data, SLURM and Chromium (root)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=23.2"
 	$(PY) -m pip install --quiet --progress-bar off -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -c "import torch, torchvision, timm, lightning, torchmetrics, webdataset, hydra, wandb; print('stack ok: torch', torch.__version__, 'timm', timm.__version__, 'lightning', lightning.__version__)"
 	@bash scripts/install_data.sh
 	@bash scripts/install_slurm.sh
+	@bash scripts/install_browser.sh
 
 data:  ## install the offline datasets only
 	@bash scripts/install_data.sh
 
 slurm:  ## install SLURM and munge only (Debian packages; the SLURM tests' one-node cluster)
 	@bash scripts/install_slurm.sh
+
+browser:  ## install Chromium and its driver only (Debian packages; the explorer's browser tests)
+	@bash scripts/install_browser.sh
 
 lint:  ## ruff lint + format check
 	$(VENV)/bin/ruff check src tests bench

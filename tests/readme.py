@@ -26,6 +26,7 @@ CONFIG_OF = {
     "winft_lightning.prepare": "prepare",
     "winft_lightning.analyze": "analyze",
     "winft_lightning.visualize": "visualize",
+    "winft_lightning.explore": "explore",
     "winft_lightning.study": "study",
 }
 MULTIRUN_FLAGS = ("-m", "--multirun")

@@ -56,6 +56,16 @@ def test_analyze_equals_separate_passes():
     )
 
 
+def test_analyze_keeps_each_heads_rows_when_asked():
+    model, x, patches = helpers.tiny_vit(**NET), torch.randn(2, 3, 32, 32), [3, 9]
+    res = analyze(model, x, patches=patches, heads=True)
+    want = torch.stack([a[:, :, patches, :] for a in iter_block_attention(model, x)], dim=1)
+    assert res.head_rows.shape == (2, 2, 2, 2, N)  # [B, l, k, n, N]
+    torch.testing.assert_close(res.head_rows, want)
+    torch.testing.assert_close(res.head_rows.mean(dim=2), res.rows)
+    assert analyze(model, x, patches=patches).head_rows is None
+
+
 def test_analyze_defaults_and_errors():
     model, x = helpers.tiny_vit(**NET), torch.randn(3, 3, 32, 32)
     res = analyze(model, x)

@@ -60,6 +60,7 @@ CONFIGS = [
     ("prepare", ["data=imagefolder"]),
     ("analyze", []),
     ("visualize", []),
+    ("explore", []),
     ("study", []),
 ]
 DOTTED = re.compile(r"(?P<name>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)(?:\(.*|\s*->.*|=.*)?")

@@ -12,7 +12,7 @@ import winft_lightning
 
 PACKAGE = Path(winft_lightning.__file__).parent
 # bottom to top; the package's top-level modules (pipeline, __main__, entry points) stand above all
-ROOMS = ("core", "runtime", "models", "data", "figures", "lit", "stages")
+ROOMS = ("core", "runtime", "models", "data", "figures", "explorer", "lit", "stages")
 TOP = len(ROOMS)
 FILE_ACCESS = {"open", "read_text", "write_text", "read_bytes", "write_bytes", "mkdir", "unlink",
                "rename", "save", "load", "savez", "glob", "rglob", "iterdir"}  # fmt: skip

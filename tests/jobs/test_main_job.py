@@ -16,6 +16,7 @@ from PIL import Image
 
 from helpers import cli
 from winft_lightning.runtime.machine import summary
+from winft_lightning.stages.explore import run_source
 
 pytestmark = pytest.mark.slow
 
@@ -67,10 +68,16 @@ def test_no_argument_job_on_digits(tmp_path):
     names = {p.stem for p in figs}
     assert names == {"img0_windows", "img0_responsive_field"}  # debug=tiny draws one image
     _pngs_ok(figs)
+    # the explorer of the drawn images; what `explore run=<run dir>` reads from the run dir
+    assert (run_dir / "figures" / "explorer.html").is_file()
+    src = run_source(run_dir)
+    assert (src.teacher, src.winft) == (Path(winft["teacher_ckpt"]), Path(winft["best_ckpt"]))
+    assert (src.shards, src.alpha) == (Path(winft["mask_root"]), winft["alpha"])
     # the teacher's own run keeps its logs and figures (a full-attention model: its own U)
     teacher_run = Path(teacher["run_dir"])
     assert (teacher_run / "csv" / "version_0" / "metrics.csv").is_file()
     assert (teacher_run / "figures" / "img0_uncertainty_rows.png").is_file()
+    assert (teacher_run / "figures" / "explorer.html").is_file()
     # the teacher was its own job: its config names its own model, seed and run dir
     job = yaml.safe_load((teacher_run / "job.yaml").read_text())
     assert job["task_name"] == "teacher" and job["model"]["_target_"].endswith("ViTModule")
@@ -108,8 +115,11 @@ def test_wandb_without_login_runs_offline_and_logs_everything(tmp_path):
     # metrics of every stage and the figures' keys
     stream = (wandb_run / f"run-{run_id}.wandb").read_bytes()
     for key in (b"WinfTModule", b"val/top1", b"train/bce", b"results/top1",
-                b"figures/img0_responsive_field"):  # fmt: skip
+                b"figures/img0_responsive_field", b"figures/explorer"):  # fmt: skip
         assert key in stream, key
+    # the explorer as an HTML panel, offline, unchanged (no stylesheet injected from the web)
+    (panel,) = (wandb_run / "files" / "media" / "html").rglob("*.html")
+    assert 'id="explorer-data"' in panel.read_text() and "://" not in panel.read_text()
     media = sorted((wandb_run / "files" / "media" / "images").rglob("*.png"))
     assert any("responsive_field" in p.name for p in media), media
     _pngs_ok(media)

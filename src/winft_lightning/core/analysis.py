@@ -42,7 +42,8 @@ class Analysis:
     patches: the chosen patch ids of ``rows``; rows: ``[B, l, n, N]`` head-mean attention rows
     of those patches per block; rollout: ``[B, N]`` attention-rollout relevance for CLS;
     cls_attention: ``[B, N]`` the last block's CLS-to-patch attention, mean over heads;
-    attention_distance: ``[B, l, k]`` each block's and head's mean attention distance."""
+    attention_distance: ``[B, l, k]`` each block's and head's mean attention distance;
+    head_rows: ``[B, l, k, n, N]`` the rows of ``patches`` per block and head."""
 
     grid: Grid
     windows: dict[float, Tensor]
@@ -53,6 +54,7 @@ class Analysis:
     rollout: Tensor | None = None
     cls_attention: Tensor | None = None
     attention_distance: Tensor | None = None
+    head_rows: Tensor | None = None
 
     def window(self, alpha: float) -> Tensor:
         """Windows at ``alpha``: the analyzed ones, else computed from U."""
@@ -93,6 +95,7 @@ class Analysis:
             rollout=c(self.rollout),
             cls_attention=c(self.cls_attention),
             attention_distance=c(self.attention_distance),
+            head_rows=c(self.head_rows),
         )
 
 
@@ -105,6 +108,7 @@ def analyze(
     patches: Sequence[int] = (),
     rollout: bool = False,
     distances: bool = False,
+    heads: bool = False,
 ) -> Analysis:
     """Run ``images [B, 3, H, W]`` (the analyzed view, normalised as the model takes it)
     through the timm ViT ``model`` once, block by block, and return its :class:`Analysis`.
@@ -112,8 +116,9 @@ def analyze(
     Per block only the running U statistics are kept (and, when asked for, the rows of
     ``patches`` and the ``[B, T, T]`` rollout product), never all l maps. grid defaults to
     the model's patch grid. ``rollout`` also keeps the last block's CLS attention;
-    ``distances`` each block's and head's mean attention distance. Tensors
-    are on the images' device (rows, rollout and CLS attention in float32)."""
+    ``distances`` each block's and head's mean attention distance; ``heads`` also keeps the
+    rows of ``patches`` per head (``head_rows``). Tensors are on the images' device (rows,
+    rollout and CLS attention in float32)."""
     if grid is None:
         grid = tuple(int(g) for g in model.patch_embed.grid_size)
     n = grid[0] * grid[1]
@@ -123,6 +128,7 @@ def analyze(
     prefix = int(getattr(model, "num_prefix_tokens", 1))
     idx = torch.as_tensor(patches, dtype=torch.long, device=images.device)
     rows: list[Tensor] = []
+    head_rows: list[Tensor] = []
     joint: Tensor | None = None
     cls: Tensor | None = None
     reach: list[Tensor] = []
@@ -140,6 +146,8 @@ def analyze(
                 attn = attn[:, :, prefix:, prefix:]
             if patches:
                 rows.append(attn[:, :, idx, :].mean(dim=1).float())
+                if heads:
+                    head_rows.append(attn[:, :, idx, :].float())
             yield attn
 
     u = ia.uncertainty_map(patch_maps())
@@ -155,4 +163,5 @@ def analyze(
         rollout=joint[:, 0, prefix:].float() if rollout else None,
         cls_attention=cls if rollout else None,
         attention_distance=torch.stack(reach, dim=1) if distances else None,
+        head_rows=torch.stack(head_rows, dim=1) if patches and heads else None,
     )

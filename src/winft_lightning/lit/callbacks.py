@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -87,8 +89,6 @@ class RankSampleLog(L.Callback):
         self.batches += 1
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from pathlib import Path
-
         path = Path(self.dirpath) / f"train_keys_rank{trainer.global_rank}.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"# batches={self.batches}\n" + "\n".join(self.keys) + "\n")
@@ -99,11 +99,16 @@ class InteractionFigures(L.Callback):
     validation batch: the analyzed AWD windows, the responsive fields with WinfT's predicted
     sum of W beside them (Fig. 4/10) and, for full-attention models, the model's own U rows
     (Fig. 3). PNGs go to ``dirpath``; W&B gets them with ``log_image``, TensorBoard with
-    ``add_figure``."""
+    ``add_figure``. With ``explorer``, the same images' interactive explorer
+    (:func:`interaction_explorer`) goes to ``dirpath/explorer.html`` and to W&B as an HTML
+    panel (``figures/explorer``). ``teacher_ckpt``: the run's teacher, set by
+    ``stages.train.fit_and_test`` from the run's prerequisites."""
 
-    def __init__(self, dirpath: str, num_images: int = 2) -> None:
+    def __init__(self, dirpath: str, num_images: int = 2, explorer: bool = True) -> None:
         self.dirpath = dirpath
         self.num_images = int(num_images)
+        self.explorer = bool(explorer)
+        self.teacher_ckpt: str | None = None
         self.batch: dict[str, Any] | None = None
 
     def on_validation_batch_end(
@@ -118,19 +123,24 @@ class InteractionFigures(L.Callback):
         if batch_idx == 0 and trainer.is_global_zero:
             k = self.num_images
             self.batch = {n: v[:k].detach().cpu() for n, v in batch.items() if hasattr(v, "cpu")}
+            self.batch["key"] = list(batch.get("key") or [])[:k]
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or self.batch is None:
             return
-        from pathlib import Path
-
         from winft_lightning import figures
 
         out = Path(self.dirpath)
         was_training = pl_module.training
         pl_module.eval()
+        page = None
         try:
             drawn = interaction_figures(pl_module, self.batch)
+            if self.explorer:
+                with torch.no_grad():
+                    page = interaction_explorer(
+                        pl_module, self.batch, out / "explorer.html", self.teacher_ckpt
+                    )
         finally:
             pl_module.train(was_training)
         for name, fig in drawn.items():
@@ -140,6 +150,11 @@ class InteractionFigures(L.Callback):
                     lg.log_image(key=f"figures/{name}", images=[str(path)])
                 elif isinstance(lg, L.pytorch.loggers.TensorBoardLogger):
                     lg.experiment.add_figure(f"figures/{name}", fig, trainer.global_step)
+        for lg in trainer.loggers if page is not None else ():
+            if isinstance(lg, L.pytorch.loggers.WandbLogger):  # an HTML panel, offline too
+                import wandb
+
+                lg.experiment.log({"figures/explorer": wandb.Html(str(page), inject=False)})
 
 
 def interaction_figures(module: L.LightningModule, batch: dict[str, Any]) -> dict[str, Any]:
@@ -185,3 +200,44 @@ def interaction_figures(module: L.LightningModule, batch: dict[str, Any]) -> dic
                 num_blocks=len(module.net.blocks) if winft_w is not None else None,
             )
     return out
+
+
+def interaction_explorer(
+    module: L.LightningModule, batch: dict[str, Any], path: Path, teacher_ckpt: str | None = None
+) -> Path | None:
+    """The explorer (:mod:`winft_lightning.explorer`) of ``batch``'s images at ``path``: the
+    teacher's analysis (``teacher_ckpt``; a full-attention module is its own teacher) at
+    every default alpha and the run's, the sliders at the run's alpha and beta, and for WinfT
+    its predicted sum of W. None (and a log line) when there is no teacher to analyse."""
+    from winft_lightning.core.analysis import DEFAULT_ALPHAS
+    from winft_lightning.explorer import DEFAULT_BETAS, explore, write_explorer
+    from winft_lightning.figures import display_images
+    from winft_lightning.models import predicted_window_sum
+    from winft_lightning.models.teacher import TeacherError, load_teacher, plain_file_net
+
+    images = batch["image"].to(module.device)
+    if teacher_ckpt:
+        try:
+            net = plain_file_net(dict(module.hparams.get("net") or {}))
+            teacher, _ = load_teacher(teacher_ckpt, device=module.device, **net)
+        except (TeacherError, FileNotFoundError) as err:
+            log.warning(
+                "explorer not written: the teacher %s cannot be read (%s)", teacher_ckpt, err
+            )
+            return None
+    elif module.attn_kind == "full":
+        teacher, teacher_ckpt = module.net, "the run's own model"
+    else:
+        log.info("explorer not written: a %s run without its teacher", type(module).__name__)
+        return None
+    alpha, beta = module.hparams.get("alpha"), module.hparams.get("beta")
+    alphas = sorted({*DEFAULT_ALPHAS, *([float(alpha)] if alpha else [])})
+    betas = sorted({*DEFAULT_BETAS, *([float(beta)] if beta is not None else [])})
+    winft_w = predicted_window_sum(module.net, images) if module.attn_kind == "winft" else None
+    packed = explore(
+        teacher, images, display_images(batch["image"]), alphas=alphas, betas=betas,
+        winft_w=winft_w, names=[str(k) for k in batch.get("key") or range(images.shape[0])],
+        title=f"patch interactions: {type(module).__name__}", source={"teacher": str(teacher_ckpt)},
+        start_alpha=alpha or None, start_beta=beta,
+    )  # fmt: skip
+    return write_explorer(path, packed)

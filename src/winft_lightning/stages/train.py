@@ -17,7 +17,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from winft_lightning.lit.callbacks import instantiate_callbacks
+from winft_lightning.lit.callbacks import InteractionFigures, instantiate_callbacks
 from winft_lightning.lit.loggers import finish_loggers, instantiate_loggers
 from winft_lightning.runtime import world as worlds
 from winft_lightning.stages.results import (
@@ -88,6 +88,9 @@ def fit_and_test(
     if cls.uses_masks and check is not None:
         check(model.geometry())  # before any training: a mask set for another grid is refused
     callbacks = instantiate_callbacks(cfg)
+    for cb in callbacks:  # the run's explorer analyses the run's teacher
+        if isinstance(cb, InteractionFigures):
+            cb.teacher_ckpt = (extra or {}).get("teacher_ckpt")
     loggers = instantiate_loggers(cfg, run_dir)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer: L.Trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)

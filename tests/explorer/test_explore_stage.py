@@ -83,6 +83,8 @@ def test_bad_input_is_refused_naming_the_option_and_the_file(tmp_path, teacher_c
     torch.save(torch.nn.Conv2d(3, 4, 3).state_dict(), conv)
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG not really")
+    empty = tmp_path / "empty"  # neither a run dir nor a folder of runs
+    empty.mkdir()
     cases = [
         ([f"ckpt={notes}"], TeacherError, f"{notes} is not a PyTorch checkpoint"),
         ([f"ckpt={conv}"], TeacherError, f"{conv} is a plain weights file"),
@@ -95,7 +97,7 @@ def test_bad_input_is_refused_naming_the_option_and_the_file(tmp_path, teacher_c
          f"images: {tmp_path}/gone.png does not exist"),
         ([f"run={run_dir(tmp_path, module='WinfTModule', best_ckpt='')}"], ExploreError,
          f"run={tmp_path}/run has no teacher"),
-        ([f"run={tmp_path}"], ExploreError, f"run={tmp_path} has no results.json"),
+        ([f"run={empty}"], ExploreError, f"run={empty} has no results.json"),
         ([], ExploreError, "no teacher: give ckpt=TEACHER_FILE or run=RUN_DIR"),
         (["betas=[0.5,1.0]"], ExploreError, "betas=1.0 is outside [0, 1)"),
         ([f"out_file={tmp_path}/page/x.png"], ExploreError, "must be an .html file"),

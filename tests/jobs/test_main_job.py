@@ -15,6 +15,7 @@ import yaml
 from PIL import Image
 
 from helpers import cli
+from readme import COMMANDS
 from winft_lightning.runtime.machine import summary
 from winft_lightning.stages.explore import run_source
 
@@ -73,6 +74,13 @@ def test_no_argument_job_on_digits(tmp_path):
     src = run_source(run_dir)
     assert (src.teacher, src.winft) == (Path(winft["teacher_ckpt"]), Path(winft["best_ckpt"]))
     assert (src.shards, src.alpha) == (Path(winft["mask_root"]), winft["alpha"])
+    # README's explore command on the task folder, as written, in the same directory
+    (explore,) = [c for c in COMMANDS if c.module.endswith(".explore") and "run=" in c.text]
+    shown = cli(*explore.args, module=explore.module, cwd=tmp_path, env=env_without_root())
+    assert shown.returncode == 0, shown.stderr[-4000:]
+    (page,) = (tmp_path / "outputs" / "explorer").rglob("explorer.html")
+    html = page.read_text()
+    assert 'id="explorer-data"' in html and "://" not in html and str(page) in shown.stdout
     # the teacher's own run keeps its logs and figures (a full-attention model: its own U)
     teacher_run = Path(teacher["run_dir"])
     assert (teacher_run / "csv" / "version_0" / "metrics.csv").is_file()

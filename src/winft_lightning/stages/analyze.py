@@ -1,5 +1,5 @@
-"""Teacher over every split -> AWD windows per alpha + DIP order beside each image:
-``python -m winft_lightning.analyze teacher_ckpt=CKPT data=NAME``.
+"""Teacher over every split -> AWD windows per alpha + DIP order beside each image (the job of
+``python -m winft_lightning.analyze teacher_ckpt=CKPT data=NAME``, :mod:`winft_lightning.analyze`).
 
 Each input shard becomes one output shard of the same name holding the original members plus
 ``awd.aXXXX.i16z`` (``[N, 4]`` int16 per alpha) and ``dip_order.i16z`` (``[N]`` int16), and
@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,9 +56,6 @@ from winft_lightning.models.teacher import TeacherInfo, load_teacher, teacher_no
 from winft_lightning.runtime.files import CODE_VERSION
 from winft_lightning.runtime.hashing import json_digest
 from winft_lightning.runtime.world import World
-
-if TYPE_CHECKING:
-    from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
@@ -410,46 +407,3 @@ def analyze_shards(
 
 def _journal_name(world: World) -> str:
     return JOURNAL if not world.distributed else f".journal.rank{world.rank}.json"
-
-
-def run_from_config(cfg: DictConfig) -> None:
-    """``python -m winft_lightning.analyze``'s job on its composed ``analyze.yaml`` config."""
-    from omegaconf import OmegaConf
-
-    from winft_lightning.runtime import world as worlds
-    from winft_lightning.stages.prepare import default_out_dir, prepare_shards
-
-    world = worlds.current()
-    shards = Path(cfg.shards) if cfg.get("shards") else default_out_dir(cfg)
-    if world.is_zero and not (shards / MANIFEST).is_file():
-        log.info("analyze: no shard set at %s; preparing it from data.source first", shards)
-        prepare_shards(cfg.data.source, shards, progress=bool(cfg.progress))
-    world.barrier("analyze/prepared")
-    tk = OmegaConf.to_container(cfg.teacher_model, resolve=True) if cfg.get("teacher_model") else {}
-    tk = {k: v for k, v in tk.items() if v is not None}
-    tk["trust_pickle"] = bool(cfg.get("trust_pickle", False))
-    tk["path_option"] = "teacher_ckpt"
-    manifest = analyze_shards(
-        teacher=cfg.teacher_ckpt,
-        shards=shards,
-        out_dir=cfg.get("out_dir"),
-        alphas=list(cfg.alphas),
-        batch_size=int(cfg.batch_size),
-        mean=list(cfg.mean) if cfg.get("mean") is not None else None,
-        std=list(cfg.std) if cfg.get("std") is not None else None,
-        device=str(cfg.device),
-        teacher_kwargs=tk,
-        encoding=str(cfg.encoding),
-        workers=int(cfg.workers),
-        progress=bool(cfg.progress),
-        world=world,
-    )
-    if manifest is None:  # a rank other than 0: rank 0 reports
-        return
-    s = manifest["mask_storage"]
-    print(
-        f"masks: {manifest['root']}\n"
-        f"mask keys {s['mask_bytes_per_image']} B/image vs N x N bit-packed "
-        f"{s['bitpacked_mask_bytes_per_image']} B (N={s['num_patches']}): "
-        f"{s['ratio_one_bitpacked_mask_to_all_mask_keys']}x smaller"
-    )

@@ -111,9 +111,19 @@ class RunSource:
     beta: float | None
 
 
+def newest_run(path: Path) -> Path:
+    """``path`` if it is a run dir (it holds ``results.json``), else the newest finished run in
+    it: a task folder such as ``outputs/runs/debug_tiny`` holds one dir per start, named by its
+    time stamp, so the last name in sorted order is the newest."""
+    if not path.is_dir():
+        raise ExploreError(f"run={path} is not a directory")
+    if (path / "results.json").is_file():
+        return path
+    runs = sorted(p.parent for p in path.glob("*/results.json"))
+    return runs[-1] if runs else path
+
+
 def _results_row(run_dir: Path) -> dict[str, Any]:
-    if not run_dir.is_dir():
-        raise ExploreError(f"run={run_dir} is not a directory")
     results = run_dir / "results.json"
     if not results.is_file():
         raise ExploreError(f"run={run_dir} has no results.json: not a finished training run's dir")
@@ -150,8 +160,9 @@ def run_source(run_dir: str | Path) -> RunSource:
     """A training run's teacher (``results.json``'s ``teacher_ckpt``, else the config's
     ``teacher.ckpt``, else for a ``ViTModule`` run the run's own checkpoint), its WinfT
     checkpoint (a ``WinfTModule`` run's own), its shard set (``mask_root``, else ``data.root``)
-    and its alpha and beta."""
-    run_dir = Path(run_dir)
+    and its alpha and beta. ``run_dir`` may also be a task folder of runs: its newest run
+    (:func:`newest_run`)."""
+    run_dir = newest_run(Path(run_dir))
     row = _results_row(run_dir)
     module = str(row.get("module") or "")
     named = row.get("teacher_ckpt") or _run_config(run_dir, "teacher.ckpt")

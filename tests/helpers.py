@@ -33,6 +33,10 @@ import winft_lightning
 REPO = Path(__file__).resolve().parents[1]  # the checkout: README.md, docs/, scripts/
 CONF_DIR = Path(winft_lightning.__file__).parent / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+# appended, like the size overrides, to the CLI runs of tests whose point is not the end-of-fit
+# figures: drawing them is most of a debug=tiny run (5-10 s of CPU a run on 2 cores); the
+# main-job tests (tests/jobs/test_main_job.py) keep them and check every file
+NO_FIGURES = "callbacks.interaction_figures=null"
 
 
 def compose_config(

@@ -10,13 +10,13 @@ import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
-from helpers import cli, compose_config
+from helpers import NO_FIGURES, cli, compose_config
 from winft_lightning.pipeline import prerequisites
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ddp")]
 
 # 600 train samples in six shards of 100: each rank reads three shards per pass
-COMMON = ("experiment=fmnist_winft", "debug=tiny", "data.source.maxcount=100")
+COMMON = ("experiment=fmnist_winft", "debug=tiny", "data.source.maxcount=100", NO_FIGURES)
 
 
 def read_keys(path: Path) -> tuple[int, dict[int, list[str]]]:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import cli, store_builds, wait_for
+from helpers import NO_FIGURES, cli, store_builds, wait_for
 
 pytestmark = pytest.mark.slow
 
-TINY = ("experiment=fmnist_awd_vit", "debug=tiny")
+TINY = ("experiment=fmnist_awd_vit", "debug=tiny", NO_FIGURES)
 # size overrides appended to README's commands: one epoch each, the smallest run that shows the point
 ONE_EPOCH = ("trainer.max_epochs=1", "teacher.max_epochs=1")
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")

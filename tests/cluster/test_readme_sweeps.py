@@ -14,7 +14,7 @@ import yaml
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from helpers import cli
+from helpers import NO_FIGURES, cli
 from readme import (
     RUNNABLE,
     Command,
@@ -29,7 +29,7 @@ RUN_TIMEOUT = 1200
 OPTUNA_TRIALS = 3
 # size overrides appended to README's sweeps (its own overrides stay as written): one epoch
 # each on half of debug=tiny's images
-ONE_EPOCH = ["trainer.max_epochs=1", "teacher.max_epochs=1", "data.source.limit.train=300",
+ONE_EPOCH = [NO_FIGURES, "trainer.max_epochs=1", "teacher.max_epochs=1", "data.source.limit.train=300",
              "data.source.limit.val=50", "data.source.limit.test=100"]  # fmt: skip
 OPTUNA_EXTRA = [
     f"hydra.sweeper.n_trials={OPTUNA_TRIALS}",

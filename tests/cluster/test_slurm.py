@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import REPO, store_builds
+from helpers import NO_FIGURES, REPO, store_builds
 from readme import SWEEPS, is_slurm
 from winft_lightning.runtime.checkpoints import read_checkpoint
 
@@ -26,7 +26,7 @@ ONE_NODE = REPO / "scripts" / "slurm" / "one_node.sbatch"
 # README's GPU values replaced by CPU ones (two alphas: two jobs of two ranks)
 CPU_VALUES = {"hydra.launcher.gpus_per_node": "null", "hydra.launcher.tasks_per_node": "2",
               "trainer.devices": "2", "model.alpha": "0.05,0.1"}  # fmt: skip
-CPU_APPENDED = ("debug=tiny", "trainer.accelerator=cpu", "trainer.precision=32-true")
+CPU_APPENDED = ("debug=tiny", "trainer.accelerator=cpu", "trainer.precision=32-true", NO_FIGURES)
 # the sweep's job at alpha 0.1 (its cache entries are warm), for three epochs (an interrupt
 # after the first leaves two to resume)
 EPOCHS = 3

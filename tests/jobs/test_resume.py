@@ -11,13 +11,13 @@ import sys
 
 import pytest
 
-from helpers import cli, wait_for
+from helpers import NO_FIGURES, cli, wait_for
 
 pytestmark = pytest.mark.slow
 
 ARGS = [
     "experiment=fmnist_vit", "debug=tiny", "trainer.max_epochs=3", "data.batch_size=16",
-    "data.source.limit.train=800", "logger=many_loggers", "callbacks.rich_progress_bar=null",
+    "data.source.limit.train=800", "logger=many_loggers", "callbacks.rich_progress_bar=null", NO_FIGURES,
 ]  # fmt: skip
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, cli
+from helpers import NO_FIGURES, REPO, cli
 
 pytestmark = pytest.mark.slow
 
@@ -23,10 +23,10 @@ def test_study_runs_and_aggregates(tmp_path):
         "study.controls=[awd_vit]",
         "study.alphas=[0.1,0.3]",  # 0.3 is not an analyzed alpha: that job fails, the rest go on
         "study.geometries=[{img_size:16,patch_size:4}]",
-        'study.overrides=["debug=tiny","trainer.max_epochs=1","teacher.max_epochs=1",'
+        f'study.overrides=["debug=tiny","{NO_FIGURES}","trainer.max_epochs=1","teacher.max_epochs=1",'
         '"data.source.limit.train=300"]',
         "study.claims.teachers.seeds=[0,1]",
-        'study.claims.teachers.overrides=["debug=tiny","teacher.max_epochs=1",'
+        f'study.claims.teachers.overrides=["debug=tiny","{NO_FIGURES}","teacher.max_epochs=1",'
         '"data.source.limit.train=300"]',
         "study.claims.limit=40",
         "study.claims.alphas=[0.1]",

@@ -11,7 +11,7 @@ import lightning as L
 import pytest
 import torch
 
-from helpers import chance_top1, tiny_module
+from helpers import NO_FIGURES, chance_top1, tiny_module
 from winft_lightning.__main__ import run
 from winft_lightning.lit.modules import MODULES, NonFiniteLossError
 from winft_lightning.stages.validate import ConfigError, validate_config
@@ -40,6 +40,7 @@ def test_each_module_trains_on_digits_with_real_masks(make_cfg, tmp_path, cache_
         "debug=tiny",
         f"paths.cache_dir={cache_dir}",
         "trainer.max_epochs=4",
+        NO_FIGURES,
         run_dir=run_dir,
     )
     rows = run(cfg)
@@ -66,7 +67,7 @@ def test_each_module_trains_on_digits_with_real_masks(make_cfg, tmp_path, cache_
 
 
 def test_second_run_reuses_cached_prerequisites(make_cfg, tmp_path, cache_dir, caplog):
-    args = ("experiment=fmnist_awd_vit", "debug=tiny", f"paths.cache_dir={cache_dir}")
+    args = ("experiment=fmnist_awd_vit", "debug=tiny", f"paths.cache_dir={cache_dir}", NO_FIGURES)
     run(make_cfg(*args, "trainer.max_epochs=1", run_dir=tmp_path / "a"))
     caplog.clear()
     with caplog.at_level("INFO", logger="winft_lightning"):

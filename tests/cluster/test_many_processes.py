@@ -50,7 +50,10 @@ def results(root: Path) -> list[dict]:
             if "cache" not in p.parts]  # fmt: skip
 
 
-def test_torchrun_on_an_empty_cache_then_warm(tmp_path):
+def test_torchrun_on_an_empty_cache(tmp_path):
+    """One torchrun of two ranks on an empty cache: one DDP teacher, the analysis split over the
+    ranks, one run dir. (A warm second start over several ranks is the SLURM template's: its
+    three jobs of two ranks start on the sweep's cache and end with the same numbers.)"""
     res = run((*TORCHRUN, "-m", "winft_lightning", *TINY, *DDP_CPU, *ONE_EPOCH), tmp_path)
     made = store_builds(tmp_path)
     assert {k: len(v) for k, v in made.items()} == {"shards": 1, "teachers": 1, "masks": 1}
@@ -67,17 +70,6 @@ def test_torchrun_on_an_empty_cache_then_warm(tmp_path):
     ]  # both ranks in one run dir
     assert res.stdout.count("winft_lightning results") == 1  # rank 0 alone prints
     assert "analyze: rank 1 of 2" in (run_dir / "debug_tiny.rank1.log").read_text()
-
-    warm = run((*TORCHRUN, "-m", "winft_lightning", *TINY, *DDP_CPU, *ONE_EPOCH), tmp_path)
-    assert "teacher: reusing cached" in warm.stdout + warm.stderr
-    assert {k: len(v) for k, v in store_builds(tmp_path).items()} == {
-        "shards": 1,
-        "teachers": 1,
-        "masks": 1,
-    }
-    first, second = results(tmp_path / "outputs" / "runs")
-    assert first["run_dir"] != second["run_dir"]
-    assert second["top1"] == pytest.approx(first["top1"], abs=1e-9)
 
 
 def test_killed_teacher_builder_is_taken_over(tmp_path):

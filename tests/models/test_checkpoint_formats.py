@@ -210,7 +210,9 @@ def test_readme_headline_command_trains_from_a_google_npz_on_an_imagefolder(tmp_
            "data.num_workers=0", "data.num_classes=2", "data.source.val_count=2",
            "model.net.embed_dim=32", "model.net.depth=2", "model.net.num_heads=2",
            f"paths.root_dir={tmp_path}", "logger=csv"]  # fmt: skip
-    proc = cli(*args, *cpu, timeout=400, cwd=tmp_path)
+    # a fresh interpreter, as a user types it: forked, this 384 px run once failed in a thread
+    # of the child with torch's "Invalid thread pool!" (2026-12-07; not reproduced alone)
+    proc = cli(*args, *cpu, timeout=400, cwd=tmp_path, fresh=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (results,) = (tmp_path / "outputs").rglob("results.json")
     result = json.loads(results.read_text())

@@ -114,7 +114,7 @@ def test_visualize_analyzes_the_view_the_masks_are_made_on(tmp_path):
     assert shown.shape == (3, 32, 32)
     assert torch.equal(shown, got["image"])
     # the bundled photos go through the same view
-    assert torch.equal(V._square(rgb, 32), shown)
+    assert torch.equal(V.square_view(rgb, 32), shown)
 
 
 @pytest.mark.parametrize("family", ["vit", "winft"])

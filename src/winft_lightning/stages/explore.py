@@ -22,8 +22,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from winft_lightning.data.loading import analyzed_view
-from winft_lightning.stages.visualize import load_image, load_model, sample_images
+from winft_lightning.stages.visualize import load_image, load_model, sample_images, square_view
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +85,7 @@ def split_images(
             if ext is None:
                 continue
             with Image.open(io.BytesIO(members[ext])) as im:
-                rgb = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
-            images.append(analyzed_view(rgb, size).float().div_(255.0))
+                images.append(square_view(np.asarray(im.convert("RGB")), size))
             keys.append(key)
             if len(images) == count:
                 return torch.stack(images), keys

@@ -98,10 +98,11 @@ def load_image(path: str | Path, size: int) -> Tensor:
     """PNG/JPEG -> ``[3, size, size]`` in [0, 1]: the analyzed view the masks are made on
     (:func:`data.loading.analyzed_view`: shorter side resized to ``size``, centre crop)."""
     with Image.open(path) as im:
-        return _square(np.asarray(im.convert("RGB")), size)
+        return square_view(np.asarray(im.convert("RGB")), size)
 
 
-def _square(rgb: np.ndarray, size: int) -> Tensor:
+def square_view(rgb: np.ndarray, size: int) -> Tensor:
+    """An ``[H, W, 3]`` uint8 photo -> its analyzed view ``[3, size, size]`` in [0, 1]."""
     img = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)  # [3, H, W] uint8
     return analyzed_view(img, size).to(torch.float32).div_(255.0)
 
@@ -110,7 +111,9 @@ def sample_images(size: int) -> Tensor:
     """scikit-image's astronaut, coffee and chelsea photos as ``[3, 3, size, size]``."""
     from skimage import data
 
-    return torch.stack([_square(f(), size) for f in (data.astronaut, data.coffee, data.chelsea)])
+    return torch.stack(
+        [square_view(f(), size) for f in (data.astronaut, data.coffee, data.chelsea)]
+    )
 
 
 def read_results(sources: Sequence[str | Path]) -> list[dict[str, Any]]:

@@ -17,6 +17,8 @@ package, ``bench.sec_<name>``, shared pieces in ``bench.benchlib``):
   overhead  ViTModule in a real Trainer vs a plain timm + torch loop (same model, data, batch).
   data      shard loader images/s vs the training step's consumption at the same batch.
   memory    peak memory of one training step per module at the same batch.
+  claims    the training-free claims pass per image at N = 64 and 196: C3's DIP forwards on the
+            kept patches' tokens vs the dense network (target >= 2x).
 
 On CPU the B/16 geometry (384 px, N = 576) runs with vit_tiny widths and batch 2 so that the
 whole bench fits in minutes; ``--quick`` shrinks repeats and steps for a smoke run.
@@ -37,6 +39,7 @@ import torch
 
 from bench.sec_analysis import analysis_section
 from bench.sec_attention import ALPHA, attention_section
+from bench.sec_claims import claims_section
 from bench.sec_data import data_section
 from bench.sec_memory import memory_section
 from bench.sec_overhead import overhead_section
@@ -50,6 +53,7 @@ SECTIONS = {
     "overhead": overhead_section,
     "data": data_section,
     "memory": memory_section,
+    "claims": claims_section,
 }
 
 

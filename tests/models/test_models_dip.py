@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from helpers import MODEL_KW, attention_maps
+from winft_lightning.core.capture import embed_tokens
 from winft_lightning.core.interactions import awd_windows, dip_keep, dip_order
 from winft_lightning.models import NetBlock, build_vit, net_inputs
+from winft_lightning.models.dropped import forward_kept, supports_forward_kept
 
 KW = MODEL_KW
 
@@ -85,3 +87,39 @@ def test_key_mask_ablation_removes_dropped_keys():
             own[dropped, torch.arange(len(dropped))] = True  # a token may still read itself
             assert (cols[:, ~own] == 0).all() and (cols[:, own] > 0).all()
             assert (attn[b][:, :, 1:][:, :, keep[b]] > 0).all()
+
+
+@pytest.mark.parametrize("model_name", ["vit_base_patch16_224", "deit_base_distilled_patch16_224"])
+@pytest.mark.parametrize("beta", [0.0, 0.25, 0.5, 0.9])
+def test_kept_token_forward_equals_the_dense_dip_network(model_name, beta):
+    """models.dropped.forward_kept (the kept patches' tokens and one zero token carrying
+    +log m; the last block's MLP on the prefix tokens only) gives the dense multiply network's
+    logits, with one and two prefix tokens, with nothing dropped and with most patches
+    dropped; the stem embedded once serves too."""
+    torch.manual_seed(0)
+    model = build_vit(model_name, dip="multiply", **KW).eval()
+    gen = torch.Generator().manual_seed(1)
+    keep = dip_keep(torch.rand(4, 16, generator=gen).argsort(1), beta)
+    x = torch.randn(4, 3, 16, 16, generator=gen)
+    with torch.no_grad():
+        dense = model(x, keep=keep)
+        kept = forward_kept(model, x, keep)
+        again = forward_kept(model, x, keep, tokens=embed_tokens(model, x))
+    torch.testing.assert_close(kept, dense, atol=1e-5, rtol=0)
+    assert torch.equal(again, kept)
+
+
+def test_kept_token_forward_refuses_what_it_cannot_equal():
+    awd = build_vit(attn="awd", dip="multiply", **KW).eval()
+    pooled = build_vit(dip="multiply", global_pool="avg", **KW).eval()
+    full = build_vit(dip="multiply", **KW).eval()
+    assert supports_forward_kept(full)
+    assert not supports_forward_kept(awd) and not supports_forward_kept(pooled)
+    x, keep = torch.randn(2, 3, 16, 16), _keep(2, 0.25)
+    for model in (awd, pooled):
+        with pytest.raises(ValueError, match="forward_kept needs"):
+            forward_kept(model, x, keep)
+    uneven = keep.clone()
+    uneven[0, keep[0].nonzero()[0]] = False  # one more patch dropped in the first image
+    with pytest.raises(ValueError, match="same kept count"):
+        forward_kept(full, x, uneven)

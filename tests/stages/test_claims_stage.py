@@ -235,22 +235,40 @@ def test_keep_chance_is_the_same_code_on_a_structureless_u():
 
 def test_forwards_per_image_counts_the_pass(teacher, digits_shards, monkeypatch):
     """The projection's multiplier is the pass's own count: every forward but the analysis's
-    goes through claims.per_image_correct (wrapped here, not replaced)."""
+    goes through claims.per_image_correct or, for C3's DIP network, models.dropped.forward_kept
+    (wrapped here, not replaced)."""
     from winft_lightning.stages import claims as stage
 
     calls = []
-    real = C.per_image_correct
 
-    def counted(net, x, *args, **kw):
-        calls.append(x.shape[0])
-        return real(net, x, *args, **kw)
+    def counting(real):
+        def counted(net, x, *args, **kw):
+            calls.append(x.shape[0])
+            return real(net, x, *args, **kw)
 
-    monkeypatch.setattr(C, "per_image_correct", counted)
+        return counted
+
+    monkeypatch.setattr(C, "per_image_correct", counting(C.per_image_correct))
+    monkeypatch.setattr(stage, "forward_kept", counting(stage.forward_kept))  # C3's DIP forwards
     alphas, betas = [0.1, 0.2], [0.5]
     collect_claims(teacher, digits_shards, **{**SETTINGS, "alphas": alphas, "keep_alphas": [0.1],
                                               "betas": betas, "limit": 20, "batch_size": 20})  # fmt: skip
     assert len(calls) + 1 == stage.forwards_per_image(alphas, betas) == 2 + 6 + 2 * 5
     assert set(calls) == {20}
+
+
+def test_kept_token_dip_forwards_give_the_dense_pass_columns(teacher, digits_shards):
+    """C3's DIP forwards on the kept patches' tokens only (models.dropped) give every column
+    the dense network gives, bit for bit, and the facts say which ran."""
+    small = {**SETTINGS, "alphas": [0.1], "betas": [0.1, 0.5, 0.9], "limit": 40}
+    kept, kept_facts = collect_claims(teacher, digits_shards, **small)
+    dense, dense_facts = collect_claims(teacher, digits_shards, **small, dip_forward="dense")
+    assert (kept_facts["dip_forward"], dense_facts["dip_forward"]) == ("kept", "dense")
+    assert kept.keys() == dense.keys()
+    for k in kept:
+        assert np.array_equal(kept[k], dense[k], equal_nan=kept[k].dtype.kind == "f"), k
+    with pytest.raises(ValueError, match="dip_forward"):
+        collect_claims(teacher, digits_shards, **small, dip_forward="sparse")
 
 
 def test_a_plain_weights_teacher_needs_its_net_and_gives_the_same_columns(

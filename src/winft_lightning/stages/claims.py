@@ -33,11 +33,13 @@ from winft_lightning.core import baselines as B
 from winft_lightning.core import claims as C
 from winft_lightning.core import interactions as ia
 from winft_lightning.core.analysis import analyze
+from winft_lightning.core.capture import embed_tokens
 from winft_lightning.core.claims_table import ORDERINGS, column
 from winft_lightning.core.interactions import Grid
 from winft_lightning.data.datamodule import ShardDataModule
 from winft_lightning.data.progress import image_progress
 from winft_lightning.models import build_vit
+from winft_lightning.models.dropped import forward_kept, supports_forward_kept
 from winft_lightning.models.teacher import TeacherError, TeacherInfo, load_teacher, teacher_norm
 from winft_lightning.runtime.checkpoints import checkpoint_format, read_checkpoint
 from winft_lightning.runtime.machine import trim_heap
@@ -143,13 +145,28 @@ def _batch(cols, nets, teacher, x01, labels, norm, opts, gens, grid, ties) -> No
         for name, w in controls.items():
             add(column("correct", name, a), C.per_image_correct(nets["awd"], x, labels, windows=w))
     orders = _orders(res, x01, grid, gens["c3"], ties)
+    dip = _dip_correct(nets["dip"], x, labels, opts["dip_forward"])
     for ordering in ORDERINGS:
         for direction, drop in (("lowest", B.drop_lowest), ("highest", B.drop_highest)):
             for b in opts["betas"]:
-                keep = drop(orders[ordering], b)
-                ok = C.per_image_correct(nets["dip"], x, labels, keep=keep)
-                add(column("correct", ordering, direction, b), ok)
+                add(column("correct", ordering, direction, b), dip(drop(orders[ordering], b)))
     add("label", labels)
+
+
+def _dip_correct(net, x: Tensor, labels: Tensor, how: str) -> Callable[[Tensor], Tensor]:
+    """``keep [B, N] -> [B]`` bool: the DIP network's per-image correctness with those patches
+    kept. ``how`` "kept": :func:`models.dropped.forward_kept`, on the batch's tokens embedded
+    once (the dropped patches' tokens left out: about half the cost at the claims' betas);
+    "dense": the network's own forward over all N patches (the reference it equals)."""
+    if how == "dense" or not supports_forward_kept(net):
+        return lambda keep: C.per_image_correct(net, x, labels, keep=keep)
+    tokens = embed_tokens(net, x)
+
+    def correct(keep: Tensor) -> Tensor:
+        logits = forward_kept(net, x, keep, tokens=tokens)
+        return (logits.argmax(dim=-1) == labels.to(logits.device)).cpu()
+
+    return correct
 
 
 def collect_claims(
@@ -170,6 +187,7 @@ def collect_claims(
     teacher_sha256: str | None = None,
     net: dict[str, Any] | None = None,
     ties: str = "key",
+    dip_forward: str = "kept",
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """One pass over the test split (or its first ``limit`` images, in stream order):
     ``(columns, facts)``: ``columns`` maps each per-image value's name to an ``[n]`` array
@@ -197,13 +215,16 @@ def collect_claims(
         ia.check_beta(b, "claims.betas")
     if ties not in ("key", "index"):
         raise ValueError(f"claims.ties must be 'key' or 'index', got {ties!r}")
+    if dip_forward not in ("kept", "dense"):
+        raise ValueError(f"dip_forward must be 'kept' or 'dense', got {dip_forward!r}")
     gens = {k: _generator(seed, i, dev) for i, k in enumerate(("null", "c2", "c3"))}
     n = info.grid[0] * info.grid[1]
 
     def measure(cols: dict[str, list[np.ndarray]], x01: Tensor, labels: Tensor, keys) -> None:
         perm = (None if ties == "index" else
                 B.tie_permutations([B.key_seed(k, seed) for k in keys], n, dev))  # fmt: skip
-        _batch(cols, nets, teacher, x01, labels, (mean, std), opts, gens, info.grid, perm)
+        _batch(cols, nets, teacher, x01, labels, (mean, std), opts | {"dip_forward": dip_forward},
+               gens, info.grid, perm)  # fmt: skip
 
     columns = _test_pass(dm, total, measure, dev, progress)
     seconds = time.perf_counter() - start
@@ -211,7 +232,7 @@ def collect_claims(
     view = {"img_size": info.img_size, "resize": "shorter side + centre crop",
             "mean": list(mean), "std": list(std)}  # fmt: skip
     facts = _pass_facts(ckpt, info, net_hp, dm, len(columns["key"]), view, dev, seconds)
-    return columns, facts | {"settings": settings, "c3_ties": ties}
+    return columns, facts | {"settings": settings, "c3_ties": ties, "dip_forward": dip_forward}
 
 
 def _pass_facts(

@@ -8,7 +8,7 @@ import pytest
 
 from winft_lightning.core import claims as C
 from winft_lightning.core import pooling as P
-from winft_lightning.core.claims_pooled import NO_HEADLINE, pool_row, pool_rows
+from winft_lightning.core.claims_pooled import NO_HEADLINE, pool_row, pool_rows, sensitivity_split
 
 
 def _row(effects, ses, *, headline=True, rule="margin", margin=0.5, verdict="supported"):
@@ -53,3 +53,26 @@ def test_the_free_row_is_pooled_as_non_inferiority():
     row = _row([-0.1, 0.0, 0.1, -0.05], [0.05] * 4, rule="non-inferiority", margin=0.5)
     got = pool_row(row, 0.95)
     assert got["low"] > -0.5 and got["verdict"] == "non-inferior"
+
+
+def test_the_accuracy_bar_is_a_sensitivity_split_not_a_filter():
+    """Pooled without the teacher below the bar (seed "4", the one that disagrees), the
+    headline row turns supported; the rows given keep every teacher and their verdicts, and
+    the non-headline row is not in the split."""
+    rows = [
+        _row([2.0, 2.1, 1.9, 2.05, -3.0], [0.1] * 5),
+        _row([0.1] * 3, [0.05] * 3, headline=False),
+    ]
+    for i, r in enumerate(rows):
+        r["id"] = f"row{i}"
+    pool_rows(rows)
+    before = [dict(r["pooled"]) for r in rows]
+    split = sensitivity_split(rows, kept=["0", "1", "2", "3"])
+    assert [r["pooled"] for r in rows] == before and len(rows[0]["teachers"]) == 5
+    assert rows[0]["verdict"] == "inconclusive"
+    (got,) = split
+    assert got["id"] == "row0"
+    want = P.random_effects([2.0, 2.1, 1.9, 2.05], [0.1] * 4, P.bonferroni(0.95, 1)).interval
+    assert (got["k"], got["low"], got["high"]) == (4, want.low, want.high)
+    assert got["verdict"] == "supported"
+    assert sensitivity_split(rows, kept=["0", "1"])[0]["verdict"].startswith(NO_HEADLINE)

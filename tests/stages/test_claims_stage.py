@@ -226,6 +226,33 @@ def test_recompute_rebuilds_the_report_byte_for_byte(part, tmp_path):
         R.rebuild(saved / "claims")
 
 
+def test_a_teacher_below_the_accuracy_bar_stays_and_is_split(part, tmp_path):
+    """SPEC 10: the recipe's min_top1 does not filter. A part whose teacher 1 falls below it
+    keeps both teachers in every row, marks teacher 1 in its table, and pools the headline
+    again without it in a sensitivity section; a bar every teacher reached says so."""
+    out, full = part
+    claims = tmp_path / "claims"
+    shutil.copytree(out, claims)
+    facts = json.loads((claims / "facts.json").read_text())
+    facts["passes"][1]["teacher_row"]["top1"] = 40.0
+    write_json_atomic(claims / "facts.json", {**facts, "min_top1": 45.0})
+    result = R.rebuild(claims)
+    bar = result["accuracy_bar"]
+    assert bar["min_top1"] == 45.0 and bar["below"] == [1]
+    assert [r["teachers"].keys() for r in result["claims"]] == [
+        r["teachers"].keys() for r in full["claims"]]  # fmt: skip
+    headline = [r["id"] for r in result["claims"] if r["headline"]]
+    assert [r["id"] for r in bar["rows"]] == headline and {r["k"] for r in bar["rows"]} == {1}
+    report = (claims / "report.md").read_text()
+    assert "| 1 | 40.00 (below the bar) |" in report
+    assert "## Sensitivity: the accuracy bar (45 % top-1)" in report
+    assert report.count("| K = 2: ") == len(headline)
+    write_json_atomic(claims / "facts.json", {**facts, "min_top1": 30.0})
+    again = R.rebuild(claims)
+    assert again["accuracy_bar"] == {"min_top1": 30.0, "below": [], "rows": []}
+    assert "Every teacher reached the bar" in (claims / "report.md").read_text()
+
+
 def test_keep_chance_is_the_same_code_on_a_structureless_u():
     paper = keep_chance((14, 14), 0.1, images=16)
     assert 0.85 < paper["mean"] < 0.97 and paper["N"] == 196  # SPEC 9: about 93 % at N = 196

@@ -15,7 +15,7 @@ from typing import Any
 from winft_lightning.core import claims as C
 from winft_lightning.core import pooling as P
 
-__all__ = ["CONFIDENCE", "NO_HEADLINE", "pool_row", "pool_rows"]
+__all__ = ["CONFIDENCE", "NO_HEADLINE", "pool_row", "pool_rows", "sensitivity_split"]
 
 CONFIDENCE = 0.95  # the family's simultaneous confidence (SPEC 10)
 NO_HEADLINE = "no headline verdict"  # K < pooling.MIN_TEACHERS: SPEC 10 gives none
@@ -72,3 +72,19 @@ def pool_rows(rows: Sequence[dict[str, Any]], confidence: float = CONFIDENCE) ->
             "method": "random-effects meta-analysis over teachers (DerSimonian-Laird tau^2, "
                       "modified Hartung-Knapp-Sidik-Jonkman t interval on K - 1 df); headline "
                       "rows Bonferroni-simultaneous"}  # fmt: skip
+
+
+def sensitivity_split(
+    rows: Sequence[Mapping[str, Any]], kept: Sequence[Any], confidence: float = CONFIDENCE
+) -> list[dict[str, Any]]:
+    """SPEC 10's accuracy bar as a sensitivity split: each headline row pooled again over the
+    teachers in ``kept`` only (those at or above the bar), by :func:`pool_rows` on copies (the
+    family, its Bonferroni level and the rules unchanged; ``rows`` are not touched). Per
+    headline row: ``id``, and the pooled ``k``, ``effect``, ``low``, ``high``, ``verdict`` of
+    the subset."""
+    wanted = {str(s) for s in kept}
+    subset = [dict(r, teachers={s: c for s, c in r["teachers"].items() if str(s) in wanted})
+              for r in rows]  # fmt: skip
+    pool_rows(subset, confidence)
+    fields = ("k", "effect", "low", "high", "verdict")
+    return [{"id": r["id"], **{f: r["pooled"][f] for f in fields}} for r in subset if r["headline"]]

@@ -146,6 +146,8 @@ def report_markdown(result: dict[str, Any], facts: dict[str, Any]) -> str:
     for p in facts["passes"]:
         row = p["teacher_row"]
         top1 = "n/a" if row.get("top1") is None else f"{row['top1']:.2f}"
+        if p["seed"] in (result.get("accuracy_bar") or {}).get("below", []):
+            top1 += " (below the bar)"
         lines.append(f"| {p['seed']} | {top1} | {row.get('epochs')} | "
                      f"{_minutes(row.get('fit_seconds'))} | {p['images']:,} of "
                      f"{p['split_images']:,} ({_which_images(p)}) | "
@@ -163,6 +165,7 @@ def report_markdown(result: dict[str, Any], facts: dict[str, Any]) -> str:
               "this part: the randomisation null (`stages.null_claims`), which is measured "
               "apart; accuracy rows (C2, C3) are never measured on a random teacher (it is "
               "at chance).", ""]  # fmt: skip
+    lines += _bar_markdown(result)
     chance = facts["keep_chance"]
     lines += ["## The keep fraction against chance", "",
               "| alpha | teacher | kept(U) | kept(random U') |", "|---|---|---|---|"]  # fmt: skip
@@ -294,10 +297,57 @@ def rebuild(out_dir: str | Path) -> dict[str, Any]:
     result = T.summarise_claims(records, settings, first["N"], resamples=facts["resamples"],
                                 seed=settings["seed"])  # fmt: skip
     result["N"], result["grid"] = first["N"], first["grid"]
+    if facts.get("min_top1") is not None:
+        result["accuracy_bar"] = accuracy_bar(result["claims"], facts)
     write_json_atomic(out / "claims.json", result)
     _figures(result, out, first.get("teacher", {}).get("patch_size"))
     (out / "report.md").write_text(report_markdown(result, facts))
     return result
+
+
+def accuracy_bar(rows: list[dict[str, Any]], facts: dict[str, Any]) -> dict[str, Any]:
+    """SPEC 10's accuracy bar (the recipe's ``min_top1``, %) as a sensitivity split, never a
+    filter: the teachers below it, and the headline rows pooled without them
+    (:func:`claims_pooled.sensitivity_split`; empty when every teacher reached it)."""
+    from winft_lightning.core.claims_pooled import sensitivity_split
+
+    bar = float(facts["min_top1"])
+    top1 = {p["seed"]: (p.get("teacher_row") or {}).get("top1") for p in facts["passes"]}
+    below = [s for s, t in top1.items() if t is not None and t < bar]
+    above = [s for s in top1 if s not in below]
+    return {"min_top1": bar, "below": below,
+            "rows": sensitivity_split(rows, above) if below else []}  # fmt: skip
+
+
+def _bar_markdown(result: dict[str, Any]) -> list[str]:
+    """The sensitivity split's section: each headline row's pooled verdict with every teacher
+    and without those below the bar."""
+    bar = result.get("accuracy_bar")
+    if not bar:
+        return []
+    head = [f"## Sensitivity: the accuracy bar ({bar['min_top1']:g} % top-1)", ""]
+    if not bar["below"]:
+        return head + ["Every teacher reached the bar: there is nothing to split.", ""]
+    full = {r["id"]: r["pooled"] for r in result["claims"] if r["headline"]}
+
+    def cell(c: dict[str, Any]) -> str:
+        if c["effect"] is None:
+            return f"K = {c['k']}: {c['verdict']}"
+        return (
+            f"K = {c['k']}: {c['effect']:+.3g} [{c['low']:+.3g}, {c['high']:+.3g}] {c['verdict']}"
+        )
+
+    lines = head + [
+        f"Teachers below the bar: {', '.join(map(str, bar['below']))}. They stay in every table "
+        "above (SPEC 10: a bar is a sensitivity split, never a filter); here each headline row "
+        "is pooled again without them. A verdict that changes depends on which teachers count.",
+        "", "| claim | every teacher | at or above the bar | changes |", "|---|---|---|---|",
+    ]  # fmt: skip
+    for r in bar["rows"]:
+        a = full[r["id"]]
+        moved = "yes" if a["verdict"] != r["verdict"] else "no"
+        lines.append(f"| {r['id']} | {cell(a)} | {cell(r)} | {moved} |")
+    return lines + [""]
 
 
 def part_facts(passes, settings, resamples, machine, command, keep_chance, teachers_seconds,

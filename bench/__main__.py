@@ -1,7 +1,7 @@
 """``make bench``: every stage against its limit, ratios measured in one run, one JSON file.
 
-    python -m bench [--sections attention,analysis,train,overhead,data,memory] [--out PATH]
-                    [--update PATH] [--quick]
+    python -m bench [--sections attention,analysis,train,overhead,data,loader,memory]
+                    [--out PATH] [--update PATH] [--quick]
 
 Sections (each records absolute times and the ratio its target is stated on; modules of this
 package, ``bench.sec_<name>``, shared pieces in ``bench.benchlib``):
@@ -16,6 +16,9 @@ package, ``bench.sec_<name>``, shared pieces in ``bench.benchlib``):
             with the attention section's best order and block size).
   overhead  ViTModule in a real Trainer vs a plain timm + torch loop (same model, data, batch).
   data      shard loader images/s vs the training step's consumption at the same batch.
+  loader    the training loader's images per core-second on ImageNet-sized JPEGs (scikit-image
+            photos) at 224 and 384, with and without masks, per worker and per process; the
+            loader cores one H100 needs per recipe (shard sets cached in outputs/bench/cache).
   memory    peak memory of one training step per module at the same batch.
   claims    the training-free claims pass per image at N = 64 and 196: C3's DIP forwards on the
             kept patches' tokens vs the dense network (target >= 2x).
@@ -41,6 +44,7 @@ from bench.sec_analysis import analysis_section
 from bench.sec_attention import ALPHA, attention_section
 from bench.sec_claims import claims_section
 from bench.sec_data import data_section
+from bench.sec_loader import loader_section
 from bench.sec_memory import memory_section
 from bench.sec_overhead import overhead_section
 from bench.sec_train import train_section
@@ -52,6 +56,7 @@ SECTIONS = {
     "train": train_section,
     "overhead": overhead_section,
     "data": data_section,
+    "loader": loader_section,
     "memory": memory_section,
     "claims": claims_section,
 }

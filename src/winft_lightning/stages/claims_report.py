@@ -327,7 +327,7 @@ def _bar_markdown(result: dict[str, Any]) -> list[str]:
         return []
     head = [f"## Sensitivity: the accuracy bar ({bar['min_top1']:g} % top-1)", ""]
     if not bar["below"]:
-        return head + ["Every teacher reached the bar: there is nothing to split.", ""]
+        return [*head, "Every teacher reached the bar: there is nothing to split.", ""]
     full = {r["id"]: r["pooled"] for r in result["claims"] if r["headline"]}
 
     def cell(c: dict[str, Any]) -> str:
@@ -347,7 +347,7 @@ def _bar_markdown(result: dict[str, Any]) -> list[str]:
         a = full[r["id"]]
         moved = "yes" if a["verdict"] != r["verdict"] else "no"
         lines.append(f"| {r['id']} | {cell(a)} | {cell(r)} | {moved} |")
-    return lines + [""]
+    return [*lines, ""]
 
 
 def part_facts(passes, settings, resamples, machine, command, keep_chance, teachers_seconds,

@@ -337,7 +337,8 @@ def _bar_markdown(result: dict[str, Any]) -> list[str]:
             f"K = {c['k']}: {c['effect']:+.3g} [{c['low']:+.3g}, {c['high']:+.3g}] {c['verdict']}"
         )
 
-    lines = head + [
+    lines = [
+        *head,
         f"Teachers below the bar: {', '.join(map(str, bar['below']))}. They stay in every table "
         "above (SPEC 10: a bar is a sensitivity split, never a filter); here each headline row "
         "is pooled again without them. A verdict that changes depends on which teachers count.",

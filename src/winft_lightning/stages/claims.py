@@ -197,6 +197,8 @@ def collect_claims(
     file (a Lightning checkpoint of our modules carries its own). ``ties``: how the C3
     baselines break ties, "key" (SPEC 10: a random permutation per image seeded by its key and
     ``seed``) or "index" (SPEC 9's passes: by patch index)."""
+    opts = _pass_options(alphas, betas, keep_alphas, locality_alpha, object_threshold, ties,
+                         dip_forward)  # fmt: skip
     start = time.perf_counter()
     ckpt = Path(teacher_ckpt).expanduser()
     dev = torch.device(
@@ -208,15 +210,6 @@ def collect_claims(
     nets, net_hp = _nets(ckpt, dev, net)
     mean, std = teacher_norm(teacher, info)
     dm, total = _test_split(ckpt, info, shards_root, batch_size, num_workers, limit)
-    opts = dict(alphas=[float(a) for a in alphas], betas=[float(b) for b in betas],
-                keep_alphas=[float(a) for a in keep_alphas],
-                locality_alpha=float(locality_alpha), object_threshold=float(object_threshold))  # fmt: skip
-    for b in opts["betas"]:
-        ia.check_beta(b, "claims.betas")
-    if ties not in ("key", "index"):
-        raise ValueError(f"claims.ties must be 'key' or 'index', got {ties!r}")
-    if dip_forward not in ("kept", "dense"):
-        raise ValueError(f"dip_forward must be 'kept' or 'dense', got {dip_forward!r}")
     gens = {k: _generator(seed, i, dev) for i, k in enumerate(("null", "c2", "c3"))}
     n = info.grid[0] * info.grid[1]
 
@@ -233,6 +226,23 @@ def collect_claims(
             "mean": list(mean), "std": list(std)}  # fmt: skip
     facts = _pass_facts(ckpt, info, net_hp, dm, len(columns["key"]), view, dev, seconds)
     return columns, facts | {"settings": settings, "c3_ties": ties, "dip_forward": dip_forward}
+
+
+def _pass_options(alphas, betas, keep_alphas, locality_alpha, object_threshold, ties,
+                  dip_forward) -> dict[str, Any]:  # fmt: skip
+    """The pass's per-image options as floats (what its settings record), checked before any
+    work: every beta in [0, 1), ``ties`` "key" or "index", ``dip_forward`` "kept" or
+    "dense"."""
+    opts = dict(alphas=[float(a) for a in alphas], betas=[float(b) for b in betas],
+                keep_alphas=[float(a) for a in keep_alphas],
+                locality_alpha=float(locality_alpha), object_threshold=float(object_threshold))  # fmt: skip
+    for b in opts["betas"]:
+        ia.check_beta(b, "claims.betas")
+    if ties not in ("key", "index"):
+        raise ValueError(f"claims.ties must be 'key' or 'index', got {ties!r}")
+    if dip_forward not in ("kept", "dense"):
+        raise ValueError(f"dip_forward must be 'kept' or 'dense', got {dip_forward!r}")
+    return opts
 
 
 def _pass_facts(

@@ -56,7 +56,7 @@ study-quick:  ## the <15 min variant of the study
 study-claims:  ## SPEC 9's training-free claims alone: 3 teachers, their claims passes
 	$(PY) -m winft_lightning.study study=claims
 
-study-trained:  ## the trained comparisons alone: 6 arms x 4 seeds, masks from claims teacher 0
+study-trained:  ## the trained comparisons alone: 9 arms x 4 seeds, masks from claims teacher 0
 	$(PY) -m winft_lightning.study study=trained
 
 study-paper-grid:  ## the training-free claims at N = 196 (28 px, patch 2), 2 teachers

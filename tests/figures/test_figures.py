@@ -221,11 +221,13 @@ def test_tradeoff_legend_names_control_arms():
         dict(family="awd_vit:random", control="random", alpha=0.1, beta=0.0, top1=61.6, eo=2800.0),
         dict(family="awd_dip_vit:random", alpha=0.1, beta=0.2, top1=60.1, eo=2300.0),
         dict(family="awd_vit", control="centred", alpha=0.1, beta=0.0, top1=62.0, eo=2800.0),
+        dict(family="awd_dip_vit", control="other", alpha=0.1, beta=0.2, top1=62.0, eo=2300.0),
     ]
     (ax,) = figures.tradeoff_figure(rows).axes
     assert {c.get_label() for c in ax.containers} == {
-        "AWD-ViT", "AWD-ViT (random windows)", "AWD+DIP ViT (random patches dropped)",
-        "AWD-ViT (centred control)",
+        "AWD-ViT", "AWD-ViT (random windows)",
+        "AWD+DIP ViT (random windows, random patches dropped)", "AWD-ViT (centred windows)",
+        "AWD+DIP ViT (other control)",
     }  # fmt: skip
 
 

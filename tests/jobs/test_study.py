@@ -164,8 +164,9 @@ def test_every_study_job_composes(make_cfg, tmp_path, variant):
     """Each job of each sweep of the shipped studies, and each claims teacher, composes and
     validates (first value of every swept option), so a long study cannot die on a typo."""
     from helpers import compose_config
-    from winft_lightning.stages.sweeps import sweep_commands
+    from winft_lightning.stages.sweeps import _listed, study_arms, sweep_commands
     from winft_lightning.stages.teachers import teacher_config
+    from winft_lightning.stages.trained_report import TRAINED_CLAIMS
     from winft_lightning.stages.validate import validate_config
 
     study = compose_config([f"study={variant}"], tmp_path, config_name="study").study
@@ -177,9 +178,21 @@ def test_every_study_job_composes(make_cfg, tmp_path, variant):
         validate_config(cfg)
         assert cfg.teacher.seed == seed and cfg.teacher.max_epochs >= 2
     commands = sweep_commands(study, tmp_path / "study")
-    arms = len(study.families) + len(study.get("controls", []))
-    assert len(commands) == arms * len(study.geometries)
-    assert sum("data.control=random" in argv for _, argv in commands) == len(study.controls)
+    winft_betas = len(_listed(study.winft_beta)) if "winft" in study.families else 1
+    sweeps = len(study.families) + winft_betas - 1 + len(study.get("controls", []))
+    assert len(commands) == sweeps * len(study.geometries)
+    controls = [a for _, argv in commands for a in argv if a.startswith("data.control=")]
+    assert len(controls) == len(study.controls) * len(study.geometries)
+    arms = {(f, round(a, 6), round(b, 6)) for f, a, b in study_arms(study)}
+    if variant in ("full", "trained"):  # every trained row's arms run (SPEC 9, 10)
+        assert set(controls) == {"data.control=random", "data.control=centred",
+                                 "data.control=blank"}  # fmt: skip
+        assert len(arms) == 9 and len(study.seeds) == 4  # 36 students
+        for cid, *_, treated, control in TRAINED_CLAIMS:
+            for f, a, b in (treated, control):
+                assert (f, a, b) in arms, (cid, f)
+    if variant == "quick":  # the smoke keeps its 4 arms x 1 seed
+        assert not controls and len(arms) == 4 and list(study.seeds) == [0]
     for _, argv in commands:
         overrides = [a.split(",")[0] for a in argv[3:] if "=" in a and not a.startswith("hydra.")]
         cfg = make_cfg(*overrides)

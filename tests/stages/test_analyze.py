@@ -53,7 +53,13 @@ def test_manifest_and_copied_members(analyzed_shards, digits_shards, teacher_ckp
     assert t["sha256"] == file_sha256(teacher_ckpt) and t["model_name"] == "vit_tiny_patch16_224"
     assert (t["img_size"], t["patch_size"], t["grid"], t["num_prefix_tokens"]) == (16, 4, [4, 4], 1)
     assert m["alphas"] == [0.1, 0.5] and m["code_version"] == __version__ and m["kind"] == "masks"
-    assert m["controls"] == ["random"]
+    assert m["controls"] == ["random", "centred", "blank"] and m["mask_format"] == 3
+    assert m["mask_members"]["controls"] == {
+        "random": {"0.1": "awd_random.a0100", "0.5": "awd_random.a0500",
+                   "dip_order": "dip_order_random"},
+        "centred": {"0.1": "awd_centred.a0100", "0.5": "awd_centred.a0500"},
+        "blank": {"dip_order": "dip_order_blank"},
+    }  # fmt: skip
     assert m["view"]["mean"] == list(MEAN)  # taken from the teacher checkpoint's datamodule
     assert m["mask_bytes_per_image"] > 0 and m["bitpacked_mask_bytes_per_image"] == 32
     assert m["classes"] == src["classes"]
@@ -76,6 +82,9 @@ def test_manifest_and_copied_members(analyzed_shards, digits_shards, teacher_ckp
             "awd_random.a0100.i16z",  # SPEC 9's retrained controls (tests/data/test_controls.py)
             "awd_random.a0500.i16z",
             "dip_order_random.i16z",
+            "awd_centred.a0100.i16z",  # SPEC 10's controls without a teacher
+            "awd_centred.a0500.i16z",
+            "dip_order_blank.i16z",
         }
         order = decode_mask(members["dip_order.i16z"], "i16z", (16,))
         assert sorted(order.tolist()) == list(range(16))

@@ -10,6 +10,7 @@ import pytest
 
 from helpers import REPO
 from winft_lightning.stages.claims_report import verdict_moves
+from winft_lightning.stages.trained_report import sign_flip_cell
 from winft_lightning.study import recompute
 
 ROOT = REPO
@@ -68,6 +69,7 @@ def test_results_page_quotes_the_committed_trained_verdicts():
             f"{row['effect'] * 100:+.2f} pp [{row['low'] * 100:+.2f}, {row['high'] * 100:+.2f}]"
             in line
         )
+        assert f"| {sign_flip_cell(row)} |" in line  # SPEC 10: the exact p beside the interval
 
 
 PAPER_GRID = ROOT / "docs" / "results" / "2026-12-02_study_paper_grid"

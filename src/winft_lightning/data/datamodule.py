@@ -2,8 +2,10 @@
 
 Batches are dicts (docs/INTERFACES.md): ``image [B,3,H,W]`` float, ``label [B]`` long, ``key``
 list[str]; with ``use_masks`` also ``windows [B,N,4]`` long for the run's ``alpha`` and
-``dip_order [B,N]`` long (``control="random"``: SPEC 9's stored random controls instead). Train loaders give every rank ``ceil(count / (batch * world))``
-batches per epoch; val/test loaders give each sample exactly once across ranks.
+``dip_order [B,N]`` long (``control``: a stored retrained control instead of the member it
+replaces, ``data.masks.CONTROL_MEMBERS``). Train loaders give every rank
+``ceil(count / (batch * world))`` batches per epoch; val/test loaders give each sample exactly
+once across ranks.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from winft_lightning.data.errors import DataError, MaskError
 from winft_lightning.data.geometry import check_augmentations, check_mask_geometry
 from winft_lightning.data.loading import EpochLoader, SampleDecoder, ShardStream, slot_counts
-from winft_lightning.data.masks import find_alpha, mask_names
+from winft_lightning.data.masks import check_control, control_names, find_alpha, mask_names
 from winft_lightning.data.shards import SPLITS, read_manifest
 
 
@@ -62,7 +64,7 @@ class ShardDataModule(L.LightningDataModule):
         if control is not None and not use_masks:
             raise MaskError(f"data.control={control!r} needs a module that reads masks")
         if control is not None:
-            mask_names(0.1, control)  # refuses an unknown control, naming data.control
+            check_control(control)  # refuses an unknown control, naming data.control
         self.root = Path(root).expanduser() if root else None
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.eval_batch_size = int(eval_batch_size or batch_size)
@@ -125,16 +127,27 @@ class ShardDataModule(L.LightningDataModule):
                 "run `python -m winft_lightning.analyze` and use its output directory"
             )
         self.alpha = find_alpha(self.alpha, m["alphas"], f"{root}/manifest.json")
-        if self.control is not None and self.control not in m.get("controls", []):
-            raise MaskError(
-                f"data.control={self.control} but the mask set {root} has no {self.control} "
-                "controls (made before they were stored): analyze it again"
-            )
+        if self.control is not None:
+            self._check_control(m)
         view = int(m["teacher"]["img_size"])
         if view != self.img_size:
             raise MaskError(
                 f"data.img_size={self.img_size} but the masks in {root} were computed on the "
                 f"{view}px view of teacher {m['teacher']['model_name']}; set data.img_size={view}"
+            )
+
+    def _check_control(self, m: dict[str, Any]) -> None:
+        """The mask set must store ``self.control``'s members at this alpha (a set made before
+        that control was stored has none: MaskError naming data.control)."""
+        stored = m.get("mask_members", {}).get("controls", {}).get(self.control, {})
+        names = set(stored.values()) if isinstance(stored, dict) else set()
+        wanted = control_names([self.alpha], self.control)
+        if self.control not in m.get("controls", []) or not set(wanted) <= names:
+            made = f"mask format {m.get('mask_format', '2 or older')}"
+            raise MaskError(
+                f"data.control={self.control} but the mask set {m['root']} has no "
+                f"{self.control} controls ({made}, made before they were stored; it has "
+                f"{m.get('controls', [])}): analyze it again"
             )
 
     def check_geometry(self, geometry: Mapping[str, Any]) -> None:

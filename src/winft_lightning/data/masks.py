@@ -1,8 +1,19 @@
 """Mask members of a sample, per alpha ``awd.a0100.<enc>`` (alpha = 0.100) ``[N, 4]`` int16
-windows and ``dip_order.<enc>`` ``[N]`` int16, and beside them SPEC 9's retrained controls
-(``awd_random.a0100.<enc>``: per patch a window of AWD's w x h containing p, placed uniformly;
-``dip_order_random.<enc>``: a uniform random order, whose first floor(beta N) are dropped),
-drawn from a generator seeded by the image key, in one of two encodings:
+windows and ``dip_order.<enc>`` ``[N]`` int16, and beside them the retrained controls a
+``data.control`` arm reads instead (:data:`CONTROL_MEMBERS`: which of the two each replaces;
+the other stays the teacher's):
+
+- ``random`` (SPEC 9): ``awd_random.a0100.<enc>``, per patch a window of AWD's w x h containing
+  p, placed uniformly, and ``dip_order_random.<enc>``, a uniform random order; drawn from a
+  generator seeded by the image key;
+- ``centred`` (SPEC 10, windows only): ``awd_centred.a0100.<enc>``, per patch a window of AWD's
+  w x h centred on p and shifted to fit (``core.claims.centred_windows_like``, C2's control);
+- ``blank`` (SPEC 10, order only): ``dip_order_blank.<enc>``, the patches by ascending pixel
+  standard deviation in the analyzed view (``core.baselines.blank_scores``), ties in a
+  permutation seeded by the image key (the claims pass's, seed 0), so DIP's floor(beta N) drops
+  become the blankest floor(beta N) patches;
+
+in one of two encodings:
 
 - ``i16z`` (default): the int16 values column by column (x_l of every patch, then y_t, ...),
   little-endian, split into a low-byte and a high-byte plane, zlib level 9. No header: the
@@ -25,16 +36,28 @@ from typing import Any
 import numpy as np
 import torch
 
-from winft_lightning.core.baselines import random_order
-from winft_lightning.core.claims import place_windows_like
+from winft_lightning.core.baselines import (
+    ascending_order,
+    blank_scores,
+    key_seed,
+    random_order,
+    tie_permutations,
+)
+from winft_lightning.core.claims import centred_windows_like, place_windows_like
 from winft_lightning.core.interactions import check_alpha
 from winft_lightning.data.errors import MaskError
 
 ENCODINGS = ("i16z", "npy")
 DIP = "dip_order"
 DIP_RANDOM = "dip_order_random"
-CONTROLS = ("random",)  # data.control: the masks a retrained control arm reads
-MASK_FORMAT = 2  # 2: with the random controls beside the teacher's masks
+WINDOWS, ORDER = "windows", "order"  # the two kinds of mask member a run reads
+# data.control: the members each retrained control arm reads instead of the teacher's (the
+# member it does not name stays the teacher's); a run must read at least one of them
+CONTROL_MEMBERS = {"random": (WINDOWS, ORDER), "centred": (WINDOWS,), "blank": (ORDER,)}
+CONTROLS = tuple(CONTROL_MEMBERS)
+# 2: with the random controls beside the teacher's masks; 3: with the centred and blank ones
+MASK_FORMAT = 3
+BLANK_TIE_SEED = 0  # the blank order's ties: the claims pass's permutation of seed 0
 
 
 def alpha_tag(alpha: float) -> str:
@@ -59,13 +82,47 @@ def dip_member(encoding: str = "i16z") -> str:
     return f"{DIP}.{encoding}"
 
 
+def check_control(control: str) -> str:
+    """``control`` if it is one of :data:`CONTROLS`, else :class:`MaskError` naming
+    ``data.control``."""
+    if control not in CONTROL_MEMBERS:
+        raise MaskError(f"data.control={control!r} is not one of {CONTROLS} (or null)")
+    return control
+
+
 def mask_names(alpha: float, control: str | None = None) -> tuple[str, str]:
-    """(windows, DIP order) member names a run reads: the teacher's, or a control's."""
+    """(windows, DIP order) member names a run reads: the teacher's, or where ``control``
+    replaces that member (:data:`CONTROL_MEMBERS`) the control's, e.g. ``centred`` at alpha
+    0.1: ``("awd_centred.a0100", "dip_order")``."""
     if control is None:
         return awd_name(alpha), DIP
-    if control not in CONTROLS:
-        raise MaskError(f"data.control={control!r} is not one of {CONTROLS} (or null)")
-    return f"awd_{control}.{alpha_tag(alpha)}", f"{DIP}_{control}"
+    kinds = CONTROL_MEMBERS[check_control(control)]
+    windows = f"awd_{control}.{alpha_tag(alpha)}" if WINDOWS in kinds else awd_name(alpha)
+    return windows, (f"{DIP}_{control}" if ORDER in kinds else DIP)
+
+
+def control_names(alphas: Sequence[float], control: str) -> list[str]:
+    """The member names (without encoding) ``control`` stores: per alpha its windows and/or
+    its one order."""
+    kinds = CONTROL_MEMBERS[check_control(control)]
+    names = [mask_names(a, control)[0] for a in alphas] if WINDOWS in kinds else []
+    return names + ([f"{DIP}_{control}"] if ORDER in kinds else [])
+
+
+def check_control_reads(control: str | None, reads_order: bool) -> None:
+    """Refuse (:class:`MaskError` naming ``data.control``) a control that replaces nothing a
+    run reads: every masked run reads the windows, and the DIP order only when it drops
+    patches (``reads_order``: model.beta > 0). E.g. ``blank`` on AWD-ViT would train on the
+    teacher's own masks under a control's name."""
+    if control is None:
+        return
+    kinds = CONTROL_MEMBERS[check_control(control)]
+    if WINDOWS not in kinds and not reads_order:
+        raise MaskError(
+            f"data.control={control} replaces only the DIP order, which this run does not read "
+            "(model.beta = 0 or no DIP): it would train on the teacher's own masks; use it with "
+            "an AWD+DIP or WinfT model at model.beta > 0"
+        )
 
 
 def control_generator(key: str, what: str) -> torch.Generator:
@@ -93,6 +150,45 @@ def random_controls(
     out = {mask_names(a, "random")[0]: drawn[i] for i, a in enumerate(alphas)}
     order = random_order(1, n, control_generator(key, "order"))[0]
     out[mask_names(1.0, "random")[1]] = order.numpy().astype(np.int16)
+    return out
+
+
+def centred_controls(
+    windows: Mapping[float, np.ndarray], grid: tuple[int, int]
+) -> dict[str, np.ndarray]:
+    """SPEC 10's centred control of one image: per alpha ``{awd_centred.aXXXX: [N, 4] int16}``,
+    each patch's window of the same w x h as ``windows[alpha]``, centred on p and shifted to fit
+    (C2's ``centred_windows_like``; no draw)."""
+    alphas = sorted(windows)
+    win = torch.from_numpy(np.stack([np.asarray(windows[a], dtype=np.int64) for a in alphas]))
+    placed = centred_windows_like(win, grid).numpy().astype(np.int16)
+    return {mask_names(a, "centred")[0]: placed[i] for i, a in enumerate(alphas)}
+
+
+def blank_orders(
+    images01: torch.Tensor, keys: Sequence[str], grid: tuple[int, int]
+) -> torch.Tensor:
+    """SPEC 10's blank control of a batch, ``[B, N]`` long: each image's patches by ascending
+    pixel standard deviation (``images01`` ``[B, C, H, W]``: the analyzed view in 0..1), ties in
+    the permutation seeded by its key (``key_seed(key, BLANK_TIE_SEED)``), so the order is the
+    claims pass's blank order (C3, seed 0) and DIP's floor(beta N) drops taken from it are the
+    blankest patches."""
+    n = grid[0] * grid[1]
+    ties = tie_permutations([key_seed(k, BLANK_TIE_SEED) for k in keys], n, images01.device)
+    return ascending_order(blank_scores(images01, grid), ties)
+
+
+def control_arrays(
+    key: str,
+    windows: Mapping[float, np.ndarray],
+    blank_order: np.ndarray,
+    grid: tuple[int, int],
+) -> dict[str, np.ndarray]:
+    """Every control member of one image (:data:`CONTROLS`), ``{name without encoding: int16
+    array}``: :func:`random_controls`, :func:`centred_controls` and its ``blank_order`` (a row of
+    :func:`blank_orders`)."""
+    out = random_controls(key, windows, grid) | centred_controls(windows, grid)
+    out[mask_names(1.0, "blank")[1]] = np.asarray(blank_order).astype(np.int16)
     return out
 
 

@@ -15,10 +15,12 @@ from winft_lightning.figures.base import DPI
 
 
 # what a retrained control arm (``data.control``, the study's ``control`` column) replaces the
-# teacher's masks with, per family (SPEC 9: T1' and T2')
+# teacher's masks with, per family (SPEC 9: T1' and T2'; SPEC 10: T1'' and T2'')
 CONTROL_LABELS = {
     ("awd_vit", "random"): "random windows",
-    ("awd_dip_vit", "random"): "random patches dropped",
+    ("awd_dip_vit", "random"): "random windows, random patches dropped",
+    ("awd_vit", "centred"): "centred windows",
+    ("awd_dip_vit", "blank"): "blankest patches dropped",
 }
 
 

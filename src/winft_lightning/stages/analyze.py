@@ -3,7 +3,10 @@
 
 Each input shard becomes one output shard of the same name holding the original members plus
 ``awd.aXXXX.i16z`` (``[N, 4]`` int16 per alpha) and ``dip_order.i16z`` (``[N]`` int16), and
-their retrained controls ``awd_random.aXXXX.i16z`` and ``dip_order_random.i16z`` (SPEC 9).
+their retrained controls (:mod:`winft_lightning.data.masks`): ``awd_random.aXXXX.i16z`` and
+``dip_order_random.i16z`` (SPEC 9), ``awd_centred.aXXXX.i16z`` and ``dip_order_blank.i16z``
+(SPEC 10). The images are decoded in the analyzed view in 0..1 (the blank order's pixels) and
+normalised for the teacher on the device, as the claims pass does.
 U is computed streaming, block by block, batched, on the GPU when there is one; no N x N
 matrix is stored. Completed shards are journalled, so a killed run resumes after them.
 """
@@ -21,21 +24,26 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torchvision.transforms.v2 import functional as TF
 
 from winft_lightning.core.analysis import analyze
 from winft_lightning.core.interactions import Grid
 from winft_lightning.data.loading import SampleDecoder, collate
 from winft_lightning.data.masks import (
+    CONTROL_MEMBERS,
     CONTROLS,
     ENCODINGS,
     MASK_FORMAT,
+    ORDER,
+    WINDOWS,
     MaskStats,
     awd_member,
+    blank_orders,
     check_alphas,
+    control_arrays,
     dip_member,
     encode_mask,
     mask_names,
-    random_controls,
 )
 from winft_lightning.data.progress import image_progress
 from winft_lightning.data.shards import (
@@ -68,18 +76,32 @@ def analyze_split(
     alphas: Sequence[float],
     grid: Grid,
     device: str | torch.device = "cpu",
-) -> Iterator[tuple[str, dict[float, np.ndarray], np.ndarray]]:
+    norm: tuple[Sequence[float], Sequence[float]] | None = None,
+) -> Iterator[tuple[str, dict[float, np.ndarray], np.ndarray, np.ndarray | None]]:
     """For each image of each batch ``{"image" [B,3,H,W], "key"}``: ``(key, {alpha: windows
-    [N, 4] int16}, dip_order [N] int16)``, from :func:`analysis.analyze` (U computed block by
-    block) on ``device``."""
+    [N, 4] int16}, dip_order [N] int16, blank order [N] int16 or None)``, from
+    :func:`analysis.analyze` (U computed block by block) on ``device``. ``norm`` ``(mean,
+    std)``: the batches carry the analyzed view in 0..1, normalised here for the teacher
+    (``TF.normalize``, as the decoder would), and each image's blank control order
+    (:func:`data.masks.blank_orders`) comes with it; None: the batches are the teacher's input
+    and there is no blank order."""
     for batch in loader:
         images = batch["image"].to(device, non_blocking=True)
+        blank = None
+        if norm is not None:
+            blank = blank_orders(images, batch["key"], grid).to(torch.int16).cpu().numpy()
+            images = TF.normalize(images, list(norm[0]), list(norm[1]))
         result = analyze(model, images, alphas, grid)  # U [B, N, N] -> windows, DIP order
         order = result.order.to(torch.int16).cpu().numpy()
         wins = {a: w.to(torch.int16).cpu().numpy() for a, w in result.windows.items()}
         del result
         for i, key in enumerate(batch["key"]):
-            yield key, {a: wins[a][i] for a in alphas}, order[i]
+            yield (
+                key,
+                {a: wins[a][i] for a in alphas},
+                order[i],
+                None if blank is None else blank[i],
+            )
 
 
 def alphas_hash(alphas: Sequence[float]) -> str:
@@ -95,15 +117,16 @@ def mask_members(
     key: str,
     wins: dict[float, np.ndarray],
     order: np.ndarray,
+    blank: np.ndarray,
     alphas: Sequence[float],
     encoding: str,
     grid: Grid,
 ) -> dict[str, bytes]:
-    """Shard members of one image's masks and their random controls, seeded by its ``key``
-    (see :mod:`winft_lightning.data.masks`)."""
+    """Shard members of one image's masks and their controls (``blank``: its blank order;
+    the random ones seeded by its ``key``; see :mod:`winft_lightning.data.masks`)."""
     out = {awd_member(a, encoding): encode_mask(wins[a], encoding) for a in alphas}
     out[dip_member(encoding)] = encode_mask(order, encoding)
-    controls = random_controls(key, {a: wins[a] for a in alphas}, grid)
+    controls = control_arrays(key, {a: wins[a] for a in alphas}, blank, grid)
     out |= {f"{name}.{encoding}": encode_mask(arr, encoding) for name, arr in controls.items()}
     return out
 
@@ -216,10 +239,10 @@ def analyze_mine(
     each image, journalled shard by shard; a shard in ``done_before`` is kept as it is.
     Returns the ``{"split", **shard record}`` of each, the mask members' byte counts of the
     shards written now, and their image count."""
-    decoder = SampleDecoder(
+    decoder = SampleDecoder(  # the 0..1 view: the blank order's pixels (normalised on device)
         img_size=job.info.img_size,
-        mean=tuple(job.mean),
-        std=tuple(job.std),
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
         num_classes=int(job.src["num_classes"]),
     )
     stats = MaskStats(job.alphas, job.encoding)
@@ -238,14 +261,19 @@ def analyze_mine(
             shard = str(Path(job.src["root"]) / name)
             samples = list(iter_tar(shard, count))
             batches = _batches(samples, shard, decoder, batch_size, pool)
-            results = analyze_split(job.model, batches, job.alphas, job.info.grid, job.device)
+            results = analyze_split(job.model, batches, job.alphas, job.info.grid, job.device,
+                                    norm=(job.mean, job.std))  # fmt: skip
 
             def analyzed(samples=samples, results=results, shard=shard):
-                for (key, members), (rkey, wins, order) in zip(samples, results, strict=True):
+                for (key, members), (rkey, wins, order, blank) in zip(
+                    samples, results, strict=True
+                ):
                     if key != rkey:  # pragma: no cover - analyze_split keeps batch order
                         raise RuntimeError(f"analysis out of order at {shard}: {key} vs {rkey}")
                     new = {k: v for k, v in members.items() if k != "crc"}
-                    new |= mask_members(key, wins, order, job.alphas, job.encoding, job.info.grid)
+                    new |= mask_members(
+                        key, wins, order, blank, job.alphas, job.encoding, job.info.grid
+                    )
                     stats.add(new)
                     bar.advance(task_bar)
                     yield key, new
@@ -288,13 +316,14 @@ def mask_manifest(
             "awd": {str(a): awd_member(a, encoding) for a in alphas},
             "dip_order": dip_member(encoding),
             "encoding": encoding,
-            "controls": {
-                c: {str(a): mask_names(a, c)[0] for a in alphas}
-                | {"dip_order": mask_names(alphas[0], c)[1]}
-                for c in CONTROLS
+            "controls": {  # each control's members: those it replaces (data.masks)
+                c: ({str(a): mask_names(a, c)[0] for a in alphas} if WINDOWS in kinds else {})
+                | ({"dip_order": mask_names(alphas[0], c)[1]} if ORDER in kinds else {})
+                for c, kinds in CONTROL_MEMBERS.items()
             },
         },
         controls=list(CONTROLS),
+        mask_format=MASK_FORMAT,
         code_version=CODE_VERSION,
         mask_bytes_per_image=storage["mask_bytes_per_image"],
         bitpacked_mask_bytes_per_image=storage["bitpacked_mask_bytes_per_image"],

@@ -47,15 +47,19 @@ def students_teacher(study: DictConfig, root_dir: Path) -> tuple[list[str], str]
 
 
 def trained_facts(study: DictConfig, study_dir: Path, teacher: str) -> dict[str, Any]:
-    """What the trained part ran: students, seeds, teacher, machine, the last command that ran
-    sweeps, and the wall time summed over every start of its sweeps (``sweeps.json``)."""
+    """What the trained part ran: students, seeds, teacher, the arms its config sweeps
+    (``arms``: ``[family or family:control, alpha, beta]``, :func:`.sweeps.study_arms`), machine,
+    the last command that ran sweeps, and the wall time summed over every start of its sweeps
+    (``sweeps.json``)."""
+    from winft_lightning.stages.sweeps import study_arms
+
     record = study_dir / "sweeps.json"
     starts = json.loads(record.read_text()) if record.is_file() else []
     seconds = sum(s["seconds"] for start in starts for s in start["sweeps"].values())
     ran = [start.get("command") for start in starts if start["sweeps"] and start.get("command")]
     return {"machine": machine_line(), "command": ran[-1] if ran else study_command(),
             "students": "the overrides " + ", ".join(f"`{o}`" for o in study.overrides),
-            "seeds": list(study.seeds), "teacher": teacher,
+            "seeds": list(study.seeds), "teacher": teacher, "arms": study_arms(study),
             "wall": {"seconds": round(seconds, 1), "starts": len(starts)}}  # fmt: skip
 
 

@@ -1,5 +1,6 @@
 """The study's trained part: one Hydra multirun per method family and geometry (ViT; AWD-ViT
-over alpha; AWD+DIP over beta; WinfT) x seeds (:func:`sweep_commands`, run by
+over alpha; AWD+DIP over beta; WinfT per beta) and per retrained control arm (SPEC 9, 10:
+``study.controls``) x seeds (:func:`sweep_commands`, run by
 :func:`run_sweeps`), all sharing the cached shards, teacher and masks, and the paper's figures
 of the first finished WinfT run of each geometry (:func:`study_figures`). Their rows, tables
 and report: :mod:`winft_lightning.stages.study_report`.
@@ -15,56 +16,115 @@ import sys
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from winft_lightning.stages.study_report import collect_runs
 
-__all__ = ["run_sweeps", "study_figures", "sweep_commands"]
+__all__ = ["run_sweeps", "study_arms", "study_controls", "study_figures", "sweep_commands"]
 
 log = logging.getLogger(__name__)
 
 # ---- running -------------------------------------------------------------------------
 
 
+def _listed(value) -> list:
+    """A study key that may be one value or a list of them, as a list."""
+    return list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
+
+
+def study_controls(study: DictConfig) -> list[tuple[str, str]]:
+    """``(family, control)`` of each retrained control arm in ``study.controls``: an entry
+    ``<family>:<control>`` (``awd_vit:centred``), or a bare family for SPEC 9's ``random``.
+    A family the study does not run or an unknown control is refused, naming the entry."""
+    from winft_lightning.data.masks import CONTROLS
+
+    out = []
+    for entry in study.get("controls") or []:
+        family, _, control = str(entry).partition(":")
+        control = control or "random"
+        if family not in study.families or control not in CONTROLS:
+            raise ValueError(
+                f"study.controls entry {entry!r}: the family must be one of study.families "
+                f"{list(study.families)} and the control one of {CONTROLS}"
+            )
+        out.append((family, control))
+    return out
+
+
+def _family_sweeps(study: DictConfig, family: str) -> list[tuple[str, list[str], list[tuple]]]:
+    """(name stem, model overrides, its (alpha, beta) arms) of each Hydra multirun of one
+    family: one for the ViT, AWD-ViT over ``alphas``, AWD+DIP over ``betas``; WinfT one per
+    ``winft_beta`` (a value or a list), so that a beta added later gets its own sweep dir
+    (``winft`` at beta 0, ``winft_b0200`` at 0.2) and the finished runs keep their job dirs."""
+    alphas, betas = _listed(study.alphas), _listed(study.betas)
+    if family == "vit":
+        return [("vit", [], [(1.0, 0.0)])]
+    if family == "awd_vit":
+        return [("awd_vit", [f"model.alpha={','.join(str(a) for a in alphas)}"],
+                 [(float(a), 0.0) for a in alphas])]  # fmt: skip
+    if family == "awd_dip_vit":
+        return [("awd_dip_vit", [f"model.alpha={study.dip_alpha}",
+                                 f"model.beta={','.join(str(b) for b in betas)}"],
+                 [(float(study.dip_alpha), float(b)) for b in betas])]  # fmt: skip
+    if family == "winft":
+        return [("winft" if float(b) == 0 else f"winft_b{round(float(b) * 1000):04d}",
+                 [f"model.alpha={study.winft_alpha}", f"model.beta={b}"],
+                 [(float(study.winft_alpha), float(b))]) for b in _listed(study.winft_beta)]  # fmt: skip
+    raise ValueError(f"study.families entry {family!r} is not one of vit, awd_vit, "
+                     "awd_dip_vit, winft")  # fmt: skip
+
+
+def study_arms(study: DictConfig) -> list[list]:
+    """Every arm the study's sweeps run, ``[family or family:control, alpha, beta]`` (the
+    trained records' spelling), in sweep order: what the trained part's facts call
+    configured."""
+    controls = study_controls(study)
+    arms = []
+    for family in study.families:
+        for _, _, pairs in _family_sweeps(study, family):
+            arms += [[family, a, b] for a, b in pairs]
+        for fam, control in controls:
+            if fam == family:
+                arms += [[f"{family}:{control}", a, b]
+                         for _, _, pairs in _family_sweeps(study, family) for a, b in pairs]  # fmt: skip
+    return arms
+
+
 def sweep_commands(
     study: DictConfig, study_dir: Path, extra: list[str] | None = None
 ) -> list[tuple[str, list[str]]]:
-    """(name, argv) of each Hydra multirun of the study (``extra``: overrides for every job)."""
+    """(name, argv) of each Hydra multirun of the study (``extra``: overrides for every job):
+    per geometry and family its sweeps (:func:`_family_sweeps`), each followed by its retrained
+    controls (:func:`study_controls`: the same sweep with ``data.control=<control>``, named
+    ``<stem>_<control>_<geometry>``)."""
     seeds = ",".join(str(s) for s in study.seeds)
+    controls = study_controls(study)
     commands = []
     for geom in study.geometries:
         tag = f"{geom.img_size}px_p{geom.patch_size}"
         for family in study.families:
-            sweep = {
-                "vit": [],
-                "awd_vit": [f"model.alpha={','.join(str(a) for a in study.alphas)}"],
-                "awd_dip_vit": [
-                    f"model.alpha={study.dip_alpha}",
-                    f"model.beta={','.join(str(b) for b in study.betas)}",
-                ],
-                "winft": [f"model.alpha={study.winft_alpha}", f"model.beta={study.winft_beta}"],
-            }[family]
-            argv = [
-                sys.executable, "-m", "winft_lightning", "--multirun",
-                f"experiment={study.experiment_prefix}{family}",
-                f"seed={seeds}",
-                f"model.net.img_size={geom.img_size}",
-                f"model.net.patch_size={geom.patch_size}",
-                *sweep,
-                f"hydra.sweep.dir={study_dir}/runs/{family}_{tag}",
-                "hydra.sweep.subdir=${hydra.job.num}",
-                "compare_teacher=false",
-                "skip_if_done=true",
-                f"task_name=study_{family}",
-                *study.overrides,
-                *(extra or []),
-            ]  # fmt: skip
-            commands.append((f"{family}_{tag}", argv))
-            if family in study.get("controls", []):  # SPEC 9's retrained control of this arm
-                name = f"{family}_random_{tag}"
-                control = [a.replace(f"{family}_{tag}", name) if a.startswith("hydra.sweep.dir")
-                           else a for a in argv]  # fmt: skip
-                commands.append((name, [*control, "data.control=random"]))
+            for stem, sweep, _ in _family_sweeps(study, family):
+                arms = [(f"{stem}_{tag}", [])]
+                arms += [(f"{stem}_{control}_{tag}", [f"data.control={control}"])
+                         for fam, control in controls if fam == family]  # fmt: skip
+                for name, control in arms:
+                    argv = [
+                        sys.executable, "-m", "winft_lightning", "--multirun",
+                        f"experiment={study.experiment_prefix}{family}",
+                        f"seed={seeds}",
+                        f"model.net.img_size={geom.img_size}",
+                        f"model.net.patch_size={geom.patch_size}",
+                        *sweep,
+                        f"hydra.sweep.dir={study_dir}/runs/{name}",
+                        "hydra.sweep.subdir=${hydra.job.num}",
+                        "compare_teacher=false",
+                        "skip_if_done=true",
+                        f"task_name=study_{family}",
+                        *study.overrides,
+                        *(extra or []),
+                        *control,
+                    ]  # fmt: skip
+                    commands.append((name, argv))
     return commands
 
 

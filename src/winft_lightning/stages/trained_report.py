@@ -1,5 +1,7 @@
-"""The trained part of the study: the paper's three comparisons (Tables I-III) and SPEC 9's
-retrained controls, paired by seed, rebuilt from the students' records alone.
+"""The trained part of the study: the paper's three comparisons (Tables I-III), WinfT on the
+paper's responsive field, and the retrained controls (SPEC 9's random ones, SPEC 10's centred
+windows and blankest drops), paired by seed, each with a t interval and the exact sign-flip p,
+rebuilt from the students' records alone.
 
 Layout of a trained dir::
 
@@ -21,12 +23,15 @@ from typing import Any
 
 from winft_lightning.core import claims as C
 from winft_lightning.core.families import BY_NAME
+from winft_lightning.core.pooling import sign_flip_p
 from winft_lightning.runtime.files import write_json_atomic
 
 __all__ = [
     "CONTROL_LABELS",
+    "OPTIONAL_CLAIMS",
     "TRAINED_CLAIMS",
     "TRAINED_MARGIN",
+    "not_run_note",
     "read_runs",
     "rebuild",
     "trained_comparisons",
@@ -36,28 +41,48 @@ __all__ = [
 
 LABELS = {f.name: f.label for f in BY_NAME.values()}
 CONTROL_LABELS = {"awd_vit:random": "AWD-ViT, random windows",
-                  "awd_dip_vit:random": "AWD+DIP ViT, random drop"}  # fmt: skip
+                  # SPEC 9's random control replaces both members: windows and drops
+                  "awd_dip_vit:random": "AWD+DIP ViT, random windows and drop",
+                  "awd_vit:centred": "AWD-ViT, centred windows",
+                  "awd_dip_vit:blank": "AWD+DIP ViT, blankest drop"}  # fmt: skip
 
-# (id, claim, the paper's figure, treated (family, alpha, beta), control): Tables I-III's rows
-# and SPEC 9's retrained controls (T1', T2'): the same arm against random windows / drops
+# (id, claim, the paper's figure, treated (family, alpha, beta), control): Tables I-III's rows,
+# SPEC 9's retrained controls (T1', T2': the same arm against random windows / drops), SPEC
+# 10's controls without a teacher at the same cost (T1'': windows of AWD's sizes centred on
+# each patch; T2'': DIP's count of the blankest patches dropped, AWD's windows kept) and WinfT
+# on the paper's responsive field (T3b: the AWD window less the DIP set, beta = 0.2)
 TRAINED_CLAIMS = (
     ("T1", "AWD (alpha = 0.1) beats ViT", "Table I", "81.90 vs 81.20 % (+0.70)",
      ("awd_vit", 0.1, 0.0), ("vit", 1.0, 0.0)),
     ("T1'", "AWD (alpha = 0.1) windows beat random windows of their size", "SPEC 9",
      "no paper figure (Table I's +0.70 is against ViT)",
      ("awd_vit", 0.1, 0.0), ("awd_vit:random", 0.1, 0.0)),
+    ("T1''", "AWD (alpha = 0.1) windows beat windows of their size centred on each patch",
+     "SPEC 10", "no paper figure (Table I's +0.70 is against ViT)",
+     ("awd_vit", 0.1, 0.0), ("awd_vit:centred", 0.1, 0.0)),
     ("T2", "DIP (beta = 0.2) improves AWD (alpha = 0.1)", "Table II", "82.40 vs 81.90 % (+0.50)",
      ("awd_dip_vit", 0.1, 0.2), ("awd_vit", 0.1, 0.0)),
-    ("T2'", "DIP (beta = 0.2) drops beat as many random drops", "SPEC 9",
+    ("T2'", "AWD+DIP (beta = 0.2) beats random windows of AWD's sizes with as many random drops",
+     "SPEC 9",
      "no paper figure (Table II's +0.50 is against AWD)",
      ("awd_dip_vit", 0.1, 0.2), ("awd_dip_vit:random", 0.1, 0.2)),
+    ("T2''", "DIP (beta = 0.2) drops beat as many of the blankest patches dropped", "SPEC 10",
+     "no paper figure (Table II's +0.50 is against AWD)",
+     ("awd_dip_vit", 0.1, 0.2), ("awd_dip_vit:blank", 0.1, 0.2)),
     ("T3", "WinfT beats ViT", "Table III (B/16, 224)", "83.11 vs 81.20 % (+1.91)",
      ("winft", 0.1, 0.0), ("vit", 1.0, 0.0)),
+    ("T3b", "WinfT on the paper's responsive field (beta = 0.2) beats ViT",
+     "Table III (B/16, 224)", "83.11 vs 81.20 % (+1.91)",
+     ("winft", 0.1, 0.2), ("vit", 1.0, 0.0)),
 )  # fmt: skip
+# SPEC 10's rows: in a report only where both arms have a paired seed; a report whose facts
+# list their arms as configured names the missing ones in one line (not_run_note)
+OPTIONAL_CLAIMS = ("T1''", "T2''", "T3b")
 TRAINED_MARGIN = 0.005  # SPEC 9: 0.5 percentage points
 # the paper's effect each design must be able to see (pp, ImageNet-1k, B/16 at 224); WinfT's
-# +2.56 is the abstract's average over the paper's structures and resolutions
-PAPER_EFFECT_PP = {"T1": 0.70, "T2": 0.50, "T3": 1.91}
+# +2.56 is the abstract's average over the paper's structures and resolutions. The controls
+# (T1', T1'', T2', T2'') have none: the paper runs no control
+PAPER_EFFECT_PP = {"T1": 0.70, "T2": 0.50, "T3": 1.91, "T3b": 1.91}
 
 RECORD_FIELDS = ("family", "control", "alpha", "beta", "img_size", "patch_size", "seed",
                  "status", "top1", "eo", "eo_ratio", "num_patches", "fit_seconds")  # fmt: skip
@@ -67,6 +92,22 @@ _FLOATS = ("alpha", "beta", "top1", "eo", "eo_ratio", "fit_seconds")
 
 def label_of(family: str) -> str:
     return CONTROL_LABELS.get(family) or LABELS.get(family, family)
+
+
+def arm_label(arm: tuple) -> str:
+    """An arm's label; a WinfT arm trained on a field with drops (beta > 0) says its beta."""
+    family, _, beta = arm
+    return label_of(family) + (f" (beta = {beta:g})" if family == "winft" and beta > 0 else "")
+
+
+def sign_flip_cell(row: dict[str, Any]) -> str:
+    """The exact sign-flip p of a row with its count of 2^n patterns, e.g. "0.125 (2/16)";
+    "n/a" below 2 paired seeds."""
+    p = row.get("sign_flip_p")
+    if p is None:
+        return "n/a"
+    patterns = 2 ** row["n"]
+    return f"{p:.4g} ({round(p * patterns)}/{patterns})"
 
 
 def _runs_of(rows: list[dict], spec: tuple, geometry: tuple) -> dict[int, dict]:
@@ -80,8 +121,10 @@ def _runs_of(rows: list[dict], spec: tuple, geometry: tuple) -> dict[int, dict]:
 def trained_comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each trained claim at the first geometry, as a claims-table row: delta top-1 (treated -
     control, as a fraction) over the seeds where both finished, with a t interval over seeds,
-    SPEC 9's margin verdict and MDE, and how many seeds lie on the claimed side; one pair gives
-    no interval and the verdict inconclusive, none (an arm not run) the verdict "not run"."""
+    the exact two-sided sign-flip p over those seeds (``sign_flip_p``, None below 2), SPEC 9's
+    margin verdict and MDE, and how many seeds lie on the claimed side; one pair gives no
+    interval and the verdict inconclusive, none (an arm not run) the verdict "not run". A row
+    of :data:`OPTIONAL_CLAIMS` with no paired seed is left out."""
     if not rows:
         return []
     geometry = min({(r["img_size"], r["patch_size"]) for r in rows}, key=lambda g: (g[0], -g[1]))
@@ -89,13 +132,16 @@ def trained_comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for cid, statement, paper, paper_values, treated, control in TRAINED_CLAIMS:
         a, b = _runs_of(rows, treated, geometry), _runs_of(rows, control, geometry)
         seeds = sorted(set(a) & set(b))
+        if not seeds and cid in OPTIONAL_CLAIMS:
+            continue
         deltas = [(a[s]["top1"] - b[s]["top1"]) / 100.0 for s in seeds]
         eo = statistics.fmean(a[s]["eo_ratio"] for s in seeds) if seeds else float("nan")
         row = {"id": cid, "claim": cid, "paper": paper, "statement": f"{statement}: {paper_values}",
-               "measure": f"Δ top-1 {label_of(treated[0])} − {label_of(control[0])}, paired by "
-                          "seed" + (f" ({label_of(treated[0])} E_O / N² = {eo:.3f})" if seeds else ""),
+               "measure": f"Δ top-1 {arm_label(treated)} − {arm_label(control)}, paired by "
+                          "seed" + (f" ({arm_label(treated)} E_O / N² = {eo:.3f})" if seeds else ""),
                "null": 0.0, "direction": "greater", "n": len(seeds), "headline": True,
                "margin": TRAINED_MARGIN, "seeds_above_zero": sum(d > 0 for d in deltas),
+               "sign_flip_p": sign_flip_p(deltas) if len(deltas) >= 2 else None,
                "details": {"seeds": seeds, "deltas": deltas, "eo_ratio": eo,
                            "geometry": list(geometry)}}  # fmt: skip
         interval = C.t_interval(deltas) if len(deltas) >= 2 else None
@@ -113,11 +159,26 @@ def trained_comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def not_run_note(comparisons: list[dict[str, Any]], facts: dict[str, Any]) -> str | None:
+    """The one line naming the :data:`OPTIONAL_CLAIMS` left out of ``comparisons`` although
+    the part's facts list both of their arms as configured (``facts["arms"]``); None when
+    there are none (or the facts predate that list)."""
+    arms = {(a[0], round(float(a[1]), 6), round(float(a[2]), 6)) for a in facts.get("arms") or []}
+    shown = {c["id"] for c in comparisons}
+    missing = [cid for cid, *_, treated, control in TRAINED_CLAIMS
+               if cid in OPTIONAL_CLAIMS and cid not in shown
+               and all((f, round(a, 6), round(b, 6)) in arms for f, a, b in (treated, control))]  # fmt: skip
+    if not missing:
+        return None
+    return (f"Not run: {', '.join(missing)} (their arms are configured, but no seed of both "
+            "finished).")  # fmt: skip
+
+
 def trained_markdown(rows: list[dict[str, Any]]) -> str:
-    """The trained comparisons: effect, t interval, margin, MDE, seeds on the claimed side and
-    SPEC 9's verdict."""
-    lines = ["| claim | paper | statement | our measure | effect [95 % CI] | margin | MDE | "
-             "seeds > 0 | verdict |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    """The trained comparisons: effect, t interval, exact sign-flip p, margin, MDE, seeds on
+    the claimed side and SPEC 9's verdict."""
+    lines = ["| claim | paper | statement | our measure | effect [95 % CI] | sign-flip p | margin | "
+             "MDE | seeds > 0 | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         if r["verdict"] == C.NOT_RUN:
             ci = "not run"
@@ -127,8 +188,8 @@ def trained_markdown(rows: list[dict[str, Any]]) -> str:
             ci = f"{r['effect'] * 100:+.2f} pp (no interval)"
         mde = f"{r['mde'] * 100:.2f} pp" if math.isfinite(r["mde"]) else "n/a"
         lines.append(f"| {r['id']} | {r['paper']} | {r['statement']} | {r['measure']} | {ci} | "
-                     f"{r['margin'] * 100:g} pp | {mde} | {r['seeds_above_zero']} of {r['n']} | "
-                     f"**{r['verdict']}** |")  # fmt: skip
+                     f"{sign_flip_cell(r)} | {r['margin'] * 100:g} pp | {mde} | "
+                     f"{r['seeds_above_zero']} of {r['n']} | **{r['verdict']}** |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -206,30 +267,38 @@ def _arms_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _power_lines(comparisons: list[dict]) -> list[str]:
-    """Each paper comparison's MDE beside the effect the paper reports."""
+    """Each paper comparison's MDE beside the effect the paper reports, and which rows (the
+    controls) have no paper effect to hold theirs against."""
     cells = [f"{c['id']} {c['mde'] * 100:.2f} pp against the paper's "
              f"+{PAPER_EFFECT_PP[c['id']]:.2f}" for c in comparisons
              if c["id"] in PAPER_EFFECT_PP and math.isfinite(c["mde"])]  # fmt: skip
     if not cells:
         return [""]
+    controls = [c["id"] for c in comparisons if c["id"] not in PAPER_EFFECT_PP]
+    none = (f" The controls ({', '.join(controls)}) have no paper effect (the paper trains no "
+            "control): their MDE is in the table." if controls else "")  # fmt: skip
     return ["", "Power: the MDE (80 % power) of each paper comparison beside the paper's own "
             "effect: " + "; ".join(cells) + " (WinfT: +2.56 averaged over the paper's "
             "structures). A design whose MDE exceeds the paper's effect could not have seen "
-            "it.", ""]  # fmt: skip
+            "it." + none, ""]  # fmt: skip
 
 
 def report_markdown(comparisons: list[dict], rows: list[dict], facts: dict[str, Any]) -> str:
     wall = facts.get("wall", {})
     minutes = (wall.get("seconds") or 0) / 60
-    lines = ["# The trained comparisons (Tables I-III and SPEC 9's retrained controls)", "",
+    note = not_run_note(comparisons, facts)
+    lines = ["# The trained comparisons (Tables I-III and the retrained controls)", "",
              facts["machine"], "", f"Command: `{facts['command']}`; the part's wall time "
              f"{minutes:.1f} min (its sweeps, one after another).", "",
              f"Students: {facts['students']}. Seeds: {facts['seeds']}. Masks from: "
              f"{facts['teacher']}.", "",
              "Each row pairs two arms by seed: the delta of their top-1 on the whole test split, "
-             "a t interval over seeds, SPEC 9's verdict with a 0.5 pp margin, and the MDE "
-             "(the effect this design detects with 80 % power at its spread: noncentral t).", "",
-             trained_markdown(comparisons), *_power_lines(comparisons),
+             "a t interval over seeds, the exact two-sided sign-flip p (the share of the 2^n "
+             "sign patterns of the n paired deltas whose mean is at least as far from 0 as "
+             "observed: never below 2/2^n, 0.125 at 4 seeds), SPEC 9's verdict with a 0.5 pp "
+             "margin, and the MDE (the effect this design detects with 80 % power at its "
+             "spread: noncentral t).", "",
+             trained_markdown(comparisons), *([note] if note else []), *_power_lines(comparisons),
              "## Arms", "", *_arms_table(rows), "",
              "![paired differences](trained_deltas.png)", ""]  # fmt: skip
     return "\n".join(lines)

@@ -14,7 +14,8 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from winft_lightning.core.interactions import check_alpha, check_beta, check_loss_weight
-from winft_lightning.data.masks import CONTROLS, match_alpha
+from winft_lightning.data.errors import MaskError
+from winft_lightning.data.masks import CONTROLS, check_control_reads, match_alpha
 from winft_lightning.models.vit import check_vit_family
 from winft_lightning.runtime import world as worlds
 from winft_lightning.runtime.checkpoints import checkpoint_file, read_checkpoint
@@ -101,6 +102,10 @@ def validate_config(cfg: DictConfig) -> None:
             )
         if control not in CONTROLS:
             raise ConfigError(f"data.control={control!r} is not one of {CONTROLS} (or null)")
+        try:  # a control must replace something the run reads (the order: only at beta > 0)
+            check_control_reads(control, reads_order=float(model.get("beta") or 0.0) > 0)
+        except MaskError as err:
+            raise ConfigError(str(err)) from err
     check_launch(cfg)
     if cfg.get("ckpt_path") == "last":  # before any prerequisite is built
         last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"

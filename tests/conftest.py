@@ -77,6 +77,16 @@ def teacher_ckpt(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def claims_teacher(tmp_path_factory, digits_shards) -> Path:
+    """A tiny teacher trained for 150 steps on the 200 training digits
+    (``helpers.trained_teacher``): the claims tests' real, if tiny, teacher."""
+    from helpers import trained_teacher
+
+    return trained_teacher(tmp_path_factory.mktemp("claims_teacher") / "teacher.ckpt",
+                           digits_shards)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
 def analyzed_shards(tmp_path_factory, digits_shards, teacher_ckpt) -> Path:
     """The digits shard set analyzed by ``teacher_ckpt`` at alphas 0.1 and 0.5."""
     from winft_lightning.stages.analyze import analyze_shards

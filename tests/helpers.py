@@ -229,6 +229,37 @@ def untrained_teacher(path: Path, seed: int = 0, **net) -> Path:
     return save_untrained(cfg, path)
 
 
+def trained_teacher(path: Path, shards: Path, steps: int = 150) -> Path:
+    """A tiny teacher (``TINY_NET``, N = 16) trained for ``steps`` AdamW steps on the training
+    split of ``shards`` (the digits), saved at ``path`` as the pipeline's Lightning checkpoint
+    with its normalisation (mean 0.3053, std 0.3759, 16 px)."""
+    import torch.nn.functional as F
+
+    from winft_lightning.data.datamodule import ShardDataModule
+    from winft_lightning.models import build_vit
+
+    mean, std = [0.3053] * 3, [0.3759] * 3
+    path = untrained_teacher(path)
+    ckpt = torch.load(path, weights_only=True)
+    net = build_vit(**TINY_NET)
+    net.load_state_dict({k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")})
+    dm = ShardDataModule(shards, batch_size=50, num_workers=0, img_size=16, mean=mean, std=std,
+                         hflip=False)  # fmt: skip
+    batches = [(b["image"], b["label"]) for b in dm.make_loader("train", rank=0, world_size=1)]
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    net.train()
+    for step in range(steps):
+        x, y = batches[step % len(batches)]
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+    ckpt["state_dict"] = {f"net.{k}": v for k, v in net.state_dict().items()}
+    ckpt["datamodule_hyper_parameters"] = {"mean": mean, "std": std, "img_size": 16}
+    torch.save(ckpt, path)
+    return path
+
+
 def attention_maps(net: torch.nn.Module, x: torch.Tensor, **inputs) -> list[torch.Tensor]:
     """Each block's softmax ``[B, H, T, T]`` during one ``net(x, **inputs)`` (the batch's inputs
     are arguments, so ``capture.iter_block_attention``, which runs ``block(x)``, cannot pass

@@ -45,6 +45,7 @@ def test_imagenet_claims_runs_on_a_user_weights_file(tmp_path):
         "study.claims.betas=[0.5]",
         "study.claims.batch_size=2",
         "study.claims.num_workers=0",
+        "study.claims.randomisation_null.depths=[12]",  # SPEC 10's null: trained, all, cascade:12
         f"paths.root_dir={tmp_path}",
         env={**os.environ, "WINFT_IMAGENET": str(tree), "WANDB_MODE": "offline"},
         module="winft_lightning.study",
@@ -64,6 +65,9 @@ def test_imagenet_claims_runs_on_a_user_weights_file(tmp_path):
     assert p["source"]["splits"]["test"] == "val" and p["split_images"] == 9
     report = (out / "report.md").read_text()
     assert "N = 196" in report and "## Verdicts" in report
+    (null,) = facts["null"]["passes"]  # the plain weights file's null, read with its net
+    assert null["images"] == 2 and null["variants"] == ["trained", "all", "cascade:12"]
+    assert "## Randomisation null (SPEC 10)" in report
     profile = json.loads((out / "claims.json").read_text())["attention_profile"]
     assert len(profile["0"]["blocks"]) == 12 and len(profile["0"]["blocks"][0]) == 12
     # the shards hold one train image: ImageNet's train split is never copied

@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from helpers import NO_FIGURES, REPO, cli
 
@@ -101,6 +102,13 @@ def test_study_runs_and_aggregates(tmp_path):
     assert [p["seed"] for p in facts["passes"]] == [0, 1]
     assert all(p["images"] == 40 and p["N"] == 16 for p in facts["passes"])
     assert all(p["teacher_row"]["epochs"] == 1 for p in facts["passes"])
+    # study=quick's randomisation null (SPEC 10): each teacher's, on its pass's 40 images
+    assert [(p["seed"], p["images"]) for p in facts["null"]["passes"]] == [(0, 40), (1, 40)]
+    assert all(
+        (study_dir / "claims" / "records" / f"null_teacher_{s}.npz").is_file() for s in (0, 1)
+    )
+    assert [r["id"] for r in measured["null"]["rows"]] == ["C1", "C1b", "keep/alpha=0.1",
+                                                          "rho:variance:blank"]  # fmt: skip
     # the students read masks from the claims teacher of seed 0: one teacher for both parts
     awd = next(r for r in runs if r["family"] == "awd_vit" and r["status"] == "ok")
     teacher_0 = next(p for p in facts["passes"] if p["seed"] == 0)["teacher"]["path"]
@@ -164,6 +172,7 @@ def test_every_study_job_composes(make_cfg, tmp_path, variant):
     """Each job of each sweep of the shipped studies, and each claims teacher, composes and
     validates (first value of every swept option), so a long study cannot die on a typo."""
     from helpers import compose_config
+    from winft_lightning.stages.null_report import null_spec
     from winft_lightning.stages.sweeps import _listed, study_arms, sweep_commands
     from winft_lightning.stages.teachers import teacher_config
     from winft_lightning.stages.trained_report import TRAINED_CLAIMS
@@ -171,6 +180,10 @@ def test_every_study_job_composes(make_cfg, tmp_path, variant):
 
     study = compose_config([f"study={variant}"], tmp_path, config_name="study").study
     spec = study.claims.teachers
+    # SPEC 10's randomisation null: on 500 images a teacher, 100 in the smoke
+    null = null_spec(OmegaConf.to_container(study.claims.randomisation_null))
+    assert null == {"limit": 100 if variant == "quick" else 500, "modes": ["all", "cascade"],
+                    "depths": None}  # fmt: skip
     # SPEC 10: K >= 5 teachers at the default grid, >= 3 per recipe at N = 196; the smoke 3
     assert list(spec.seeds) == list(range(3 if variant in ("paper_grid", "quick") else 5))
     for seed in spec.seeds:

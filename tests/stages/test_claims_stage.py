@@ -12,11 +12,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from helpers import TINY_NET, cli, untrained_teacher
+from helpers import TINY_NET, cli
 from winft_lightning.core import baselines as B
 from winft_lightning.core import claims as C
 from winft_lightning.core import claims_table as T
@@ -39,33 +38,12 @@ SETTINGS = dict(alphas=[0.1, 0.5], keep_alphas=[0.1], betas=[0.25, 0.5, 0.75],
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.xdist_group("claims_stage")]
 
 
-def _loader(root, split, batch_size=32):
-    dm = ShardDataModule(root, batch_size=batch_size, num_workers=0, img_size=16, mean=MEAN,
-                         std=STD, hflip=False)  # fmt: skip
-    return dm.make_loader(split, rank=0, world_size=1), dm.counts[split]
-
-
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory, digits_shards):
+def teacher(claims_teacher):
     """A tiny teacher (helpers.TINY_NET, N = 16) trained for 150 steps on the 200 training
-    digits, saved as the pipeline's Lightning checkpoint (with its normalisation)."""
-    path = untrained_teacher(tmp_path_factory.mktemp("claims_teacher") / "teacher.ckpt")
-    ckpt = torch.load(path, weights_only=True)
-    net = build_vit(**TINY_NET)
-    net.load_state_dict({k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")})
-    batches = [(b["image"], b["label"]) for b in _loader(digits_shards, "train", 50)[0]]
-    torch.manual_seed(0)
-    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
-    net.train()
-    for step in range(150):
-        x, y = batches[step % len(batches)]
-        opt.zero_grad()
-        F.cross_entropy(net(x), y).backward()
-        opt.step()
-    ckpt["state_dict"] = {f"net.{k}": v for k, v in net.state_dict().items()}
-    ckpt["datamodule_hyper_parameters"] = {"mean": MEAN, "std": STD, "img_size": 16}
-    torch.save(ckpt, path)
-    return path
+    digits, saved as the pipeline's Lightning checkpoint (with its normalisation):
+    conftest's ``claims_teacher``, shared with the randomisation null's tests."""
+    return claims_teacher
 
 
 @pytest.fixture(scope="module")

@@ -69,11 +69,12 @@ def test_columns_are_the_claims_pass_own(teacher):
     gens = {k: S._generator(0, i, torch.device("cpu")) for i, k in enumerate(("null", "c2", "c3"))}
     cols: dict[str, list[np.ndarray]] = {}
     keys = [f"img{i:03d}" for i in range(12)]
+    opts = {**SETTINGS, "dip_forward": "kept"}  # collect_claims' default (C3's DIP forwards)
     with torch.inference_mode():
         for start in (0, 5, 10):  # batches of 5, 5, 2
             b = slice(start, start + 5)
             ties = B.tie_permutations([B.key_seed(k, 0) for k in keys[b]], 16)
-            S._batch(cols, nets, teacher, x01[b], labels[b], NORM, SETTINGS, gens, (4, 4), ties)
+            S._batch(cols, nets, teacher, x01[b], labels[b], NORM, opts, gens, (4, 4), ties)
     want = {k: np.concatenate(v) for k, v in cols.items()}
     got = N.null_columns(teacher, x01, NORM, (4, 4), SETTINGS, seed=0, batch_size=5, keys=keys)
     shared = set(got) & set(want)

@@ -5,6 +5,7 @@ Layout of a claims dir::
 
     records/teacher_<seed>.npz    every per-image value of one teacher's pass (columnar)
     records/teacher_<seed>.json   what that pass ran on (its stamp: reused when it matches)
+    records/null_teacher_<seed>.*  its randomisation null (SPEC 10; :mod:`.null_report`)
     facts.json                    the part's settings, teachers, chance levels, wall times
     claims.json, report.md, claims_*.png   rebuilt by :func:`rebuild` from the three above
 
@@ -25,6 +26,12 @@ import numpy as np
 
 from winft_lightning.core import claims_table as T
 from winft_lightning.runtime.files import write_json_atomic
+from winft_lightning.stages.null_report import (
+    load_null,
+    null_markdown,
+    null_result,
+    verdicts_sentence,
+)
 
 __all__ = ["load_columns", "measure_teacher", "rebuild", "report_markdown", "save_columns"]
 
@@ -152,20 +159,17 @@ def report_markdown(result: dict[str, Any], facts: dict[str, Any]) -> str:
                      f"{_minutes(row.get('fit_seconds'))} | {p['images']:,} of "
                      f"{p['split_images']:,} ({_which_images(p)}) | "
                      f"{_minutes(p['measure_seconds'])} |")  # fmt: skip
-    wall = facts["wall"]
-    lines += ["", f"Wall time of the part: teachers {_minutes(wall['teachers_seconds'])} min "
-              f"(their fit times), claims passes {_minutes(wall['passes_seconds'])} min, "
-              f"in all {_minutes(wall['teachers_seconds'] + wall['passes_seconds'])} min.", "",
+    lines += ["", _wall_line(facts["wall"]), "",
               "## Verdicts", "", T.claims_markdown(result), result["rule"],
               "Effects are signed so that the claim predicts > 0. Margins were declared in "
               "SPEC 9 before the run. SPEC 10: the teacher is the unit; a claim's verdict is "
               "the rule applied to the interval pooled over the teachers (random effects), "
               "none below K = 3; each teacher's own cell and verdict are detail. Every "
-              "teacher this recipe trained is in the table, whatever its accuracy. Not in "
-              "this part: the randomisation null (`stages.null_claims`), which is measured "
-              "apart; accuracy rows (C2, C3) are never measured on a random teacher (it is "
-              "at chance).", ""]  # fmt: skip
+              "teacher this recipe trained is in the table, whatever its accuracy. "
+              + verdicts_sentence(facts), ""]  # fmt: skip
     lines += _bar_markdown(result)
+    if result.get("null"):
+        lines += null_markdown(result["null"], facts["null"])
     chance = facts["keep_chance"]
     lines += ["## The keep fraction against chance", "",
               "| alpha | teacher | kept(U) | kept(random U') |", "|---|---|---|---|"]  # fmt: skip
@@ -188,6 +192,17 @@ def report_markdown(result: dict[str, Any], facts: dict[str, Any]) -> str:
     lines += [f"![{name}](claims_{name}.png)" for name in FIGURES
               if name != "attention_distance" or result.get("attention_profile")]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _wall_line(wall: dict[str, Any]) -> str:
+    """The part's wall time: the teachers' fits, the claims passes and (when it ran) the
+    randomisation null."""
+    null = wall.get("null_seconds")
+    total = wall["teachers_seconds"] + wall["passes_seconds"] + (null or 0.0)
+    null_part = "" if null is None else f"randomisation null {_minutes(null)} min, "
+    return (f"Wall time of the part: teachers {_minutes(wall['teachers_seconds'])} min (their "
+            f"fit times), claims passes {_minutes(wall['passes_seconds'])} min, {null_part}"
+            f"in all {_minutes(total)} min.")  # fmt: skip
 
 
 def _which_images(p: dict[str, Any]) -> str:
@@ -299,6 +314,10 @@ def rebuild(out_dir: str | Path) -> dict[str, Any]:
     result["N"], result["grid"] = first["N"], first["grid"]
     if facts.get("min_top1") is not None:
         result["accuracy_bar"] = accuracy_bar(result["claims"], facts)
+    if facts.get("null"):  # SPEC 10's randomisation null, beside the trained teachers' values
+        records = load_null(out, facts["null"])
+        result["null"] = null_result(records, settings, first["N"], resamples=facts["resamples"],
+                                     seed=settings["seed"])  # fmt: skip
     write_json_atomic(out / "claims.json", result)
     _figures(result, out, first.get("teacher", {}).get("patch_size"))
     (out / "report.md").write_text(report_markdown(result, facts))
@@ -352,8 +371,17 @@ def _bar_markdown(result: dict[str, Any]) -> list[str]:
 
 
 def part_facts(passes, settings, resamples, machine, command, keep_chance, teachers_seconds,
-               passes_seconds) -> dict[str, Any]:  # fmt: skip
-    return {"machine": machine, "command": command, "settings": settings,
-            "resamples": resamples, "passes": passes, "keep_chance": keep_chance,
-            "wall": {"teachers_seconds": teachers_seconds, "passes_seconds": passes_seconds,
-                     "finished": time.strftime("%Y-%m-%d %H:%M:%S")}}  # fmt: skip
+               passes_seconds, null=None) -> dict[str, Any]:  # fmt: skip
+    """The part's ``facts.json``. ``null``: ``(the null's settings or None, its passes)`` when the
+    study states ``study.claims.randomisation_null`` (SPEC 10; facts without it are the reports
+    made before it)."""
+    facts = {"machine": machine, "command": command, "settings": settings,
+             "resamples": resamples, "passes": passes, "keep_chance": keep_chance,
+             "wall": {"teachers_seconds": teachers_seconds, "passes_seconds": passes_seconds,
+                      "finished": time.strftime("%Y-%m-%d %H:%M:%S")}}  # fmt: skip
+    if null is not None:
+        spec, null_passes = null
+        facts["null"] = None if spec is None else {"settings": spec, "passes": null_passes}
+        if spec is not None:
+            facts["wall"]["null_seconds"] = round(sum(p["measure_seconds"] for p in null_passes), 1)
+    return facts

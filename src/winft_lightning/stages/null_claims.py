@@ -169,18 +169,21 @@ def null_summary(
     n_patches: int, *, resamples: int = C.MIN_RESAMPLES, seed: int = 0,
 ) -> dict[str, dict[str, dict[str, Any]]]:  # fmt: skip
     """Per variant (``records`` as :func:`randomisation_null` returns them) and U row: the
-    effect, its paired-bootstrap interval over the images, the margin and SPEC 9's verdict
-    (None for the agreement, which has no margin)."""
+    effect, its paired-bootstrap interval over the images and standard error (``se``: what
+    pooling over teachers weighs it by), the margin and SPEC 9's verdict (None for the
+    agreement, which has no margin)."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for name, cols in records.items():
         out[name] = {}
         for row, (effect, margin) in u_effects(cols, settings, n_patches).items():
             finite = effect[np.isfinite(effect)]
             cell: dict[str, Any] = {"margin": margin, "n": int(finite.size), "effect": None,
-                                    "low": None, "high": None, "verdict": C.INCONCLUSIVE}  # fmt: skip
+                                    "low": None, "high": None, "se": None,
+                                    "verdict": C.INCONCLUSIVE}  # fmt: skip
             if finite.size >= 2:
                 ci = C.paired_bootstrap_ci(finite, resamples=resamples, seed=seed)
                 verdict = None if margin is None else C.margin_verdict(ci, margin)
-                cell |= {"effect": ci.estimate, "low": ci.low, "high": ci.high, "verdict": verdict}
+                cell |= {"effect": ci.estimate, "low": ci.low, "high": ci.high, "se": ci.se,
+                         "verdict": verdict}  # fmt: skip
             out[name][row] = cell
     return out

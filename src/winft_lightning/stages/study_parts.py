@@ -74,30 +74,50 @@ def trained_part(study: DictConfig, study_dir: Path, root_dir: Path, run: bool) 
     return trained_facts(study, study_dir, teacher)
 
 
-def run_claims(study: DictConfig, study_dir: Path, root_dir: Path) -> dict[str, Any]:
-    """SPEC 9's training-free claims on the study's K teachers (each trained once and cached,
-    each pass's per-image values kept under ``claims/records``), rebuilt into
-    ``claims/report.md`` from those records. The teachers live in ``root_dir``'s cache, with
-    the study's other artefacts."""
-    from winft_lightning.runtime.files import write_json_atomic
+def measure_claims(teachers, settings: dict[str, Any], out: Path, resamples: int,
+                   null: dict[str, Any] | None) -> dict[str, Any]:  # fmt: skip
+    """Each teacher's claims pass and then (``null``: :func:`.null_report.null_spec`'s, None: not
+    run) its randomisation null (SPEC 10), each saved under ``out/records`` and reused by its
+    stamp, and the part's facts (:func:`.claims_report.part_facts`)."""
     from winft_lightning.stages import claims_report as R
     from winft_lightning.stages.claims import keep_chance
+    from winft_lightning.stages.null_report import measure_null
+
+    passes, nulls = [], []
+    for t in teachers:
+        passes.append(R.measure_teacher(t, settings, out))
+        if null is not None:
+            nulls.append(measure_null(t, settings, null, out))
+    grid = tuple(passes[0]["grid"])
+    chance = {"paper": keep_chance((14, 14), 0.1), "here": keep_chance(grid, 0.1)}
+    fits = [(p["teacher_row"] or {}).get("fit_seconds") or 0.0 for p in passes]
+    return R.part_facts(passes, settings, resamples, machine_line(), study_command(), chance,
+                        round(sum(fits), 1), round(sum(p["measure_seconds"] for p in passes), 1),
+                        null=(null, nulls))  # fmt: skip
+
+
+def run_claims(study: DictConfig, study_dir: Path, root_dir: Path) -> dict[str, Any]:
+    """SPEC 9's training-free claims on the study's K teachers (each trained once and cached,
+    each pass's per-image values kept under ``claims/records``, with each teacher's
+    randomisation null when ``study.claims.randomisation_null`` is set), rebuilt into
+    ``claims/report.md`` from those records. The teachers live in ``root_dir``'s cache, with the
+    study's other artefacts."""
+    from winft_lightning.runtime.files import write_json_atomic
+    from winft_lightning.stages import claims_report as R
+    from winft_lightning.stages.null_report import null_spec
 
     spec = OmegaConf.to_container(study.claims, resolve=True)
     teachers_spec, resamples = spec.pop("teachers"), int(spec.pop("resamples"))
     reference = spec.pop("reference", None)
+    # not a pass setting (the pass stamps stay as they were): the null's own
+    null = null_spec(spec.pop("randomisation_null", None))
     if teachers_spec.get("ckpts"):
         teachers, spec["net"] = given_teachers(teachers_spec, root_dir)
     else:
         teachers = ensure_teachers(teachers_spec["experiment"], teachers_spec["overrides"],
                                    teachers_spec["seeds"], root_dir)  # fmt: skip
     out = study_dir / "claims"
-    passes = [R.measure_teacher(t, spec, out) for t in teachers]
-    grid = tuple(passes[0]["grid"])
-    chance = {"paper": keep_chance((14, 14), 0.1), "here": keep_chance(grid, 0.1)}
-    fits = [(p["teacher_row"] or {}).get("fit_seconds") or 0.0 for p in passes]
-    facts = R.part_facts(passes, spec, resamples, machine_line(), study_command(), chance,
-                         round(sum(fits), 1), round(sum(p["measure_seconds"] for p in passes), 1))  # fmt: skip
+    facts = measure_claims(teachers, spec, out, resamples, null)
     facts["min_top1"] = float(teachers_spec["min_top1"])  # the sensitivity split's bar (SPEC 10)
     if reference:  # another grid's claims report: the two-grid table
         path = Path(reference).expanduser() / "claims.json"
@@ -107,7 +127,7 @@ def run_claims(study: DictConfig, study_dir: Path, root_dir: Path) -> dict[str, 
         facts["reference"] = R.reference_of(ref, f"N = {ref['N']} ({reference})")
     write_json_atomic(out / "facts.json", facts)
     result = R.rebuild(out)
-    for p in passes:
+    for p in facts["passes"]:
         top1 = (p["teacher_row"] or {}).get("top1")
         if top1 is not None and top1 < float(teachers_spec["min_top1"]):
             log.warning("study: teacher %d reached %.2f %% top-1, below the recipe's %s %% "

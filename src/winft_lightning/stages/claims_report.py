@@ -14,10 +14,8 @@ Layout of a claims dir::
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from winft_lightning.core import claims_table as T
-from winft_lightning.runtime.files import write_json_atomic
+from winft_lightning.runtime.files import load_columns, save_columns, write_json_atomic
 from winft_lightning.stages.null_report import (
     load_null,
     null_markdown,
@@ -47,22 +45,6 @@ def distance_references(grid: list[int]) -> dict[str, float]:
     refs = {"uniform over the grid": uniform_attention_distance(tuple(grid))}
     refs |= {f"uniform in {k}x{k}": uniform_attention_distance(tuple(grid), k) for k in (3, 5, 7)}
     return refs
-
-
-def save_columns(path: Path, columns: dict[str, np.ndarray]) -> Path:
-    """Write the columns as one compressed ``.npz`` atomically (temporary file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **columns)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)
-    return path
-
-
-def load_columns(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
 
 
 def measure_teacher(teacher, settings: dict[str, Any], out_dir: Path) -> dict[str, Any]:

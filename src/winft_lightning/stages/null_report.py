@@ -29,7 +29,7 @@ import torch
 
 from winft_lightning.core import claims as C
 from winft_lightning.core.claims_pooled import CONFIDENCE, NO_HEADLINE, pool_row
-from winft_lightning.runtime.files import write_json_atomic
+from winft_lightning.runtime.files import load_columns, save_columns, write_json_atomic
 
 __all__ = ["load_null", "measure_null", "null_markdown", "null_result", "null_spec",
            "verdicts_sentence"]  # fmt: skip
@@ -93,7 +93,6 @@ def measure_null(teacher, settings: dict[str, Any], null: dict[str, Any], out_di
     """One teacher's randomisation null (``null`` as :func:`null_spec` gives it) with its pass's
     ``settings``, saved under ``records/``; reused when its stamp (teacher file hash, the
     pass's settings, the null's) matches, as :func:`.claims_report.measure_teacher` does."""
-    from winft_lightning.stages.claims_report import save_columns
     from winft_lightning.stages.null_claims import randomisation_null
 
     npz, stamp_file = _paths(out_dir, teacher.seed)
@@ -127,7 +126,6 @@ def measure_null(teacher, settings: dict[str, Any], null: dict[str, Any], out_di
 
 def load_null(out_dir: Path, null_facts: dict[str, Any]) -> dict[int, dict[str, dict]]:
     """Each teacher's null records: ``{seed: {variant: columns}}`` in its stamp's order."""
-    from winft_lightning.stages.claims_report import load_columns
 
     out = {}
     for p in null_facts["passes"]:

@@ -169,6 +169,9 @@ def test_every_study_job_composes(make_cfg, tmp_path, variant):
     from winft_lightning.stages.validate import validate_config
 
     study = compose_config([f"study={variant}"], tmp_path, config_name="study").study
+    # the teachers (and every process of the study) under OpenMP's passive wait policy
+    # (tests/runtime/test_threads.py: it reaches the runtime)
+    assert study.omp_wait_policy == "passive"
     spec = study.claims.teachers
     # SPEC 9: K >= 3 teachers, seeds 0..K-1; the paper grid runs 2 (the budget, see its yaml)
     assert list(spec.seeds) == list(range(2 if variant == "paper_grid" else 3))

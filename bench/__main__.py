@@ -1,6 +1,6 @@
 """``make bench``: every stage against its limit, ratios measured in one run, one JSON file.
 
-    python -m bench [--sections attention,analysis,train,overhead,data,memory] [--out PATH]
+    python -m bench [--sections attention,analysis,train,overhead,data,memory,teacher] [--out PATH]
                     [--update PATH] [--quick]
 
 Sections (each records absolute times and the ratio its target is stated on; modules of this
@@ -17,6 +17,10 @@ package, ``bench.sec_<name>``, shared pieces in ``bench.benchlib``):
   overhead  ViTModule in a real Trainer vs a plain timm + torch loop (same model, data, batch).
   data      shard loader images/s vs the training step's consumption at the same batch.
   memory    peak memory of one training step per module at the same batch.
+  teacher   the study's teachers (N = 64 and N = 196 recipes) in a real Trainer on the study's
+            Fashion-MNIST shards, images/s: as before (the runtime's OpenMP wait policy) vs
+            the study's study.omp_wait_policy, torch.compile and one thread; warm-up apart,
+            logits against eager's (CPU; process pairs, arms interleaved inside each).
 
 On CPU the B/16 geometry (384 px, N = 576) runs with vit_tiny widths and batch 2 so that the
 whole bench fits in minutes; ``--quick`` shrinks repeats and steps for a smoke run.
@@ -40,6 +44,7 @@ from bench.sec_attention import ALPHA, attention_section
 from bench.sec_data import data_section
 from bench.sec_memory import memory_section
 from bench.sec_overhead import overhead_section
+from bench.sec_teacher import teacher_section
 from bench.sec_train import train_section
 from winft_lightning.runtime.machine import describe
 
@@ -50,6 +55,7 @@ SECTIONS = {
     "overhead": overhead_section,
     "data": data_section,
     "memory": memory_section,
+    "teacher": teacher_section,
 }
 
 

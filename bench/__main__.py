@@ -1,7 +1,7 @@
 """``make bench``: every stage against its limit, ratios measured in one run, one JSON file.
 
-    python -m bench [--sections attention,analysis,train,overhead,data,loader,memory]
-                    [--out PATH] [--update PATH] [--quick]
+    python -m bench [--sections attention,analysis,train,overhead,data,loader,memory,claims,
+                               teacher] [--out PATH] [--update PATH] [--quick]
 
 Sections (each records absolute times and the ratio its target is stated on; modules of this
 package, ``bench.sec_<name>``, shared pieces in ``bench.benchlib``):
@@ -22,6 +22,10 @@ package, ``bench.sec_<name>``, shared pieces in ``bench.benchlib``):
   memory    peak memory of one training step per module at the same batch.
   claims    the training-free claims pass per image at N = 64 and 196: C3's DIP forwards on the
             kept patches' tokens vs the dense network (target >= 2x).
+  teacher   the study's teachers (N = 64 and N = 196 recipes) in a real Trainer on the study's
+            Fashion-MNIST shards, images/s: as before (the runtime's OpenMP wait policy) vs
+            the study's study.omp_wait_policy, torch.compile and one thread; warm-up apart,
+            logits against eager's (CPU; process pairs, arms interleaved inside each).
 
 On CPU the B/16 geometry (384 px, N = 576) runs with vit_tiny widths and batch 2 so that the
 whole bench fits in minutes; ``--quick`` shrinks repeats and steps for a smoke run.
@@ -47,6 +51,7 @@ from bench.sec_data import data_section
 from bench.sec_loader import loader_section
 from bench.sec_memory import memory_section
 from bench.sec_overhead import overhead_section
+from bench.sec_teacher import teacher_section
 from bench.sec_train import train_section
 from winft_lightning.runtime.machine import describe
 
@@ -59,6 +64,7 @@ SECTIONS = {
     "loader": loader_section,
     "memory": memory_section,
     "claims": claims_section,
+    "teacher": teacher_section,
 }
 
 

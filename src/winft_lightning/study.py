@@ -11,6 +11,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from winft_lightning.runtime.threads import set_wait_policy
 from winft_lightning.stages.recompute import check_recompute, recompute
 
 # The training stack (Lightning, timm) is imported where a part trains or measures teachers:
@@ -24,6 +25,8 @@ def main(cfg: DictConfig) -> None:
     if cfg.get("recompute"):
         check_recompute(Path(cfg.recompute).expanduser(), Path(cfg.paths.output_root) / "recompute")
         return
+    # before the training stack loads torch: libgomp reads its wait policy once, at load
+    set_wait_policy(cfg.study.get("omp_wait_policy"))
     from winft_lightning.stages.study_parts import run_parts
 
     print(run_parts(cfg).read_text())

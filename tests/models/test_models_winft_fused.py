@@ -147,26 +147,33 @@ def _saved(net, x, **call) -> list[Tensor]:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_fused_keeps_no_square_float_for_the_backward(mode):
-    """The memory lever: of ``[.., T, T]`` and ``[.., N, N]`` tensors autograd keeps only each
-    block's bool W and the batch's one float w_gt (shared by the blocks): no scores,
-    probabilities, logits or float mask; the pre-change code kept several floats per block."""
+    """The memory lever: of ``[.., T, T]`` and ``[.., N, N]`` tensors autograd keeps per block
+    only the bool W and the batch's one float w_gt, shared by the blocks ("multiply"), or the
+    flash kernel's ``[B, 1, T, T]`` mask, as SDPA keeps it ("neg_inf"): no scores,
+    probabilities or logits. The pre-change code kept more per block."""
     kw = GEOMETRIES["n64"]
     new, ref = _pair(mode, kw)
     x, _, w_gt = _batch(kw)
     n = (kw["img_size"] // kw["patch_size"]) ** 2
 
-    def square(saved: list[Tensor], floating: bool) -> set[int]:
-        """Storages of the saved square tensors, float or bool."""
-        shapes = ((n, n), (n + 1, n + 1))
-        return {
-            s.untyped_storage().data_ptr() for s in saved
-            if s.dim() >= 2 and s.shape[-2:] in shapes and s.is_floating_point() == floating
-        }  # fmt: skip
+    def square(saved: list[Tensor], floating: bool) -> list[tuple]:
+        """(storage, shape) of the saved square tensors, float or bool."""
+        return sorted({
+            (s.untyped_storage().data_ptr(), tuple(s.shape)) for s in saved
+            if s.dim() >= 2 and s.shape[-2:] in ((n, n), (n + 1, n + 1))
+            and s.is_floating_point() == floating
+        })  # fmt: skip
 
-    saved = _saved(new, x, w_gt=w_gt)
-    assert len(square(saved, floating=True)) == 1  # w_gt
-    assert len(square(saved, floating=False)) == kw["depth"]  # W
-    assert len(square(_saved(ref, x, collect_winft=True), floating=True)) >= 2 * kw["depth"]
+    floats = square(_saved(new, x, w_gt=w_gt), floating=True)
+    bools = square(_saved(new, x, w_gt=w_gt), floating=False)
+    if mode == "multiply":
+        assert [shape for _, shape in floats] == [(3, n, n)] and len(bools) == kw["depth"]
+    else:
+        masks = [(3, 1, n + 1, n + 1)] * kw["depth"]
+        assert [shape for _, shape in floats] == masks
+        assert bools == []
+    ref_floats = square(_saved(ref, x, collect_winft=True), floating=True)
+    assert len(ref_floats) >= len(floats) + kw["depth"]
 
 
 def test_fused_window_and_count_as_the_reference_functions():

@@ -17,9 +17,10 @@ gradient, so they reach Q and K through the attention's own two matmuls. Few, la
 shared CPU every op is a thread barrier.
 
 "neg_inf" (``softmax(S_h`` masked to ``W)``), on the CPU: the flash-attention kernel that
-fused SDPA runs, with W as its additive mask (as SDPA makes and keeps of a bool mask), and the
-logits' own matmul; the Function keeps the BCE's gradient with respect to the
-concatenated-head Q and K (``[B, N, H*d]``, computed in the forward) instead of the logits.
+fused SDPA runs, with W as its additive mask, and the logits' own matmul; the Function keeps
+the bool W (the float mask is rebuilt for the backward; SDPA keeps the float one) and the
+BCE's gradient with respect to the concatenated-head Q and K (``[B, N, H*d]``, computed in the
+forward) instead of the logits.
 
 Under autocast the matmuls run in the autocast dtype and the softmax, logits and BCE in
 float32, as autocast runs the unfused code. Attention dropout is not supported (the caller
@@ -147,6 +148,7 @@ class _MultiplyAttention(torch.autograd.Function):
         d_out3 = d_out.reshape(bh, t, d)
         dv = torch.bmm(prob.to(v3.dtype).transpose(1, 2), d_out3)
         ds = _softmax_backward_(torch.bmm(d_out3, v3.transpose(1, 2)), prob)
+        del s, sp, prob  # [B*H, T, T]: not alive beside the next one
         dsp = ds.view(b, h, t, t)[:, :, p:, p:]
         g = _logits_grad(residual, d_bce, d_logits, 1.0 / (h * scale))
         # W-masked scores are constants (0): no gradient there; the logits' reaches all
@@ -169,7 +171,7 @@ def _logits_grad(residual, d_bce, d_logits, to_scores: float) -> Tensor | None:
     times ``to_scores`` = d logits / d S_h; None when neither flows."""
     g = None
     if residual is not None and d_bce is not None:
-        g = residual * (d_bce * (to_scores / residual.numel()))
+        g = residual.mul_(d_bce * (to_scores / residual.numel()))
     if d_logits is not None:
         g = d_logits * to_scores if g is None else g.add_(d_logits, alpha=to_scores)
     return None if g is None else g.unsqueeze(1)
@@ -216,16 +218,17 @@ class _NegInfAttention(torch.autograd.Function):
                 # d BCE / d (Q_c K_c^T), times Q_c and K_c: [B, N, H*d], not the [B, N, N]
                 g = sig.sub_(target).div_(target.numel() * h).to(qc.dtype)
                 dq_c, dk_c = _through_logits(g, qc, kc)
-        ctx.save_for_backward(q, k, v, out, lse, mask, dq_c, dk_c)
+        ctx.save_for_backward(q, k, v, out, lse, window, dq_c, dk_c)
         ctx.config = (p, scale)
         ctx.mark_non_differentiable(window)
         return out, logits, window, bce
 
     @staticmethod
     def backward(ctx, d_out, d_logits, _d_window, d_bce):
-        q, k, v, out, lse, mask, dq_c, dk_c = ctx.saved_tensors
+        q, k, v, out, lse, window, dq_c, dk_c = ctx.saved_tensors
         p, scale = ctx.config
         b, h, t, d = q.shape
+        mask = _additive_mask(window, p, q.dtype)  # rebuilt: 4x smaller kept as bool
         dq, dk, dv = _FLASH_BACKWARD(
             d_out, q, k, v, out, lse, 0.0, False, attn_mask=mask, scale=scale
         )

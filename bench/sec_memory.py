@@ -1,5 +1,6 @@
 """``memory`` section: peak memory of one training step per module at the same batch (CUDA:
-allocator peak; CPU: RSS high-water mark in a fresh process per module)."""
+allocator peak; CPU: RSS high-water mark in a fresh process per module), and WinfT's peak over
+ViT's against its target (``benchlib.MEMORY_TARGETS``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 
 from bench.benchlib import (
     B16_384,
+    MEMORY_TARGETS,
     NO_CPU_BACKWARD,
     TRAIN_BATCH,
     VARIANTS,
@@ -21,6 +23,7 @@ from bench.benchlib import (
     build_module,
     flex_kernel,
     local_masks,
+    ratio_targets,
     synthetic_batch,
     train_step,
 )
@@ -103,4 +106,7 @@ def memory_section(device: torch.device, opts: argparse.Namespace) -> dict:
         "windows": window_info,
         "sparse_on_cpu": None if device.type == "cuda" else NO_CPU_BACKWARD,
         "modules": rows,
+        "targets": ratio_targets(
+            {v: row["peak_ratio_to_vit"] for v, row in rows.items()}, MEMORY_TARGETS, "peak"
+        ),
     }

@@ -27,6 +27,7 @@ from bench.benchlib import (
     flex_kernel,
     forward_only,
     local_masks,
+    ratio_targets,
     synthetic_batch,
     timeit,
     timeit_interleaved,
@@ -157,22 +158,13 @@ def _variant_times(
 
 def _step_targets(steps: dict, width: str) -> dict:
     """Each target on the best measured train-step ratio of its variants, plus every ratio."""
-    out = {}
-    targets = {k: v for k, v in STEP_TARGETS.items()}
+    targets = dict(STEP_TARGETS)
     if width == "vit_tiny":
         targets[TINY_TARGET[0]] = TINY_TARGET[1:]
-    for name, (variants, limit) in targets.items():
-        ratios = {v: steps[v]["train_ratio_to_vit"] for v in variants if v in steps}
-        measured = {v: r for v, r in ratios.items() if r is not None}
-        best = min(measured, key=measured.get)
-        out[name] = {
-            "ratio": measured[best],
-            "ratio_is": f"{best} train step / vit train step",
-            "ratios": ratios,
-            "target": f"train step <= {limit}x ViT step (B/16 384, alpha 0.1, {width} widths)",
-            "holds": measured[best] <= limit,
-            "holds_per_variant": {v: r <= limit for v, r in measured.items()},
-        }
+    ratios = {v: row["train_ratio_to_vit"] for v, row in steps.items()}
+    out = ratio_targets(ratios, targets, "train step")
+    for row in out.values():
+        row["target"] += f" (B/16 384, alpha 0.1, {width} widths)"
     return out
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_interactions import naive_rollout
 
 import helpers
+from naive import naive_rollout
 from winft_lightning.core import interactions as ia
 from winft_lightning.core.analysis import Analysis, analyze, default_patches
 from winft_lightning.core.capture import iter_block_attention

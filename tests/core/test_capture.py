@@ -6,24 +6,9 @@ import pytest
 import torch
 
 from helpers import tiny_vit
+from naive import hand_attention
 from winft_lightning.core.capture import iter_block_attention
 from winft_lightning.core.interactions import uncertainty_map
-
-
-def hand_attention(model, images):
-    """softmax(q k^T * scale) per block, blocks run by hand with timm's own submodules."""
-    maps = []
-    with torch.no_grad():
-        x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
-        for blk in model.blocks:
-            attn = blk.attn
-            y = blk.norm1(x)
-            b, t, _ = y.shape
-            qkv = attn.qkv(y).reshape(b, t, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-            q, k, _ = qkv.unbind(0)
-            maps.append(((q @ k.transpose(-2, -1)) * attn.head_dim**-0.5).softmax(-1))
-            x = blk(x)
-    return maps
 
 
 @pytest.mark.parametrize("reg_tokens", [0, 2])

@@ -8,9 +8,8 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from test_capture import hand_attention
-from test_interactions import naive_dip_order, naive_field, naive_u, naive_windows
 
+from naive import hand_attention, naive_dip_order, naive_field, naive_u, naive_windows
 from winft_lightning import analyze
 from winft_lightning.lit.modules import MODULES
 from winft_lightning.models import UnsupportedModel, build_vit

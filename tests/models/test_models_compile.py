@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from helpers import MODEL_KW
 from winft_lightning.core.interactions import awd_windows, dip_keep, dip_order, responsive_field
-from winft_lightning.models import build_vit, net_inputs, winft_bce_loss
+from winft_lightning.models import build_vit, net_inputs
 
 KW = MODEL_KW
 CASES = [("full", None), ("awd", None), ("awd", "multiply"), ("winft", None), ("winft", "multiply")]
@@ -34,15 +34,15 @@ def _step(net, model, attn, dip):
     x, y, win, order = _batch()
     keep = dip_keep(order, 0.25) if dip else None
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w_gt = responsive_field(win, order, 0.25, (4, 4)) if attn == "winft" else None
     inputs = net_inputs(
-        net, windows=win if attn == "awd" else None, keep=keep, collect_winft=attn == "winft"
+        net, windows=win if attn == "awd" else None, keep=keep, w_gt=w_gt
     )  # built once, outside the compiled region; the network gets it as an argument
     out = net(x, inputs)
     eo = None
-    if attn == "winft":
-        out, logits, eo = out
-        loss = F.cross_entropy(out, y)
-        loss = loss + winft_bce_loss(logits, responsive_field(win, order, 0.25, (4, 4)))
+    if attn == "winft":  # the BCE each block takes against w_gt (WinfTModule's loss)
+        loss = F.cross_entropy(out.logits, y) + out.bce
+        eo = out.eo
     else:
         loss = F.cross_entropy(out, y)
     loss.backward()

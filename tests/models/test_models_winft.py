@@ -115,7 +115,9 @@ def test_collect_outputs_and_loss():
     model = _model()
     model.train()
     x = torch.randn(2, 3, 16, 16)
-    _, logits, eo = model(x, collect_winft=True)
+    out = model(x, collect_winft=True)
+    logits, eo = out.w_logits, out.eo
+    assert out.bce is None  # no w_gt given
     assert len(logits) == 2 and logits[0].shape == (2, 16, 16) and logits[0].requires_grad
     counts = [winft_window(lg).flatten(1).sum(1).float() for lg in logits]
     torch.testing.assert_close(eo, (counts[0] + counts[1]) / 2)
@@ -126,8 +128,8 @@ def test_collect_outputs_and_loss():
     loss.backward()
     assert model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
     with torch.no_grad():
-        _, logits, eo2 = model(x)  # no collect flag: E_O only
-    assert logits == [] and torch.equal(eo2, eo)
+        out2 = model(x)  # no collect flag: E_O only
+    assert out2.w_logits == [] and torch.equal(out2.eo, eo)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")

@@ -357,10 +357,14 @@ class WinfTModule(ViTModule):
     def run(
         self, images: Tensor, batch: dict[str, Tensor] | None = None
     ) -> tuple[Tensor, models.WinftOutput]:
-        """The network returns its per-block w' logits (collected when the batch carries the
-        masks of the ground truth) and E_O with the class logits: nothing is kept in between."""
-        collect = batch is not None and "windows" in batch and "dip_order" in batch
-        out = self._forward(images, models.net_inputs(self.net, collect_winft=collect))
+        """The network returns E_O and, when the batch carries the masks of the ground truth
+        w_gt, the BCE (eq. 12) that each block takes against it, with the class logits."""
+        w_gt = None
+        if batch is not None and "windows" in batch and "dip_order" in batch:
+            w_gt = ia.responsive_field(
+                batch["windows"], batch["dip_order"], self.hparams.beta, self.grid
+            )
+        out = self._forward(images, models.net_inputs(self.net, w_gt=w_gt))
         return out.logits, out
 
     @property
@@ -373,15 +377,11 @@ class WinfTModule(ViTModule):
     def extra_loss(
         self, batch: dict[str, Tensor], stage: str, out: Any = None
     ) -> dict[str, Tensor]:
-        if not out.w_logits:
+        if out.bce is None:
             if stage == "train":
                 raise KeyError("WinfTModule training needs 'windows' and 'dip_order' in the batch")
             return {}
-        w_gt = ia.responsive_field(
-            batch["windows"], batch["dip_order"], self.hparams.beta, self.grid
-        )
-        bce = models.winft_bce_loss(out.w_logits, w_gt)
-        return {"bce": self.hparams.lambda2 * bce}
+        return {"bce": self.hparams.lambda2 * out.bce}
 
 
 MODULES = {f.name: globals()[f.module] for f in FAMILIES}  # config name -> class (families.py)

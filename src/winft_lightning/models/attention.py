@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from timm.layers import Attention
 from torch import Tensor
 
+from winft_lightning.core.winft import fused_modes, winft_attention, winft_window
+
 from .inputs import NetInputs, NetSpec, awd_attn_mask
 from .sparse import awd_block_mask, block_mask_from_dense, flex, tiled_order
 
@@ -44,10 +46,13 @@ __all__ = [
 class WinftBlockOutput(NamedTuple):
     """What one WinfT attention returns beside its output: ``logits`` ``[B, N, N]`` float32
     ``mean_h Q_h K_h^T`` with grad (w' = sigmoid(logits)), None unless ``inputs.collect``;
-    ``count`` ``[B]`` True entries of W's patch block (E_O of this block)."""
+    ``count`` ``[B]`` True entries of W's patch block (E_O of this block); ``bce`` this block's
+    scalar ``BCE(w', inputs.w_gt)`` (eq. 12, mean over images and N*N entries), None without
+    ``inputs.w_gt``."""
 
     logits: Tensor | None
     count: Tensor
+    bce: Tensor | None = None
 
 
 def _dense_block_mask(mask: Tensor, block_size):
@@ -141,13 +146,6 @@ def winft_logits(q: Tensor, k: Tensor, num_prefix_tokens: int) -> Tensor:
     return (qc @ kc.transpose(1, 2)).float() / h
 
 
-def winft_window(logits: Tensor) -> Tensor:
-    """W (eq. 9): ``w' = sigmoid(logits)``, ``W[i, j] = w'[i, j] > mean_j w'[i, :]`` (strict).
-    logits ``[B, N, N]`` -> bool ``[B, N, N]``."""
-    w = logits.sigmoid()
-    return w > w.mean(dim=-1, keepdim=True)
-
-
 def expand_prefix(w: Tensor, num_prefix_tokens: int) -> Tensor:
     """Patch block ``[B, N, N]`` -> ``[B, T, T]`` with prefix rows and columns True."""
     if num_prefix_tokens == 0:
@@ -156,14 +154,20 @@ def expand_prefix(w: Tensor, num_prefix_tokens: int) -> Tensor:
 
 
 class WinftAttention(NetAttention):
-    """Window-free multi-head attention (SPEC 5, eq. 8-10).
+    """Window-free multi-head attention (SPEC 5, eq. 8-10, 12).
 
     ``L_h = Q_h K_h^T``; ``W`` from :func:`winft_logits` / :func:`winft_window`; ``mode``:
     "multiply" ``A' = softmax((L_h / sqrt(d)) * W)`` (eq. 10: masked logits become 0) or
-    "neg_inf" (masked logits -inf, true restriction; dense SDPA or flex when ``spec.sparse``).
+    "neg_inf" (masked logits -inf, true restriction; flex when ``spec.sparse``).
     ``attn(x)`` returns the output, as timm's; ``attn(x, inputs=...)`` returns
-    ``(output, WinftBlockOutput(logits, count))``: the logits (with grad) only when
-    ``inputs.collect``, for the BCE; the count (E_O) always.
+    ``(output, WinftBlockOutput(logits, count, bce))``: the logits (with grad) only when
+    ``inputs.collect``; the count (E_O) always; the BCE against ``inputs.w_gt`` when given.
+
+    The dense layer runs :func:`~winft_lightning.core.winft.winft_attention` (one autograd
+    function per block that keeps no ``N x N`` float for the backward, the BCE taken inside).
+    :meth:`unfused` is the plain-op reference, run where that cannot be: ``fused_attn`` off
+    (attention capture reads the softmax at ``attn_drop``), attention dropout in training, the
+    sparse (flex) path, and "neg_inf" off the CPU (fused SDPA with W as its mask).
     """
 
     mode: str = "multiply"
@@ -173,6 +177,23 @@ class WinftAttention(NetAttention):
         if perm is not None:
             w = w[:, perm][:, :, perm]
         return _dense_block_mask(w, self.spec.block_size)
+
+    def unfused(self, q: Tensor, k: Tensor, v: Tensor, p: int) -> tuple[Tensor, Tensor, Tensor]:
+        """eq. 8-10 in plain ops: q, k, v ``[B, H, T, d]`` -> (output ``[B, H, T, d]``,
+        logits ``[B, N, N]``, W ``[B, N, N]``); the softmax passes through ``attn_drop``
+        unless ``fused_attn`` (then "neg_inf" runs fused SDPA, W its mask)."""
+        logits = winft_logits(q, k, p)
+        w = winft_window(logits)
+        wt = expand_prefix(w, p).unsqueeze(1)  # [B, 1, T, T]
+        if self.spec is not None and self.spec.sparse:
+            o = self._flex(q, k, v, lambda perm: self._winft_block_mask(wt[:, 0], perm))
+            return o, logits, w
+        if self.mode == "neg_inf" and self.fused_attn:
+            dropout = self.attn_drop.p if self.training else 0.0
+            return F.scaled_dot_product_attention(q, k, v, wt, dropout), logits, w
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        attn = attn * wt if self.mode == "multiply" else attn.masked_fill(~wt, float("-inf"))
+        return self.attn_drop(attn.softmax(dim=-1)) @ v, logits, w
 
     def forward(
         self,
@@ -185,28 +206,17 @@ class WinftAttention(NetAttention):
             raise ValueError("WinfT attention predicts its own mask; attn_mask is not supported")
         spec = self.spec
         p = spec.num_prefix_tokens if spec is not None else 0
-        sparse = spec is not None and spec.sparse
+        target = inputs.w_gt if inputs is not None else None
         q, k, v = self._qkv(x)
-        logits = winft_logits(q, k, p)
-        w = winft_window(logits)
-        count = w.flatten(1).sum(dim=1)
-        w = expand_prefix(w, p)  # [B, T, T]
-        if self.mode == "multiply":
-            attn = (q * self.scale) @ k.transpose(-2, -1)
-            attn = (attn * w.unsqueeze(1)).softmax(dim=-1)
-            o = self.attn_drop(attn) @ v
-        elif sparse:
-            o = self._flex(q, k, v, lambda perm: self._winft_block_mask(w, perm))
-        elif self.fused_attn:
-            o = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=w.unsqueeze(1),
-                dropout_p=self.attn_drop.p if self.training else 0.0,
-            )  # fmt: skip
+        sparse = spec is not None and spec.sparse
+        dropout = self.training and self.attn_drop.p > 0
+        if self.fused_attn and not sparse and not dropout and self.mode in fused_modes(x.device):
+            o, logits, w, bce = winft_attention(q, k, v, p, self.scale, self.mode, target)
         else:
-            attn = (q * self.scale) @ k.transpose(-2, -1)
-            attn = attn.masked_fill(~w.unsqueeze(1), float("-inf")).softmax(dim=-1)
-            o = self.attn_drop(attn) @ v
+            o, logits, w = self.unfused(q, k, v, p)
+            bce = None if target is None else F.binary_cross_entropy_with_logits(logits, target)
         out = self._out(o, x)
         if inputs is None:
             return out
-        return out, WinftBlockOutput(logits if inputs.collect else None, count)
+        count = w.flatten(1).sum(dim=1)
+        return out, WinftBlockOutput(logits if inputs.collect else None, count, bce)

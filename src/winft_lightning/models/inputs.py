@@ -60,12 +60,14 @@ class NetInputs:
     ``attn_mask`` dense ``[B, 1, T, T]`` bool (AWD and/or DIP key mask), ``block_mask`` the same
     as a flex ``BlockMask`` in the sparse token order (sparse path), ``token_scale`` ``[B, T, 1]``
     DIP multiplier (1 on prefix tokens), ``collect`` whether WinfT blocks return their logits
-    for the loss. ``NetInputs()``: nothing restricted, nothing collected."""
+    (with grad), ``w_gt`` ``[B, N, N]`` float32 the WinfT ground truth each WinfT block takes
+    its BCE against (eq. 12). ``NetInputs()``: nothing restricted, nothing collected."""
 
     attn_mask: Tensor | None = None
     block_mask: object | None = None
     token_scale: Tensor | None = None
     collect: bool = False
+    w_gt: Tensor | None = None
 
 
 def net_spec(model: nn.Module) -> NetSpec:
@@ -120,15 +122,23 @@ def net_inputs(
     windows: Tensor | None = None,
     keep: Tensor | None = None,
     collect_winft: bool = False,
+    w_gt: Tensor | None = None,
 ) -> NetInputs:
     """One batch's :class:`NetInputs` for ``model`` (a network from ``build_vit`` or its spec).
 
     windows: ``[B, N, 4]`` AWD windows ``(x_l, y_t, x_r, y_b)`` (required when attn="awd").
     keep: ``[B, N]`` bool DIP mask M (False = dropped patch), e.g. ``interactions.dip_keep``;
     None means no patch dropped. collect_winft: WinfT blocks return ``[B, N, N]`` logits with
-    their autograd graph for the loss (training); E_O is always returned.
+    their autograd graph; E_O is always returned. w_gt: ``[B, N, N]`` WinfT ground truth
+    (``interactions.responsive_field``, bool or float): each WinfT block returns its BCE
+    against it (the network's ``WinftOutput.bce``), with no ``[B, N, N]`` kept per block.
     """
     spec = model if isinstance(model, NetSpec) else net_spec(model)
+    if w_gt is not None:
+        _check("w_gt", w_gt, spec, spec.num_patches)
+        if spec.attn != "winft":
+            raise ValueError(f"w_gt given to a model built with attn={spec.attn!r}")
+        w_gt = w_gt.to(torch.float32)
     if windows is not None:
         _check("windows", windows, spec, 4)
         if spec.attn != "awd":
@@ -153,4 +163,4 @@ def net_inputs(
             block_mask = awd_block_mask(windows, key_keep, spec)
         else:
             attn_mask = awd_attn_mask(windows, spec.grid, spec.num_prefix_tokens, keep=key_keep)
-    return NetInputs(attn_mask, block_mask, token_scale, collect_winft)
+    return NetInputs(attn_mask, block_mask, token_scale, collect_winft, w_gt)

@@ -78,17 +78,20 @@ class WinftOutput(NamedTuple):
     """What a WinfT network returns: ``logits`` ``[B, classes]``; ``w_logits`` per-block
     ``[B, N, N]`` float32 ``mean_h Q_h K_h^T`` with grad (``w' = sigmoid``), empty unless called
     with ``collect_winft=True``; ``eo`` ``[B]`` float = True entries of W's patch block per image,
-    averaged over blocks. The BCE of SPEC 5 is :func:`winft_bce_loss` ``(w_logits, w_gt)``."""
+    averaged over blocks; ``bce`` the BCE of SPEC 5 (eq. 12, mean over blocks) when called with
+    ``w_gt`` (each block takes its own), else None. ``winft_bce_loss(w_logits, w_gt)`` is the
+    same loss from the collected logits."""
 
     logits: Tensor
     w_logits: list[Tensor]
     eo: Tensor
+    bce: Tensor | None = None
 
 
 class NetViT(VisionTransformer):
     """timm's ``VisionTransformer`` whose forward takes the batch's inputs as arguments.
 
-    ``net(x, windows=None, keep=None, collect_winft=False)``, or ``net(x, inputs)`` with
+    ``net(x, windows=None, keep=None, collect_winft=False, w_gt=None)``, or ``net(x, inputs)`` with
     ``inputs = net_inputs(net, ...)`` built once per batch. Returns the class logits
     ``[B, classes]``, or a :class:`WinftOutput` for attn="winft". timm's ``attn_mask`` still
     works (``net(x, attn_mask=awd_attn_mask(...))``). ``build_vit`` sets this class on the
@@ -126,21 +129,25 @@ class NetViT(VisionTransformer):
         windows: Tensor | None = None,
         keep: Tensor | None = None,
         collect_winft: bool = False,
+        w_gt: Tensor | None = None,
         attn_mask: Tensor | None = None,
         is_causal: bool = False,
     ) -> Tensor | WinftOutput:
+        given = windows is not None or keep is not None or collect_winft or w_gt is not None
         if inputs is None:
-            given = windows is not None or keep is not None or collect_winft
-            inputs = net_inputs(self, windows, keep, collect_winft) if given else NetInputs()
-        elif windows is not None or keep is not None or collect_winft:
-            raise ValueError("give either inputs or windows/keep/collect_winft, not both")
+            inputs = net_inputs(self, windows, keep, collect_winft, w_gt) if given else NetInputs()
+        elif given:
+            raise ValueError("give either inputs or windows/keep/collect_winft/w_gt, not both")
         x, winft = self._features(x, inputs, attn_mask, is_causal)
         logits = self.forward_head(x)
         if self.net_spec.attn != "winft":
             return logits
         w_logits = [out.logits for out in winft if out.logits is not None]
         eo = sum(out.count.float() for out in winft) / len(winft)
-        return WinftOutput(logits, w_logits, eo)
+        bce = None
+        if inputs.w_gt is not None:
+            bce = sum(out.bce for out in winft) / len(winft)
+        return WinftOutput(logits, w_logits, eo, bce)
 
 
 class NetViTDistilled(NetViT, VisionTransformerDistilled):

@@ -231,3 +231,18 @@ def test_the_paper_grid_study_is_the_papers_grid(tmp_path):
     assert teacher_config(spec.experiment, list(spec.overrides), 1).teacher.max_epochs == 6
     reference = REPO / study.claims.reference / "claims.json"
     assert json.loads(reference.read_text())["N"] == 64
+
+
+def test_a_missing_reference_is_refused_before_any_teacher_trains(tmp_path):
+    """study.claims.reference (the two-grid table's other report) is read first: a wrong path
+    names the option and the path before the hours of teachers and passes, and builds nothing."""
+    from helpers import compose_config
+    from winft_lightning.stages.study_parts import run_claims
+
+    missing = tmp_path / "no_report_here"
+    study = compose_config(["study=paper_grid", f"study.claims.reference={missing}"], tmp_path,
+                           config_name="study").study  # fmt: skip
+    root = tmp_path / "root"
+    with pytest.raises(FileNotFoundError, match=r"study\.claims\.reference=.*no_report_here"):
+        run_claims(study, tmp_path / "study", root)
+    assert not root.exists() and not (tmp_path / "study").exists()

@@ -109,6 +109,12 @@ def run_claims(study: DictConfig, study_dir: Path, root_dir: Path) -> dict[str, 
     spec = OmegaConf.to_container(study.claims, resolve=True)
     teachers_spec, resamples = spec.pop("teachers"), int(spec.pop("resamples"))
     reference = spec.pop("reference", None)
+    ref = None
+    if reference:  # read before any teacher trains: a wrong path costs nothing
+        path = Path(reference).expanduser() / "claims.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"study.claims.reference={reference}: no claims.json there")
+        ref = json.loads(path.read_text())
     # not a pass setting (the pass stamps stay as they were): the null's own
     null = null_spec(spec.pop("randomisation_null", None))
     if teachers_spec.get("ckpts"):
@@ -119,11 +125,7 @@ def run_claims(study: DictConfig, study_dir: Path, root_dir: Path) -> dict[str, 
     out = study_dir / "claims"
     facts = measure_claims(teachers, spec, out, resamples, null)
     facts["min_top1"] = float(teachers_spec["min_top1"])  # the sensitivity split's bar (SPEC 10)
-    if reference:  # another grid's claims report: the two-grid table
-        path = Path(reference).expanduser() / "claims.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"study.claims.reference={reference}: no claims.json there")
-        ref = json.loads(path.read_text())
+    if ref is not None:  # another grid's claims report: the two-grid table
         facts["reference"] = R.reference_of(ref, f"N = {ref['N']} ({reference})")
     write_json_atomic(out / "facts.json", facts)
     result = R.rebuild(out)

@@ -93,6 +93,13 @@ def validate_config(cfg: DictConfig) -> None:
             f"data.alpha={cfg.data.alpha} is not an option: the stored AWD windows a run loads "
             f"are model.alpha's (model.alpha={alpha}, their one owner); set model.alpha instead"
         )
+    _check_control(cfg, cls)
+    check_launch(cfg)
+    _check_checkpoints(cfg, cls)
+
+
+def _check_control(cfg: DictConfig, cls: type) -> None:
+    """data.control: a no-teacher control replaces masks the module reads, and a known one."""
     control = cfg.data.get("control")
     if control is not None:
         if not getattr(cls, "uses_masks", False):
@@ -103,11 +110,16 @@ def validate_config(cfg: DictConfig) -> None:
         if control not in CONTROLS:
             raise ConfigError(f"data.control={control!r} is not one of {CONTROLS} (or null)")
         try:  # a control must replace something the run reads (the order: only at beta > 0)
-            check_control_reads(control, reads_order=float(model.get("beta") or 0.0) > 0)
+            check_control_reads(control, reads_order=float(cfg.model.get("beta") or 0.0) > 0)
         except MaskError as err:
             raise ConfigError(str(err)) from err
-    check_launch(cfg)
-    if cfg.get("ckpt_path") == "last":  # before any prerequisite is built
+
+
+def _check_checkpoints(cfg: DictConfig, cls: type) -> None:
+    """ckpt_path (resume) and teacher.ckpt exist and match the model's geometry, before any
+    prerequisite is built."""
+    model = cfg.model
+    if cfg.get("ckpt_path") == "last":
         last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
         if not last.is_file():
             raise ConfigError(f"ckpt_path=last but {last} does not exist")

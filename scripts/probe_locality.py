@@ -55,6 +55,19 @@ CANDIDATES = {
         "teacher.init_options={qk_scale:5.657}",
         "optimizer.lr=0.0005",
     ],
+    # the recipe's lr for everything but the parameters that carry the locality
+    # (teacher.param_groups): the position embedding frozen, no weight decay on it
+    "mimetic_qk4_pe0": [
+        MIMETIC,
+        "teacher.init_options={qk_scale:4.0}",
+        "teacher.param_groups=[{match:pos_embed,lr_scale:0.0,weight_decay:0.0}]",
+    ],
+    # ... and the query-key-value weights too at a tenth of the lr, without weight decay
+    "mimetic_qk4_attn01": [
+        MIMETIC,
+        "teacher.init_options={qk_scale:4.0}",
+        "teacher.param_groups=[{match:[pos_embed,'blocks.*.attn.qkv.*'],lr_scale:0.1,weight_decay:0.0}]",
+    ],
 }
 
 

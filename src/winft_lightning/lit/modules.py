@@ -25,6 +25,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from winft_lightning import models
 from winft_lightning.core import interactions as ia
 from winft_lightning.core.families import FAMILIES
+from winft_lightning.lit.optim import param_groups
 from winft_lightning.runtime.resolvers import to_plain
 
 STAGES = ("train", "val", "test")
@@ -72,7 +73,10 @@ class ViTModule(L.LightningModule):
     optimizer / scheduler: Hydra ``_partial_`` targets ``optimizer(params)`` and
     ``scheduler(optimizer, total_steps)``, instantiated or as config; they are kept as plain
     config in the hyper-parameters, so ``load_from_checkpoint(path)`` needs nothing else.
-    options: ``NET_OPTIONS`` go to ``build_vit``; the rest are the subclass's own (alpha, ...).
+    options: ``NET_OPTIONS`` go to ``build_vit``; ``param_groups`` (a list of ``{match, lr_scale,
+    weight_decay}``: :func:`.optim.param_groups`) splits the optimizer's parameters by their timm
+    names (``pos_embed``, ``blocks.0.attn.qkv.weight``); the
+    rest are the subclass's own (alpha, ...).
     """
 
     attn_kind = "full"
@@ -249,7 +253,19 @@ class ViTModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         if self.hparams.optimizer is None:
             raise ValueError(f"{type(self).__name__} has no optimizer config (model.optimizer)")
-        optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
+        make = instantiate(self.hparams.optimizer)
+        groups = self.hparams.get("param_groups")
+        if groups:  # lr and decay by parameter name (lit.optim.param_groups)
+            kw = getattr(make, "keywords", {})
+            if kw.get("lr") is None:
+                raise ValueError(
+                    "model.param_groups scales the optimizer's lr: set model.optimizer.lr"
+                )
+            named = ((n.removeprefix("net."), p) for n, p in self.named_parameters())  # timm's
+            params = param_groups(named, groups, float(kw["lr"]), kw.get("weight_decay"))
+        else:
+            params = self.parameters()
+        optimizer = make(params=params)
         if self.hparams.scheduler is None:
             return {"optimizer": optimizer}
         total = self.trainer.estimated_stepping_batches

@@ -149,8 +149,9 @@ def ensure_teacher_shards(cfg: DictConfig, shards: Path) -> Path:
 
 def teacher_model(cfg: DictConfig) -> dict[str, Any]:
     """``teacher.model`` resolved, with ``teacher.init`` (and ``teacher.init_options``) folded
-    into its net as ``build_vit``'s ``init`` / ``init_options`` when the init is not "default":
-    a default-init teacher's config (and store key) is exactly as before ``teacher.init``."""
+    into its net as ``build_vit``'s ``init`` / ``init_options`` when the init is not "default",
+    and ``teacher.param_groups`` into the module when given: a default teacher's config (and
+    store key) is exactly as before either existed."""
     model = OmegaConf.to_container(cfg.teacher.model, resolve=True)
     init = cfg.teacher.get("init") or "default"
     if init != "default":
@@ -158,6 +159,9 @@ def teacher_model(cfg: DictConfig) -> dict[str, Any]:
     options = cfg.teacher.get("init_options")
     if options:
         model["net"]["init_options"] = OmegaConf.to_container(options, resolve=True)
+    groups = cfg.teacher.get("param_groups")
+    if groups:  # keyed only when given, as init
+        model["param_groups"] = OmegaConf.to_container(groups, resolve=True)
     return model
 
 

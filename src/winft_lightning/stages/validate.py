@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from winft_lightning.core.interactions import check_alpha, check_beta, check_loss_weight
 from winft_lightning.data.errors import MaskError
 from winft_lightning.data.masks import CONTROLS, check_control_reads, match_alpha
+from winft_lightning.lit.optim import check_param_groups
 from winft_lightning.models.vit import check_vit_family
 from winft_lightning.runtime import world as worlds
 from winft_lightning.runtime.checkpoints import checkpoint_file, read_checkpoint
@@ -94,6 +95,13 @@ def validate_config(cfg: DictConfig) -> None:
             f"are model.alpha's (model.alpha={alpha}, their one owner); set model.alpha instead"
         )
     _check_control(cfg, cls)
+    for option in ("model.param_groups", "teacher.param_groups"):
+        groups = OmegaConf.select(cfg, option)
+        try:
+            plain = OmegaConf.to_container(groups) if OmegaConf.is_config(groups) else groups
+            check_param_groups(plain, option)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
     check_launch(cfg)
     _check_checkpoints(cfg, cls)
 

@@ -179,9 +179,9 @@ def test_every_study_job_composes(make_cfg, tmp_path, variant):
     from winft_lightning.stages.validate import validate_config
 
     study = compose_config([f"study={variant}"], tmp_path, config_name="study").study
-    # the teachers (and every process of the study) under OpenMP's passive wait policy
-    # (tests/runtime/test_threads.py: it reaches the runtime)
-    assert study.omp_wait_policy == "passive"
+    # the runtime's own OpenMP wait policy: passive measured slower on an idle host
+    # (docs/performance.md); tests/runtime/test_threads.py: a set policy reaches the runtime
+    assert study.omp_wait_policy is None
     spec = study.claims.teachers
     # SPEC 10's randomisation null: on 500 images a teacher, 100 in the smoke
     null = null_spec(OmegaConf.to_container(study.claims.randomisation_null))

@@ -8,18 +8,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from helpers import tiny_vit
+from helpers import TINY_NET, tiny_vit
 from winft_lightning.models.teacher import TeacherError, file_sha256, load_teacher, timm_kwargs
 
-TINY = dict(
-    model_name="vit_tiny_patch16_224",
-    img_size=16,
-    patch_size=4,
-    num_classes=10,
-    embed_dim=32,
-    depth=2,
-    num_heads=2,
-)
+TINY = TINY_NET  # load_teacher's keyword arguments: the tests' tiny net
 
 
 def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:

@@ -21,7 +21,8 @@ import json, sys
 from hydra import compose, initialize_config_module
 from winft_lightning.runtime.threads import set_wait_policy
 with initialize_config_module("winft_lightning.conf", version_base="1.3"):
-    study = compose(config_name="study", overrides=["study=paper_grid"]).study
+    study = compose(config_name="study",
+                    overrides=["study=paper_grid", "study.omp_wait_policy=passive"]).study
 print("policy", set_wait_policy(study.omp_wait_policy))
 assert "torch" not in sys.modules
 import torch
@@ -41,8 +42,9 @@ print("loss", float(loss))
 
 
 def test_the_policy_reaches_openmp_when_set_before_torch_loads():
-    """A fresh interpreter, as the study's: the policy set from the study config before the
-    first ``import torch``, and libgomp reports it (``OMP_DISPLAY_ENV``); training runs."""
+    """A fresh interpreter, as the study's: the policy set from the study config (passive, as a
+    shared host passes it) before the first ``import torch``, and libgomp reports it
+    (``OMP_DISPLAY_ENV``); training runs."""
     env = {k: v for k, v in os.environ.items() if k not in (ENV, "OMP_NUM_THREADS")}
     env["OMP_DISPLAY_ENV"] = "true"  # libgomp prints its settings to stderr when it loads
     argv = [sys.executable, "-c", FRESH, json.dumps(TINY_NET)]

@@ -5,9 +5,10 @@ spinning (libgomp's default: about 300,000 turns, then asleep) or asleep at once
 afterwards inherit it. It changes no result: which thread computes what is the same under
 every policy (bench/sec_teacher.py measured the study's teacher bit for bit alike).
 
-Why the study sets ``passive`` (``study.omp_wait_policy``): on 2 cores shared with other jobs,
-a thread that spins while its partner waits for a core burns the core that partner needs;
-measured in docs/performance.md ("The study's teachers")."""
+When ``passive`` pays (``study.omp_wait_policy=passive``): on cores shared with other jobs, a
+thread that spins while its partner waits for a core burns the core that partner needs. On
+cores the study has to itself, spinning is faster: the study's default is the runtime's policy
+(null). Both measured in docs/performance.md ("The study's teachers")."""
 
 from __future__ import annotations
 

@@ -312,7 +312,7 @@ def _summary(default: list[dict], passive: list[dict], recipe: dict) -> dict[str
 
 
 def shape_section(study: str, opts: argparse.Namespace, policy: str) -> dict[str, Any]:
-    """One shape: ``outer`` rounds of (default-policy process, study-policy process)."""
+    """One shape: ``outer`` rounds of (default-policy process, passive-policy process)."""
     quick = getattr(opts, "quick", False)
     outer, inner, warmup, steps = (1, 1, 1, 2) if quick else (2, 2, 2, 6)
     runs: dict[str, list[dict]] = {"default": [], "passive": []}

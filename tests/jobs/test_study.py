@@ -167,7 +167,9 @@ def test_study_runs_and_aggregates(tmp_path):
     assert len(list((figs / "inputs").iterdir())) == 1
 
 
-@pytest.mark.parametrize("variant", ["full", "quick", "claims", "trained", "paper_grid"])
+@pytest.mark.parametrize(
+    "variant", ["full", "quick", "claims", "claims_mimetic", "trained", "paper_grid"]
+)
 def test_every_study_job_composes(make_cfg, tmp_path, variant):
     """Each job of each sweep of the shipped studies, and each claims teacher, composes and
     validates (first value of every swept option), so a long study cannot die on a typo."""
@@ -193,6 +195,12 @@ def test_every_study_job_composes(make_cfg, tmp_path, variant):
         cfg = teacher_config(spec.experiment, list(spec.overrides), seed)
         validate_config(cfg)
         assert cfg.teacher.seed == seed and cfg.teacher.max_epochs >= 2
+        # the second family: the default's recipe, mimetic init at qk_scale 4, lr 0.001
+        mimetic = variant == "claims_mimetic"
+        assert (cfg.teacher.init == "mimetic") == mimetic
+        if mimetic:
+            assert cfg.teacher.init_options.qk_scale == 4.0 and cfg.model.optimizer.lr == 0.001
+            assert cfg.teacher.max_epochs == 6 and cfg.data.source.limit.train is None
     commands = sweep_commands(study, tmp_path / "study")
     winft_betas = len(_listed(study.winft_beta)) if "winft" in study.families else 1
     sweeps = len(study.families) + winft_betas - 1 + len(study.get("controls", []))

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["WinftCore", "fused_modes", "winft_attention", "winft_window"]
+__all__ = ["WinftCore", "fused_modes", "winft_attention", "winft_logits", "winft_window"]
 
 
 class WinftCore(NamedTuple):
@@ -47,6 +47,15 @@ class WinftCore(NamedTuple):
     logits: Tensor
     window: Tensor
     bce: Tensor | None
+
+
+def winft_logits(q: Tensor, k: Tensor, num_prefix_tokens: int) -> Tensor:
+    """``mean_h Q_h K_h^T`` on patch tokens (eq. 8 before the sigmoid), unscaled: ``[B, N, N]``
+    float32. q, k ``[B, H, T, d]``. One matmul over the concatenated head dims, since
+    ``sum_h Q_h K_h^T = Q K^T``; it runs in the input dtype (autocast) and is returned in float32
+    so the sigmoid threshold and the BCE see full precision."""
+    p = num_prefix_tokens
+    return (_patch_heads(q, p) @ _patch_heads(k, p).transpose(1, 2)).float() / q.shape[1]
 
 
 def winft_window(logits: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from timm.layers import Attention
 from torch import Tensor
 
-from winft_lightning.core.winft import fused_modes, winft_attention, winft_window
+from winft_lightning.core.winft import fused_modes, winft_attention, winft_logits, winft_window
 
 from .inputs import NetInputs, NetSpec, awd_attn_mask
 from .sparse import awd_block_mask, block_mask_from_dense, flex, tiled_order
@@ -132,18 +132,6 @@ class AwdAttention(NetAttention):
             if attn_mask is None and spec.attn == "awd":
                 raise RuntimeError("AWD attention without windows: call net(x, windows=...)")
         return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
-
-
-def winft_logits(q: Tensor, k: Tensor, num_prefix_tokens: int) -> Tensor:
-    """``mean_h Q_h K_h^T`` on patch tokens (eq. 8 before the sigmoid), unscaled: ``[B, N, N]``
-    float32. q, k ``[B, H, T, d]``. One matmul over the concatenated head dims, since
-    ``sum_h Q_h K_h^T = Q K^T``; it runs in the input dtype (autocast) and is returned in float32
-    so the sigmoid threshold and the BCE see full precision."""
-    b, h, t, d = q.shape
-    p = num_prefix_tokens
-    qc = q[:, :, p:].transpose(1, 2).reshape(b, t - p, h * d)
-    kc = k[:, :, p:].transpose(1, 2).reshape(b, t - p, h * d)
-    return (qc @ kc.transpose(1, 2)).float() / h
 
 
 def expand_prefix(w: Tensor, num_prefix_tokens: int) -> Tensor:

@@ -32,6 +32,10 @@ def test_groups_partition_the_parameters_by_name():
     assert [g["lr"] for g in got] == [0.0, pytest.approx(0.0002), 0.002]
     assert [g.get("weight_decay") for g in got] == [0.0, 0.05, None]  # the rest: the optimizer's
     assert sum(len(m) for m in members) == len(names)
+    # null values (as a YAML `lr_scale: null` gives them) are the optimizer's own
+    nulls = [{"match": "pos_embed", "lr_scale": None, "weight_decay": None}]
+    (pe, _) = param_groups(module.net.named_parameters(), nulls, lr=0.002, weight_decay=0.05)
+    assert pe["lr"] == 0.002 and pe["weight_decay"] == 0.05
     # none given: one group of every parameter, as module.parameters()
     (one,) = param_groups(module.net.named_parameters(), None, lr=0.002)
     assert len(one["params"]) == len(names)

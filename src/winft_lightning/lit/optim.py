@@ -84,7 +84,8 @@ def param_groups(
             if n in taken:
                 raise ValueError(f"{where} and model.param_groups[{taken[n]}] both match {n}")
             taken[n] = i
-        entry = {"params": [p for _, p in chosen], "lr": lr * float(group.get("lr_scale", 1.0))}
+        scale = group.get("lr_scale")  # None (or absent): the optimizer's lr, as weight_decay
+        entry = {"params": [p for _, p in chosen], "lr": lr * (1.0 if scale is None else scale)}
         if group.get("weight_decay") is not None:
             entry["weight_decay"] = float(group["weight_decay"])
         elif weight_decay is not None:

@@ -22,7 +22,7 @@ from winft_lightning.core import claims_table as T
 from winft_lightning.core.analysis import analyze
 from winft_lightning.data.datamodule import ShardDataModule
 from winft_lightning.models import awd_attn_mask, build_vit
-from winft_lightning.models.teacher import load_teacher
+from winft_lightning.models.teacher import load_teacher, teacher_norm
 from winft_lightning.runtime.files import write_json_atomic
 from winft_lightning.stages import claims_report as R
 from winft_lightning.stages.claims import collect_claims, keep_chance
@@ -325,3 +325,24 @@ def test_the_two_grid_table_flags_a_verdict_that_moves(part):
     assert "Verdicts that move with the grid: none (a move:" in "\n".join(
         R.grid_table(more, result)
     )
+
+
+def test_a_mimetic_teacher_is_read_with_its_trained_weights(digits_shards, tmp_path):
+    """A teacher of the mimetic family (``init: mimetic`` in its net) runs the pass: its
+    networks are built from the checkpoint's weights, not drawn afresh by the init (which
+    ``build_vit`` refuses beside a checkpoint), so the unrestricted column equals the loaded
+    teacher's own forward; the facts still name the family."""
+    from helpers import untrained_teacher
+
+    ckpt = untrained_teacher(tmp_path / "teacher.ckpt", init="mimetic")
+    small = {**SETTINGS, "alphas": [0.1], "keep_alphas": [0.1], "betas": [0.5], "limit": 20}
+    cols, facts = collect_claims(ckpt, digits_shards, **small)
+    assert facts["teacher"]["net"]["init"] == "mimetic"
+    model, info = load_teacher(ckpt)
+    dm = ShardDataModule(digits_shards, batch_size=20, num_workers=0, img_size=16,
+                         mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), hflip=False)  # fmt: skip
+    batch = next(iter(dm.make_loader("test", rank=0, world_size=1)))
+    mean, std = teacher_norm(model, info)
+    with torch.no_grad():
+        want = model(TF.normalize(batch["image"], mean, std)).argmax(-1) == batch["label"]
+    assert np.array_equal(want.numpy(), cols["correct:full"])

@@ -69,9 +69,12 @@ def _nets(
             "(model_name, img_size, patch_size, num_classes, ...) to read it as plain weights"
         )
     net = {k: v for k, v in net.items() if k not in ("attn", "dip", "checkpoint", "pretrained")}
+    # the weights come from ckpt: how fresh weights were drawn (init "mimetic") is not built
+    arch = {k: v for k, v in net.items() if k not in ("init", "init_options")}
     kinds = {"full": {}, "awd": {"attn": "awd"}, "dip": {"dip": "multiply"}}
     nets = {
-        k: build_vit(**net, **kw, checkpoint=str(ckpt)).eval().to(device) for k, kw in kinds.items()
+        k: build_vit(**arch, **kw, checkpoint=str(ckpt)).eval().to(device)
+        for k, kw in kinds.items()
     }
     return nets, net
 

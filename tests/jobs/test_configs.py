@@ -61,6 +61,8 @@ def test_default_job_is_fmnist_winft(make_cfg):
         ("model.net.img_size=30", "model.net.img_size=30"),
         ("model.alpha=0.3", "analyze.alphas"),
         ("ckpt_path=/nonexistent/last.ckpt", "ckpt_path"),
+        ("teacher.init=orthogonal", "teacher.init='orthogonal'"),
+        ("teacher.attn_bias=relative", "teacher.attn_bias='relative'"),
     ],
 )
 def test_bad_options_refused_naming_them(make_cfg, override, option):

@@ -35,10 +35,12 @@ __all__ = ["forward_kept", "supports_forward_kept"]
 
 def supports_forward_kept(net: nn.Module) -> bool:
     """Whether :func:`forward_kept` equals ``net(x, keep=keep)`` for ``net``: a ``build_vit``
-    network with full attention, DIP "multiply" and a head on the prefix tokens."""
+    network with full attention (no logit bias), DIP "multiply" and a head on the prefix
+    tokens."""
     spec = net_spec(net)
     return (
         spec.attn == "full"
+        and spec.attn_bias == "none"  # a distance bias would have to follow the kept positions
         and spec.dip == "multiply"
         and getattr(net, "global_pool", None) == "token"
         and spec.num_prefix_tokens > 0

@@ -30,7 +30,7 @@ SPEC_ATTR = "net_spec"
 class NetSpec:
     """Build-time configuration of one network (never per batch): patch ``grid``, prefix tokens,
     ``attn`` kind, ``sparse`` (flex) path with its token order ``tile`` and ``block_size`` (see
-    :mod:`.sparse`), ``dip`` mode."""
+    :mod:`.sparse`), ``dip`` mode, ``attn_bias`` ("distance": :mod:`.distance`)."""
 
     grid: tuple[int, int]
     num_prefix_tokens: int
@@ -39,6 +39,7 @@ class NetSpec:
     dip: str = "none"
     tile: int = 0
     block_size: int | tuple[int, int] = DEFAULT_BLOCK
+    attn_bias: str = "none"
 
     @property
     def kernel_options(self) -> dict | None:

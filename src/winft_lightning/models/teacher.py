@@ -33,6 +33,7 @@ from winft_lightning.runtime.checkpoints import (
 )
 from winft_lightning.runtime.hashing import file_sha256  # also imported from here
 
+from .distance import ATTN_BIASES, DistanceAttention, set_distances
 from .weights import create_with_weights
 
 log = logging.getLogger(__name__)
@@ -89,10 +90,16 @@ _VIT_ARGS = set(inspect.signature(VisionTransformer.__init__).parameters) - {"se
 def timm_kwargs(net: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """``(model_name, kwargs)`` for ``timm.create_model`` from a ``net`` hparams dict: keys
     timm's VisionTransformer does not take (``attn``, ``alpha``, ``checkpoint``, ...) and
-    ``None`` values (use the model's default) are dropped."""
+    ``None`` values (use the model's default) are dropped; ``attn_bias: distance`` (an
+    architecture) becomes its ``attn_layer`` (:class:`.distance.DistanceAttention`)."""
     if not net.get("model_name"):
         raise TeacherError(f"net config {net} has no model_name")
     kw = {k: v for k, v in net.items() if k in _VIT_ARGS and v is not None}
+    bias = net.get("attn_bias") or "none"
+    if bias not in ATTN_BIASES:
+        raise TeacherError(f"net config attn_bias must be one of {ATTN_BIASES}, got {bias!r}")
+    if bias == "distance":
+        kw["attn_layer"] = DistanceAttention
     for k in ("img_size", "patch_size"):
         if isinstance(kw.get(k), list):
             kw[k] = tuple(kw[k])
@@ -173,7 +180,7 @@ def load_teacher(
     else:
         name, model = _plain_net(path, fmt, obj, model_name, net)
         kind = "timm"
-    model.eval().to(device)
+    set_distances(model).eval().to(device)
     dm = obj.get("datamodule_hyper_parameters") if isinstance(obj, dict) else None
     return model, _info(model, path, sha256, name, kind, dm)
 

@@ -19,6 +19,7 @@ from winft_lightning.runtime.checkpoints import checkpoint_file
 
 from .attention import AwdAttention, NetAttention, WinftAttention, WinftBlockOutput, winft_window
 from .block import NetBlock
+from .distance import ATTN_BIASES, DistanceAttention
 from .inputs import SPEC_ATTR, NetInputs, NetSpec, net_inputs
 from .mimetic import INITS, mimetic_init_
 from .sparse import DEFAULT_BLOCK, block_sizes
@@ -179,6 +180,7 @@ def build_vit(
     block_size: int | Sequence[int] = DEFAULT_BLOCK,
     init: str = "default",
     init_options: dict[str, float] | None = None,
+    attn_bias: str = "none",
     **timm_kwargs: Any,
 ) -> nn.Module:
     """A timm ``VisionTransformer`` with ``attn`` in {"full", "awd", "winft"}.
@@ -204,13 +206,16 @@ def build_vit(
     ``init`` (fresh weights only): "default" (timm's) or "mimetic" (:func:`.mimetic.mimetic_init_`
     on top of timm's, ``init_options`` its alpha1/beta1/alpha2/beta2/qk_scale; its generator is
     seeded by one draw of the global RNG, which timm's own init draws from too, so a teacher's
-    seed picks its Z). Same modules and state-dict keys either way. (Long for its 19 options and
-    this reference of them: the body is 22 lines.)
+    seed picks its Z). Same modules and state-dict keys either way.
+
+    ``attn_bias``: "none", or "distance" (:class:`.distance.DistanceAttention`: a learnable
+    ``-softplus(s_h) * d(i, j)`` on the patch logits, one slope a head; attn "full" or "awd",
+    dense). Another architecture: one more state-dict key a block. (Long for its 20 options
+    and this reference of them: the body is 22 lines.)
     """
     dip, block_size = _check_options(model_name, attn, winft_mode, sparse, dip, tile, block_size)
     _check_init(init, init_options, checkpoint, pretrained)
-    masked = attn == "awd" or dip == "key_mask"
-    attn_layer = WinftAttention if attn == "winft" else AwdAttention if masked else Attention
+    attn_layer = _attn_layer(attn, dip, attn_bias, sparse)
     kwargs = dict(timm_kwargs)
     for name, value in (("embed_dim", embed_dim), ("depth", depth), ("num_heads", num_heads)):
         if value is not None:
@@ -227,8 +232,25 @@ def build_vit(
     if init == "mimetic":
         seed = int(torch.randint(2**62, ()))  # the global RNG, as timm's init above
         mimetic_init_(model, **(init_options or {}), generator=torch.Generator().manual_seed(seed))
-    spec_of = {"attn": attn, "sparse": sparse, "dip": dip, "tile": tile, "block_size": block_size}
+    spec_of = {"attn": attn, "sparse": sparse, "dip": dip, "tile": tile, "block_size": block_size,
+               "attn_bias": attn_bias}  # fmt: skip
     return _as_net(model, model_name, winft_mode, **spec_of)
+
+
+def _attn_layer(attn: str, dip: str, attn_bias: str, sparse: bool) -> type[nn.Module]:
+    """The attention class timm builds every block with: WinfT's; the distance-biased one; AWD's
+    where a mask is read (AWD windows, the DIP key mask); else timm's own ``Attention``."""
+    if attn_bias not in ATTN_BIASES:
+        raise ValueError(f"attn_bias must be one of {ATTN_BIASES}, got {attn_bias!r}")
+    if attn_bias == "distance" and (attn == "winft" or sparse):
+        raise ValueError(
+            "attn_bias='distance' is defined for dense attn 'full'/'awd' (not WinfT, not sparse)"
+        )
+    if attn == "winft":
+        return WinftAttention
+    if attn_bias == "distance":
+        return DistanceAttention
+    return AwdAttention if attn == "awd" or dip == "key_mask" else Attention
 
 
 def _check_options(

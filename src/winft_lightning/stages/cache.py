@@ -150,12 +150,16 @@ def ensure_teacher_shards(cfg: DictConfig, shards: Path) -> Path:
 def teacher_model(cfg: DictConfig) -> dict[str, Any]:
     """``teacher.model`` resolved, with ``teacher.init`` (and ``teacher.init_options``) folded
     into its net as ``build_vit``'s ``init`` / ``init_options`` when the init is not "default",
-    and ``teacher.param_groups`` into the module when given: a default teacher's config (and
-    store key) is exactly as before either existed."""
+    ``teacher.attn_bias`` as its ``attn_bias`` when not "none", and ``teacher.param_groups``
+    into the module when given: a default teacher's config (and store key) is exactly as before
+    any of them existed."""
     model = OmegaConf.to_container(cfg.teacher.model, resolve=True)
     init = cfg.teacher.get("init") or "default"
     if init != "default":
         model["net"]["init"] = init
+    bias = cfg.teacher.get("attn_bias") or "none"
+    if bias != "none":
+        model["net"]["attn_bias"] = bias
     options = cfg.teacher.get("init_options")
     if options:
         model["net"]["init_options"] = OmegaConf.to_container(options, resolve=True)

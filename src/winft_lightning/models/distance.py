@@ -1,0 +1,112 @@
+"""A learnable 2-D distance bias on the attention logits: issue 33's local teacher family.
+
+:class:`DistanceAttention` is :class:`~.attention.AwdAttention` (so windows, DIP key masks and
+timm's ``attn_mask`` work as before) whose logit of patch query i and patch key j gets
+
+    - softplus(s_h) * d(i, j)
+
+before the softmax: ``d`` the Euclidean distance between the two patch centres on the grid, in
+patches (:func:`~winft_lightning.core.claims.grid_distances`), 0 where the query or the key is a
+prefix token; one learnable slope ``s_h`` per head, initialised so that softplus(s_h) =
+:data:`SLOPE0`. Locality is then a parameter the teacher keeps or unlearns, not an init that
+training washes out (docs/locality_probe.md). A False mask entry is -inf, as timm's bool mask.
+
+The bias goes to timm's own ``Attention.forward`` as a float ``attn_mask`` ``[B or 1, H, T, T]``,
+so the fused path (SDPA) and the non-fused one (whose softmax passes through ``attn_drop``, where
+:mod:`winft_lightning.core.capture` reads it) see the same logits. The grid's distances are a
+non-persistent buffer, set by :meth:`DistanceAttention.attach` (``build_vit``) or
+:func:`set_distances` (a timm model built with this layer, as ``load_teacher`` builds one). The
+state dict gains one key a block, ``blocks.<i>.attn.distance_slope``: another architecture.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from winft_lightning.core.claims import grid_distances
+
+from .attention import AwdAttention
+from .inputs import NetSpec
+
+__all__ = ["ATTN_BIASES", "SLOPE0", "DistanceAttention", "grid_distance_tokens", "set_distances"]
+
+ATTN_BIASES = ("none", "distance")
+# the initial softplus(s_h): exp(-d) weights; at 8 x 8 a head's mean attention distance starts
+# at about a third of uniform attention's (tests/models/test_distance_bias.py measures it)
+SLOPE0 = 1.0
+
+
+def grid_distance_tokens(grid: tuple[int, int], num_prefix_tokens: int) -> Tensor:
+    """``[T, T]`` float32, T = prefix + N: the grid distance between patch centres (in patches,
+    row-major patches after the prefix tokens, as timm orders them), 0 in every prefix row and
+    column."""
+    d = grid_distances(grid).to(torch.float32)
+    p = int(num_prefix_tokens)
+    return F.pad(d, (p, 0, p, 0), value=0.0)
+
+
+class DistanceAttention(AwdAttention):
+    """:class:`~.attention.AwdAttention` with a learnable 2-D distance bias (module docstring).
+    Built by timm as ``attn_layer`` (``build_vit(attn_bias="distance")``); the sparse (flex)
+    path is refused by ``build_vit``, as are WinfT layers."""
+
+    def __init__(self, dim: int, num_heads: int = 8, **kwargs) -> None:
+        super().__init__(dim, num_heads=num_heads, **kwargs)
+        self.distance_slope = nn.Parameter(torch.empty(self.num_heads))
+        self.register_buffer("distance", None, persistent=False)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """softplus(s_h) = :data:`SLOPE0` for every head (timm's ``init_weights`` calls this,
+        so a re-initialised teacher, :mod:`.randomise`, gets it again)."""
+        with torch.no_grad():
+            self.distance_slope.fill_(math.log(math.expm1(SLOPE0)))
+
+    def attach(self, spec: NetSpec) -> None:
+        super().attach(spec)
+        self.set_grid(spec.grid, spec.num_prefix_tokens)
+
+    def set_grid(self, grid: tuple[int, int], num_prefix_tokens: int) -> None:
+        """The ``[T, T]`` distances of this grid, on the slopes' device."""
+        self.distance = grid_distance_tokens(grid, num_prefix_tokens).to(self.distance_slope.device)
+
+    def logit_bias(self, dtype: torch.dtype) -> Tensor:
+        """``[1, H, T, T]``: ``-softplus(s_h) * d`` in ``dtype``."""
+        if self.distance is None:
+            raise RuntimeError(
+                "DistanceAttention has no grid: build it with build_vit(attn_bias='distance') or "
+                "call models.distance.set_distances(model)"
+            )
+        slope = F.softplus(self.distance_slope.float()).view(1, -1, 1, 1)
+        return (-slope * self.distance).to(dtype)
+
+    def _logit_mask(self, attn_mask: Tensor | None, x: Tensor) -> Tensor:
+        """The bias, with ``attn_mask`` folded in (bool: False -> -inf; float: added). Its dtype
+        is the logits': autocast's where it is on, else the input's."""
+        kind = x.device.type
+        on = torch.is_autocast_enabled(kind)
+        bias = self.logit_bias(torch.get_autocast_dtype(kind) if on else x.dtype)
+        if bias.shape[-1] != x.shape[1]:
+            raise ValueError(
+                f"DistanceAttention: {x.shape[1]} tokens, but its grid has {bias.shape[-1]}"
+            )
+        if attn_mask is None:
+            return bias
+        if attn_mask.dtype == torch.bool:
+            return bias.masked_fill(~attn_mask, float("-inf"))
+        return bias + attn_mask
+
+
+def set_distances(model: nn.Module) -> nn.Module:
+    """Give every :class:`DistanceAttention` of the timm ViT ``model`` its grid's distances
+    (the model's patch grid and prefix tokens); returns ``model``."""
+    grid = tuple(int(g) for g in model.patch_embed.grid_size)
+    prefix = int(model.num_prefix_tokens)
+    for module in model.modules():
+        if isinstance(module, DistanceAttention):
+            module.set_grid(grid, prefix)
+    return model

@@ -68,6 +68,15 @@ CANDIDATES = {
         "teacher.init_options={qk_scale:4.0}",
         "teacher.param_groups=[{match:[pos_embed,'blocks.*.attn.qkv.*'],lr_scale:0.1,weight_decay:0.0}]",
     ],
+    # issue 33's third family: a learnable 2-D distance bias on the logits (models.distance),
+    # timm's init, the recipe's lr; and with the slopes kept from decaying
+    "distance": ["teacher.attn_bias=distance"],
+    "distance_mimetic_qk4_lr1e-3": [
+        "teacher.attn_bias=distance",
+        MIMETIC,
+        "teacher.init_options={qk_scale:4.0}",
+        "optimizer.lr=0.001",
+    ],
 }
 
 

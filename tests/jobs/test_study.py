@@ -168,7 +168,8 @@ def test_study_runs_and_aggregates(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "variant", ["full", "quick", "claims", "claims_mimetic", "trained", "paper_grid"]
+    "variant",
+    ["full", "quick", "claims", "claims_mimetic", "claims_local", "trained", "paper_grid"],
 )
 def test_every_study_job_composes(make_cfg, tmp_path, variant):
     """Each job of each sweep of the shipped studies, and each claims teacher, composes and
@@ -201,6 +202,12 @@ def test_every_study_job_composes(make_cfg, tmp_path, variant):
         if mimetic:
             assert cfg.teacher.init_options.qk_scale == 4.0 and cfg.model.optimizer.lr == 0.001
             assert cfg.teacher.max_epochs == 6 and cfg.data.source.limit.train is None
+        # the local family: the default's recipe and init with the distance bias
+        local = variant == "claims_local"
+        assert (cfg.teacher.attn_bias == "distance") == local
+        if local:
+            assert cfg.teacher.init == "default" and cfg.teacher.max_epochs == 6
+            assert cfg.data.source.limit.train is None
     commands = sweep_commands(study, tmp_path / "study")
     winft_betas = len(_listed(study.winft_beta)) if "winft" in study.families else 1
     sweeps = len(study.families) + winft_betas - 1 + len(study.get("controls", []))

@@ -301,7 +301,7 @@ def test_a_plain_weights_teacher_needs_its_net_and_gives_the_same_columns(
         assert np.array_equal(got[name], want[name], equal_nan=want[name].dtype.kind == "f"), name
 
 
-def test_the_two_grid_table_flags_a_verdict_that_moves(part):
+def test_the_two_report_table_flags_a_verdict_that_moves(part):
     _, result = part
     reference = R.reference_of(result, "N = 16 (here)")
     moved = json.loads(json.dumps(reference))
@@ -314,17 +314,23 @@ def test_the_two_grid_table_flags_a_verdict_that_moves(part):
     rows = [ln for ln in lines if ln.startswith(f"| {first} |")]
     assert len(rows) == 1 and rows[0].endswith("| yes |")
     assert f"Verdicts that move with the grid: {first} (a move:" in "\n".join(lines)
+    # at the same grid the reports differ in their teachers (another family): no grid confound
     same = R.grid_table(reference, result)
-    assert "Verdicts that move with the grid: none (a move:" in "\n".join(same)
+    assert same[2] == "| claim | N = 16 (here) | this report | verdict moves |"
+    assert "Verdicts that move between the two reports: none (a move:" in "\n".join(same)
+    assert "with the grid" not in "\n".join(same)
     assert sum(ln.endswith("| no |") for ln in same) == len(reference["claims"])
     # one teacher more, with a verdict already given: the counts change, the verdicts do not
     more = json.loads(json.dumps(reference))
     for row in more["claims"]:
         row["teachers"]["9"] = next(iter(row["teachers"].values()))
         row["verdict"] = "a count of another K"
-    assert "Verdicts that move with the grid: none (a move:" in "\n".join(
+    assert "Verdicts that move between the two reports: none (a move:" in "\n".join(
         R.grid_table(more, result)
     )
+    family = json.loads(json.dumps(moved))
+    family["N"] = 16
+    assert f"between the two reports: {first} (a move:" in "\n".join(R.grid_table(family, result))
 
 
 def test_a_mimetic_teacher_is_read_with_its_trained_weights(digits_shards, tmp_path):

@@ -221,13 +221,16 @@ def verdict_moves(here: dict[str, Any], there: dict[str, Any]) -> bool:
 
 
 def grid_table(reference: dict[str, Any], result: dict[str, Any]) -> list[str]:
-    """Every headline claim here beside the same claim in ``reference`` (another grid's report,
-    :func:`reference_of`): the mean effect over teachers, the range of their effects and CIs,
-    the verdict at each grid, and whether the verdict moves with the grid
-    (:func:`verdict_moves`)."""
+    """Every headline claim here beside the same claim in ``reference`` (another report,
+    :func:`reference_of`: another grid's, or at the same grid another teacher family's): the
+    mean effect over teachers, the range of their effects and CIs, the verdict in each, and
+    whether the verdict moves (:func:`verdict_moves`)."""
     here = {r["id"]: r for r in result["claims"] if r["headline"]}
+    same_grid = reference["N"] == result["N"]  # then the reports differ in their teachers
+    names = ((reference["label"], "this report") if same_grid else
+             (f"N = {reference['N']}", f"N = {result['N']}"))  # fmt: skip
     lines = [f"## Beside {reference['label']}", "",
-             f"| claim | N = {reference['N']} | N = {result['N']} | verdict moves |",
+             f"| claim | {names[0]} | {names[1]} | verdict moves |",
              "|---|---|---|---|"]  # fmt: skip
     moved = []
     for ref in reference["claims"]:
@@ -237,6 +240,14 @@ def grid_table(reference: dict[str, Any], result: dict[str, Any]) -> list[str]:
         moves = verdict_moves(row, ref)
         moved += [ref["id"]] if moves else []
         lines.append(f"| {ref['id']} | {_cell(ref)} | {_cell(row)} | {'yes' if moves else 'no'} |")
+    if same_grid:
+        said = ", ".join(moved) or "none"
+        return [*lines, "", f"Verdicts that move between the two reports: {said} (a move: "
+                "the set of the teachers' own verdicts changes). Effects are in each "
+                f"row's unit. Both are at N = {result['N']}: they differ in their teachers (each "
+                "report's command and its teachers' net: the family, e.g. a distance bias or "
+                "mimetic init), so a move is the family's where nothing else differs, and a "
+                "move that is only a wider interval is no move of the effect.", ""]  # fmt: skip
     lines += ["", f"Verdicts that move with the grid: {', '.join(moved) or 'none'} (a move: the "
               "set of the teachers' own verdicts changes). Effects are in each row's unit; "
               "C1b's margin scales with N (SPEC 9). The comparison is confounded: the two "

@@ -173,10 +173,10 @@ def test_options_the_bias_does_not_define_are_refused():
             build_vit(**{**BIASED, **kw})
 
 
-def test_the_claims_pass_runs_dense_dip_on_such_a_teacher(digits_shards, tmp_path):
+def test_the_claims_pass_on_such_a_teacher_reads_its_slopes(digits_shards, tmp_path):
     """The claims pass on a teacher of the family: its networks carry the slopes, DIP's
-    forwards run dense (a kept-token forward would need the bias at the kept positions) and
-    the facts say so; the unrestricted column equals the loaded teacher's own forward."""
+    kept-token forwards give every column the dense forwards give, and the unrestricted column
+    equals the loaded teacher's own forward."""
     from torchvision.transforms.v2 import functional as TF
 
     from winft_lightning.data.datamodule import ShardDataModule
@@ -184,11 +184,15 @@ def test_the_claims_pass_runs_dense_dip_on_such_a_teacher(digits_shards, tmp_pat
     from winft_lightning.stages.claims import collect_claims
 
     ckpt = untrained_teacher(tmp_path / "teacher.ckpt", attn_bias="distance")
-    cols, facts = collect_claims(
-        ckpt, digits_shards, alphas=[0.1], keep_alphas=[0.1], betas=[0.5], locality_alpha=0.1,
-        object_threshold=0.1, seed=0, limit=20, batch_size=20, num_workers=0, device="cpu",
-    )  # fmt: skip
-    assert facts["dip_forward"] == "dense" and facts["teacher"]["net"]["attn_bias"] == "distance"
+    small = dict(alphas=[0.1], keep_alphas=[0.1], betas=[0.25, 0.75], locality_alpha=0.1,
+                 object_threshold=0.1, seed=0, limit=20, batch_size=20, num_workers=0,
+                 device="cpu")  # fmt: skip
+    cols, facts = collect_claims(ckpt, digits_shards, **small)
+    dense, dense_facts = collect_claims(ckpt, digits_shards, **small, dip_forward="dense")
+    assert (facts["dip_forward"], dense_facts["dip_forward"]) == ("kept", "dense")
+    assert facts["teacher"]["net"]["attn_bias"] == "distance"
+    for k in cols:
+        assert np.array_equal(cols[k], dense[k], equal_nan=cols[k].dtype.kind == "f"), k
     model, info = load_teacher(ckpt)
     dm = ShardDataModule(digits_shards, batch_size=20, num_workers=0, img_size=16,
                          mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), hflip=False)  # fmt: skip

@@ -91,13 +91,19 @@ def test_key_mask_ablation_removes_dropped_keys():
 
 @pytest.mark.parametrize("model_name", ["vit_base_patch16_224", "deit_base_distilled_patch16_224"])
 @pytest.mark.parametrize("beta", [0.0, 0.25, 0.5, 0.9])
-def test_kept_token_forward_equals_the_dense_dip_network(model_name, beta):
+@pytest.mark.parametrize("attn_bias", ["none", "distance"])
+def test_kept_token_forward_equals_the_dense_dip_network(model_name, beta, attn_bias):
     """models.dropped.forward_kept (the kept patches' tokens and one zero token carrying
     +log m; the last block's MLP on the prefix tokens only) gives the dense multiply network's
     logits, with one and two prefix tokens, with nothing dropped and with most patches
-    dropped; the stem embedded once serves too."""
+    dropped, and with a distance bias of its own slope per head and block (the zero token's
+    logit then carries the dropped positions' bias); the stem embedded once serves too."""
     torch.manual_seed(0)
-    model = build_vit(model_name, dip="multiply", **KW).eval()
+    model = build_vit(model_name, dip="multiply", attn_bias=attn_bias, **KW).eval()
+    if attn_bias == "distance":
+        with torch.no_grad():
+            for i, block in enumerate(model.blocks):
+                block.attn.distance_slope.copy_(torch.tensor([-1.0, 0.5]) + i)
     gen = torch.Generator().manual_seed(1)
     keep = dip_keep(torch.rand(4, 16, generator=gen).argsort(1), beta)
     x = torch.randn(4, 3, 16, 16, generator=gen)

@@ -131,9 +131,12 @@ class AwdAttention(NetAttention):
             attn_mask = inputs.attn_mask if inputs is not None else None
             if attn_mask is None and spec.attn == "awd":
                 raise RuntimeError("AWD attention without windows: call net(x, windows=...)")
-        return super().forward(x, attn_mask=self._logit_mask(attn_mask, x), is_causal=is_causal)
+        mask = self._logit_mask(attn_mask, x, inputs)
+        return super().forward(x, attn_mask=mask, is_causal=is_causal)
 
-    def _logit_mask(self, attn_mask: Tensor | None, x: Tensor) -> Tensor | None:
+    def _logit_mask(
+        self, attn_mask: Tensor | None, x: Tensor, inputs: NetInputs | None
+    ) -> Tensor | None:
         """The mask timm's ``forward`` gets: ``attn_mask`` as it is (a subclass adds a bias,
         :class:`~winft_lightning.models.distance.DistanceAttention`)."""
         return attn_mask

@@ -58,6 +58,7 @@ class DistanceAttention(AwdAttention):
         super().__init__(dim, num_heads=num_heads, **kwargs)
         self.distance_slope = nn.Parameter(torch.empty(self.num_heads))
         self.register_buffer("distance", None, persistent=False)
+        self.prefix = 0  # the grid's prefix tokens (set_grid)
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -73,6 +74,7 @@ class DistanceAttention(AwdAttention):
     def set_grid(self, grid: tuple[int, int], num_prefix_tokens: int) -> None:
         """The ``[T, T]`` distances of this grid, on the slopes' device."""
         self.distance = grid_distance_tokens(grid, num_prefix_tokens).to(self.distance_slope.device)
+        self.prefix = int(num_prefix_tokens)
 
     def logit_bias(self, dtype: torch.dtype) -> Tensor:
         """``[1, H, T, T]``: ``-softplus(s_h) * d`` in ``dtype``."""
@@ -84,12 +86,39 @@ class DistanceAttention(AwdAttention):
         slope = F.softplus(self.distance_slope.float()).view(1, -1, 1, 1)
         return (-slope * self.distance).to(dtype)
 
-    def _logit_mask(self, attn_mask: Tensor | None, x: Tensor) -> Tensor:
-        """The bias, with ``attn_mask`` folded in (bool: False -> -inf; float: added). Its dtype
-        is the logits': autocast's where it is on, else the input's."""
+    def kept_bias(self, kept: Tensor, dtype: torch.dtype) -> Tensor:
+        """``[B, H, T', T']`` for the kept-token forward (:mod:`.dropped`; T' = prefix + K + 1
+        when a patch is dropped, else prefix + N): ``-softplus(s_h) * d`` between the kept
+        patches at their grid positions, and on the one zero token's column, which stands for
+        the m dropped patches (all the same key and value), ``log mean_j exp(-softplus(s_h) *
+        d(i, j))`` over the dropped j (so that with the forward's ``+log m`` the softmax is
+        the dense one's; 0 in prefix rows). kept ``[B, K]``: ascending patch indices."""
+        self.logit_bias(dtype)  # the grid's check
+        p = self.prefix
+        d = self.distance[p:, p:]  # [N, N]
+        b, k = kept.shape
+        n = d.shape[0]
+        slope = F.softplus(self.distance_slope.float()).view(1, -1, 1, 1)
+        t = p + k + (1 if k < n else 0)
+        out = torch.zeros(b, self.num_heads, t, t, device=d.device)
+        out[:, :, p : p + k, p : p + k] = -slope * d[kept[:, :, None], kept[:, None, :]][:, None]
+        if k < n:
+            rest = torch.ones(b, n, dtype=torch.bool, device=d.device)
+            rest[torch.arange(b, device=d.device)[:, None], kept] = False
+            dropped = rest.nonzero()[:, 1].view(b, n - k)
+            far = -slope * d[kept[:, :, None], dropped[:, None, :]][:, None]  # [B, H, K, m]
+            out[:, :, p : p + k, -1] = torch.logsumexp(far, dim=-1) - math.log(n - k)
+        return out.to(dtype)
+
+    def _logit_mask(self, attn_mask: Tensor | None, x: Tensor, inputs=None) -> Tensor:
+        """The bias (at the kept patches' positions when ``inputs.kept``), with ``attn_mask``
+        folded in (bool: False -> -inf; float: added). Its dtype is the logits': autocast's
+        where it is on, else the input's."""
         kind = x.device.type
         on = torch.is_autocast_enabled(kind)
-        bias = self.logit_bias(torch.get_autocast_dtype(kind) if on else x.dtype)
+        dtype = torch.get_autocast_dtype(kind) if on else x.dtype
+        kept = inputs.kept if inputs is not None else None
+        bias = self.logit_bias(dtype) if kept is None else self.kept_bias(kept, dtype)
         if bias.shape[-1] != x.shape[1]:
             raise ValueError(
                 f"DistanceAttention: {x.shape[1]} tokens, but its grid has {bias.shape[-1]}"

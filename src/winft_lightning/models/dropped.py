@@ -15,6 +15,11 @@ nothing else). The claims pass drops floor(beta N) patches per image, the same c
 for every image of a batch, so the kept tokens gather into a dense ``[B, T', C]`` batch. At the
 claims' betas 0.1..0.9 a forward costs about half the dense one.
 
+With a distance bias (:mod:`.distance`) the m dropped keys still share k0 and v0 but each
+has its own position's bias, so query i's logit on the zero token is ``q_i k0 + log sum_j
+exp(-softplus(s_h) d(i, j))`` over the dropped j: the layer adds that (less ``log m``) at the
+kept patches' positions, handed down as ``NetInputs(kept=...)``.
+
 Only for networks whose logits read the prefix tokens (``global_pool`` "token"): a pooled head
 (``avg``, ``map``) reads the dropped patches' outputs too, and is refused.
 """
@@ -28,28 +33,29 @@ from torch import Tensor, nn
 
 from winft_lightning.core.capture import embed_tokens
 
-from .inputs import net_spec
+from .attention import NetAttention
+from .inputs import NetInputs, net_spec
 
 __all__ = ["forward_kept", "supports_forward_kept"]
 
 
 def supports_forward_kept(net: nn.Module) -> bool:
     """Whether :func:`forward_kept` equals ``net(x, keep=keep)`` for ``net``: a ``build_vit``
-    network with full attention (no logit bias), DIP "multiply" and a head on the prefix
-    tokens."""
+    network with full attention (a distance bias too: it follows the kept positions), DIP
+    "multiply" and a head on the prefix tokens."""
     spec = net_spec(net)
     return (
         spec.attn == "full"
-        and spec.attn_bias == "none"  # a distance bias would have to follow the kept positions
         and spec.dip == "multiply"
         and getattr(net, "global_pool", None) == "token"
         and spec.num_prefix_tokens > 0
     )
 
 
-def _gather_kept(tokens: Tensor, keep: Tensor, prefix: int) -> tuple[Tensor, int]:
+def _gather_kept(tokens: Tensor, keep: Tensor, prefix: int) -> tuple[Tensor, int, Tensor]:
     """``[B, P + K (+1), C]``: the prefix tokens, the kept patch tokens in index order and,
-    when any patch is dropped, one zero token; and m, the dropped count (same for every row)."""
+    when any patch is dropped, one zero token; m, the dropped count (same for every row); and
+    the kept patches' indices ``[B, K]``."""
     b, n = keep.shape
     kept = keep.sum(dim=1)
     k = int(kept[0])
@@ -61,7 +67,7 @@ def _gather_kept(tokens: Tensor, keep: Tensor, prefix: int) -> tuple[Tensor, int
     parts = [tokens[:, :prefix], patches]
     if k < n:
         parts.append(tokens.new_zeros(b, 1, c))
-    return torch.cat(parts, dim=1), n - k
+    return torch.cat(parts, dim=1), n - k, index
 
 
 def forward_kept(
@@ -83,17 +89,19 @@ def forward_kept(
     keep = keep.to(device=images.device, dtype=torch.bool)
     if tokens is None:
         tokens = embed_tokens(net, images)
-    x, m = _gather_kept(tokens, keep, spec.num_prefix_tokens)
+    x, m, index = _gather_kept(tokens, keep, spec.num_prefix_tokens)
     bias = None
     if m > 0:  # the one zero token stands for the m dropped ones: +log m on its logit
         bias = x.new_zeros(1, 1, 1, x.shape[1])
         bias[..., -1] = math.log(m)
+    inputs = NetInputs(kept=index)  # a distance-biased layer's positions
     *body, last = net.blocks
     for blk in body:
-        x = blk(_zero_last(x, m), attn_mask=bias)
+        x, _ = blk(_zero_last(x, m), inputs, attn_mask=bias)
     # the last block: attention over every token, the MLP only where the head reads (prefix)
     x = _zero_last(x, m)
-    x = x + last.drop_path1(last.ls1(last.attn(last.norm1(x), attn_mask=bias)))
+    kw = {"inputs": inputs} if isinstance(last.attn, NetAttention) else {}
+    x = x + last.drop_path1(last.ls1(last.attn(last.norm1(x), attn_mask=bias, **kw)))
     x = x[:, : spec.num_prefix_tokens]
     x = x + last.drop_path2(last.ls2(last.mlp(last.norm2(x))))
     return net.forward_head(net.norm(x))

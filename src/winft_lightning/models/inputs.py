@@ -62,13 +62,17 @@ class NetInputs:
     as a flex ``BlockMask`` in the sparse token order (sparse path), ``token_scale`` ``[B, T, 1]``
     DIP multiplier (1 on prefix tokens), ``collect`` whether WinfT blocks return their logits
     (with grad), ``w_gt`` ``[B, N, N]`` float32 the WinfT ground truth each WinfT block takes
-    its BCE against (eq. 12). ``NetInputs()``: nothing restricted, nothing collected."""
+    its BCE against (eq. 12), ``kept`` ``[B, K]`` long the patches a kept-token forward runs
+    (:func:`~winft_lightning.models.dropped.forward_kept`: row-major, ascending, one zero token
+    after them standing for the rest), which a distance-biased layer biases at their positions.
+    ``NetInputs()``: nothing restricted, nothing collected."""
 
     attn_mask: Tensor | None = None
     block_mask: object | None = None
     token_scale: Tensor | None = None
     collect: bool = False
     w_gt: Tensor | None = None
+    kept: Tensor | None = None
 
 
 def net_spec(model: nn.Module) -> NetSpec:

@@ -211,7 +211,7 @@ def collect_claims(
     if net:  # a plain file's classes are its head's (load_teacher read them from the file)
         net = {**net, "num_classes": info.num_classes}
     nets, net_hp = _nets(ckpt, dev, net)
-    if not supports_forward_kept(nets["dip"]):  # e.g. a distance bias: the facts say what ran
+    if not supports_forward_kept(nets["dip"]):  # e.g. a pooled head: the facts say what ran
         dip_forward = "dense"
     mean, std = teacher_norm(teacher, info)
     dm, total = _test_split(ckpt, info, shards_root, batch_size, num_workers, limit)

@@ -53,7 +53,7 @@ study:  ## the paper's study (Hydra multirun + report)
 study-quick:  ## the <15 min variant of the study
 	$(PY) -m winft_lightning.study study=quick
 
-study-claims:  ## SPEC 9-10's training-free claims alone: K = 5 teachers, their claims passes and the randomisation null
+study-claims:  ## the training-free claims alone: K = 5 teachers a family (default, local), claims passes and the null
 	$(PY) -m winft_lightning.study study=claims
 
 study-trained:  ## the trained comparisons alone: 9 arms x 4 seeds, masks from claims teacher 0

@@ -109,6 +109,17 @@ def test_study_runs_and_aggregates(tmp_path):
     )
     assert [r["id"] for r in measured["null"]["rows"]] == ["C1", "C1b", "keep/alpha=0.1",
                                                           "rho:variance:blank"]  # fmt: skip
+    # study=quick's second teacher family (issue 33): the same recipe with the distance bias,
+    # its own teachers and passes under claims_local/, its report beside claims/'s (same grid)
+    local = study_dir / "claims_local"
+    local_facts = json.loads((local / "facts.json").read_text())
+    assert [p["seed"] for p in local_facts["passes"]] == [0, 1]
+    assert all(p["teacher"]["net"]["attn_bias"] == "distance" for p in local_facts["passes"])
+    assert all("attn_bias" not in p["teacher"]["net"] for p in facts["passes"])
+    assert {p["teacher_sha256"] for p in local_facts["passes"]}.isdisjoint(
+        {p["teacher_sha256"] for p in facts["passes"]})  # fmt: skip
+    assert "| claim | claims/ (the study's teachers) | this report | verdict moves |" in (
+        local / "report.md").read_text()  # fmt: skip
     # the students read masks from the claims teacher of seed 0: one teacher for both parts
     awd = next(r for r in runs if r["family"] == "awd_vit" and r["status"] == "ok")
     teacher_0 = next(p for p in facts["passes"] if p["seed"] == 0)["teacher"]["path"]
@@ -169,7 +180,7 @@ def test_study_runs_and_aggregates(tmp_path):
 
 @pytest.mark.parametrize(
     "variant",
-    ["full", "quick", "claims", "claims_mimetic", "claims_local", "trained", "paper_grid"],
+    ["full", "quick", "claims", "claims_mimetic", "trained", "paper_grid"],
 )
 def test_every_study_job_composes(make_cfg, tmp_path, variant):
     """Each job of each sweep of the shipped studies, and each claims teacher, composes and
@@ -202,12 +213,18 @@ def test_every_study_job_composes(make_cfg, tmp_path, variant):
         if mimetic:
             assert cfg.teacher.init_options.qk_scale == 4.0 and cfg.model.optimizer.lr == 0.001
             assert cfg.teacher.max_epochs == 6 and cfg.data.source.limit.train is None
-        # the local family: the default's recipe and init with the distance bias
-        local = variant == "claims_local"
-        assert (cfg.teacher.attn_bias == "distance") == local
-        if local:
-            assert cfg.teacher.init == "default" and cfg.teacher.max_epochs == 6
-            assert cfg.data.source.limit.train is None
+        assert cfg.teacher.attn_bias == "none"
+    # the other teacher families (issue 33): the local one, the same recipe with the distance
+    # bias, in the claims study and its smoke; each of its teachers composes and validates
+    families = study.claims.teacher_families
+    families = OmegaConf.to_container(families) if families is not None else {}
+    local = variant in ("claims", "quick", "paper_grid")
+    assert families == ({"local": ["teacher.attn_bias=distance"]} if local else {})
+    for extra in families.values():
+        for seed in spec.seeds:
+            cfg = teacher_config(spec.experiment, [*spec.overrides, *extra], seed)
+            validate_config(cfg)
+            assert cfg.teacher.attn_bias == "distance" and cfg.teacher.init == "default"
     commands = sweep_commands(study, tmp_path / "study")
     winft_betas = len(_listed(study.winft_beta)) if "winft" in study.families else 1
     sweeps = len(study.families) + winft_betas - 1 + len(study.get("controls", []))

@@ -100,14 +100,13 @@ def run_claims(study: DictConfig, study_dir: Path, root_dir: Path) -> dict[str, 
     """SPEC 9's training-free claims on the study's K teachers (each trained once and cached,
     each pass's per-image values kept under ``claims/records``, with each teacher's
     randomisation null when ``study.claims.randomisation_null`` is set), rebuilt into
-    ``claims/report.md`` from those records. The teachers live in ``root_dir``'s cache, with the
-    study's other artefacts."""
-    from winft_lightning.runtime.files import write_json_atomic
-    from winft_lightning.stages import claims_report as R
-    from winft_lightning.stages.null_report import null_spec
-
+    ``claims/report.md`` from those records; then, for each of ``study.claims.teacher_families``
+    (name -> teacher overrides added to the recipe's: another family of K teachers, same seeds
+    and bar), the same part under ``claims_<name>/``, beside ``claims/`` in its two-report
+    table. The teachers live in ``root_dir``'s cache, with the study's other artefacts.
+    Returns ``claims/``'s result."""
     spec = OmegaConf.to_container(study.claims, resolve=True)
-    teachers_spec, resamples = spec.pop("teachers"), int(spec.pop("resamples"))
+    families = check_teacher_families(spec.pop("teacher_families", None))
     reference = spec.pop("reference", None)
     ref = None
     if reference:  # read before any teacher trains: a wrong path costs nothing
@@ -115,6 +114,61 @@ def run_claims(study: DictConfig, study_dir: Path, root_dir: Path) -> dict[str, 
         if not path.is_file():
             raise FileNotFoundError(f"study.claims.reference={reference}: no claims.json there")
         ref = json.loads(path.read_text())
+        ref = (ref, f"N = {ref['N']} ({reference})")
+    _check_families_compose(spec["teachers"], families, root_dir)
+    result = _claims_part(spec, study_dir / "claims", root_dir, ref)
+    main = json.loads((study_dir / "claims" / "claims.json").read_text())
+    for name, extra in families.items():
+        family = json.loads(json.dumps(spec))
+        family["teachers"]["overrides"] = [*family["teachers"]["overrides"], *extra]
+        _claims_part(family, study_dir / f"claims_{name}", root_dir,
+                     (main, "claims/ (the study's teachers)"))  # fmt: skip
+    return result
+
+
+def check_teacher_families(families: Any) -> dict[str, list[str]]:
+    """``study.claims.teacher_families`` as ``{name: [override, ...]}`` (None: none), each name
+    a directory name (``claims_<name>``), else a ValueError naming the option."""
+    option = "study.claims.teacher_families"
+    if not families:
+        return {}
+    if not isinstance(families, dict):
+        raise ValueError(f"{option} must map a name to a list of teacher overrides")
+    for name, extra in families.items():
+        if not str(name).replace("_", "").isalnum() or not isinstance(extra, list):
+            raise ValueError(
+                f"{option}.{name}: a name of letters, digits and _ mapping to a list of teacher "
+                f"overrides, got {extra!r}"
+            )
+    return {str(k): [str(o) for o in v] for k, v in families.items()}
+
+
+def _check_families_compose(teachers: dict[str, Any], families: dict[str, list[str]],
+                            root_dir: Path) -> None:  # fmt: skip
+    """Each family's first teacher composed and validated before any teacher trains (a typo in
+    its overrides would otherwise surface after the study's own teachers); given files
+    (``ckpts``) have no recipe to vary."""
+    from winft_lightning.stages.teachers import teacher_config
+    from winft_lightning.stages.validate import validate_config
+
+    if families and teachers.get("ckpts"):
+        raise ValueError("study.claims.teacher_families varies a recipe: not with teachers.ckpts")
+    for extra in families.values():
+        overrides = [*teachers["overrides"], *extra]
+        validate_config(teacher_config(teachers["experiment"], overrides, teachers["seeds"][0],
+                                       root_dir))  # fmt: skip
+
+
+def _claims_part(spec: dict[str, Any], out: Path, root_dir: Path,
+                 ref: tuple[dict[str, Any], str] | None) -> dict[str, Any]:  # fmt: skip
+    """One claims part (:func:`run_claims`) of the teachers ``spec["teachers"]`` under ``out``,
+    beside ``ref`` (another report's claims and its label) when given."""
+    from winft_lightning.runtime.files import write_json_atomic
+    from winft_lightning.stages import claims_report as R
+    from winft_lightning.stages.null_report import null_spec
+
+    spec = dict(spec)
+    teachers_spec, resamples = spec.pop("teachers"), int(spec.pop("resamples"))
     # not a pass setting (the pass stamps stay as they were): the null's own
     null = null_spec(spec.pop("randomisation_null", None))
     if teachers_spec.get("ckpts"):
@@ -122,11 +176,10 @@ def run_claims(study: DictConfig, study_dir: Path, root_dir: Path) -> dict[str, 
     else:
         teachers = ensure_teachers(teachers_spec["experiment"], teachers_spec["overrides"],
                                    teachers_spec["seeds"], root_dir)  # fmt: skip
-    out = study_dir / "claims"
     facts = measure_claims(teachers, spec, out, resamples, null)
     facts["min_top1"] = float(teachers_spec["min_top1"])  # the sensitivity split's bar (SPEC 10)
-    if ref is not None:  # another grid's claims report: the two-grid table
-        facts["reference"] = R.reference_of(ref, f"N = {ref['N']} ({reference})")
+    if ref is not None:  # another report's claims: the two-report table
+        facts["reference"] = R.reference_of(*ref)
     write_json_atomic(out / "facts.json", facts)
     result = R.rebuild(out)
     for p in facts["passes"]:

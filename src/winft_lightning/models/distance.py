@@ -76,15 +76,18 @@ class DistanceAttention(AwdAttention):
         self.distance = grid_distance_tokens(grid, num_prefix_tokens).to(self.distance_slope.device)
         self.prefix = int(num_prefix_tokens)
 
-    def logit_bias(self, dtype: torch.dtype) -> Tensor:
-        """``[1, H, T, T]``: ``-softplus(s_h) * d`` in ``dtype``."""
+    def _slopes(self) -> Tensor:
+        """``[1, H, 1, 1]`` float32 softplus(s_h), once the grid is set."""
         if self.distance is None:
             raise RuntimeError(
                 "DistanceAttention has no grid: build it with build_vit(attn_bias='distance') or "
                 "call models.distance.set_distances(model)"
             )
-        slope = F.softplus(self.distance_slope.float()).view(1, -1, 1, 1)
-        return (-slope * self.distance).to(dtype)
+        return F.softplus(self.distance_slope.float()).view(1, -1, 1, 1)
+
+    def logit_bias(self, dtype: torch.dtype) -> Tensor:
+        """``[1, H, T, T]``: ``-softplus(s_h) * d`` in ``dtype``."""
+        return (-self._slopes() * self.distance).to(dtype)
 
     def kept_bias(self, kept: Tensor, dtype: torch.dtype) -> Tensor:
         """``[B, H, T', T']`` for the kept-token forward (:mod:`.dropped`; T' = prefix + K + 1
@@ -93,12 +96,11 @@ class DistanceAttention(AwdAttention):
         the m dropped patches (all the same key and value), ``log mean_j exp(-softplus(s_h) *
         d(i, j))`` over the dropped j (so that with the forward's ``+log m`` the softmax is
         the dense one's; 0 in prefix rows). kept ``[B, K]``: ascending patch indices."""
-        self.logit_bias(dtype)  # the grid's check
+        slope = self._slopes()
         p = self.prefix
         d = self.distance[p:, p:]  # [N, N]
         b, k = kept.shape
         n = d.shape[0]
-        slope = F.softplus(self.distance_slope.float()).view(1, -1, 1, 1)
         t = p + k + (1 if k < n else 0)
         out = torch.zeros(b, self.num_heads, t, t, device=d.device)
         out[:, :, p : p + k, p : p + k] = -slope * d[kept[:, :, None], kept[:, None, :]][:, None]

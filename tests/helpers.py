@@ -219,6 +219,23 @@ def local_windows(b: int, grid: tuple[int, int], seed: int = 0, reach: int = 3) 
     return torch.cat((lo, hi), -1)
 
 
+def teacher_keys(make_cfg, tmp_path: Path, *overrides: str, without: tuple[str, ...] = ()):
+    """``(key, key_before, shards)``: the teacher store key of a ``debug=tiny`` AWD config with
+    ``overrides`` on a stub shard set, and the same config's key with the ``teacher.<without>``
+    options deleted (the config as it was before they existed)."""
+    from winft_lightning.stages.cache import teacher_key
+
+    shards = tmp_path / "shards"
+    shards.mkdir(exist_ok=True)
+    (shards / "manifest.json").write_text('{"splits": {}, "format": 2}')
+    cfg = make_cfg("experiment=fmnist_awd_vit", "debug=tiny", *overrides)
+    key = teacher_key(cfg, shards)
+    with open_dict(cfg):
+        for name in without:
+            del cfg.teacher[name]
+    return key, teacher_key(cfg, shards), shards
+
+
 def untrained_teacher(path: Path, seed: int = 0, **net) -> Path:
     """An untrained ``ViTModule`` teacher saved by ``teacher.save_untrained`` (as the pipeline
     saves one), net ``TINY_NET`` updated by ``net``: the weights of ``tiny_vit(seed=seed, **net)``."""

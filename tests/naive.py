@@ -96,8 +96,10 @@ def naive_rollout(maps, prefix):
     return torch.stack(out)
 
 
-def hand_attention(model, images):
-    """softmax(q k^T * scale) per block, blocks run by hand with timm's own submodules."""
+def hand_attention(model, images, bias=None, attn_mask=None):
+    """softmax(q k^T * scale (+ ``bias(attn)``, -inf where ``attn_mask`` is False)) per block,
+    each block's input from the block before (``blk(x, attn_mask=attn_mask)``), the logits by
+    hand from timm's own submodules."""
     maps = []
     with torch.no_grad():
         x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
@@ -107,6 +109,11 @@ def hand_attention(model, images):
             b, t, _ = y.shape
             qkv = attn.qkv(y).reshape(b, t, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
             q, k, _ = qkv.unbind(0)
-            maps.append(((q @ k.transpose(-2, -1)) * attn.head_dim**-0.5).softmax(-1))
-            x = blk(x)
+            logits = (q @ k.transpose(-2, -1)) * attn.head_dim**-0.5
+            if bias is not None:
+                logits = logits + bias(attn).to(logits.dtype)
+            if attn_mask is not None:
+                logits = logits.masked_fill(~attn_mask, float("-inf"))
+            maps.append(logits.softmax(-1))
+            x = blk(x) if attn_mask is None else blk(x, attn_mask=attn_mask)
     return maps

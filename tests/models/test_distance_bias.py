@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import TINY_NET, attention_maps, untrained_teacher
+from helpers import TINY_NET, attention_maps, teacher_keys, untrained_teacher
+from naive import hand_attention
 from winft_lightning.core.attention_distance import (
     mean_attention_distance,
     uniform_attention_distance,
@@ -38,29 +39,16 @@ def _net(seed: int = 0, **kw):
 
 
 def _hand_maps(net, images, mask=None):
-    """Per block ``softmax(q k^T * scale - softplus(s_h) * d)`` ([B, H, T, T]), ``d`` the grid
-    distance between patch centres (0 for the class token), -inf where ``mask`` is False,
-    every block run by hand from timm's submodules."""
-    grid, maps = (4, 4), []
+    """Per block ``softmax(q k^T * scale - softplus(s_h) * d)`` ([B, H, T, T] float64), ``d``
+    the grid distance between patch centres (0 for the class token), -inf where ``mask`` is
+    False (naive.hand_attention)."""
     d = torch.zeros(17, 17, dtype=torch.float64)
-    d[1:, 1:] = grid_distances(grid)
-    with torch.no_grad():
-        x = net.norm_pre(net.patch_drop(net._pos_embed(net.patch_embed(images))))
-        for blk in net.blocks:
-            a = blk.attn
-            y = blk.norm1(x)
-            b, t, _ = y.shape
-            q, k, v = a.qkv(y).reshape(b, t, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4)
-            slope = torch.log1p(torch.exp(a.distance_slope.double())).view(1, -1, 1, 1)
-            logits = (q @ k.transpose(-2, -1)).double() * a.head_dim**-0.5 - slope * d
-            if mask is not None:
-                logits = logits.masked_fill(~mask, float("-inf"))
-            p = logits.softmax(-1)
-            maps.append(p)
-            o = (p.float() @ v).transpose(1, 2).reshape(b, t, -1)
-            x = x + a.proj(o)
-            x = x + blk.mlp(blk.norm2(x))
-    return maps
+    d[1:, 1:] = grid_distances((4, 4))
+
+    def bias(attn):
+        return -torch.log1p(torch.exp(attn.distance_slope.double())).view(1, -1, 1, 1) * d
+
+    return hand_attention(net, images, bias, mask)
 
 
 def test_the_grid_distances_pad_the_prefix_with_zero():
@@ -78,7 +66,7 @@ def test_capture_reads_the_hand_softmax_of_the_biased_logits():
     got = list(iter_block_attention(net, images, patches_only=False))
     want = _hand_maps(net, images)
     for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g.double(), w, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
     plain = build_vit(**TINY_NET).eval()
     plain.load_state_dict({k: v for k, v in net.state_dict().items() if "slope" not in k})
     unbiased = next(iter(iter_block_attention(plain, images, patches_only=False)))
@@ -103,7 +91,7 @@ def test_fused_and_unfused_paths_give_the_same_logits_with_and_without_windows()
     got = attention_maps(awd, images, windows=windows)
     want = _hand_maps(awd, images, mask)
     for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g.double(), w, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
         assert torch.all(g[~mask.expand_as(g)] == 0)
     torch.testing.assert_close(awd(images, windows=windows), net(images, attn_mask=mask))
 
@@ -206,19 +194,12 @@ def test_the_claims_pass_on_such_a_teacher_reads_its_slopes(digits_shards, tmp_p
 def test_teacher_attn_bias_is_in_the_teacher_key_only_when_not_none(make_cfg, tmp_path):
     """``teacher.attn_bias=none`` keys the teacher exactly as before the option; "distance"
     goes into the teacher's net (its checkpoint's architecture) and its own store entry."""
-    from omegaconf import open_dict
+    from winft_lightning.stages.cache import teacher_model
 
-    from winft_lightning.stages.cache import teacher_key, teacher_model
-
-    shards = tmp_path / "shards"
-    shards.mkdir()
-    (shards / "manifest.json").write_text('{"splits": {}, "format": 2}')
-    cfg = make_cfg("experiment=fmnist_awd_vit", "debug=tiny")
-    key = teacher_key(cfg, shards)
-    assert "attn_bias" not in teacher_model(cfg)["net"]
-    with open_dict(cfg):
-        del cfg.teacher.attn_bias  # the config as it was before
-    assert teacher_key(cfg, shards) == key
-    local = make_cfg("experiment=fmnist_awd_vit", "debug=tiny", "teacher.attn_bias=distance")
-    assert teacher_model(local)["net"]["attn_bias"] == "distance"
-    assert teacher_key(local, shards) != key
+    key, before, _ = teacher_keys(make_cfg, tmp_path, without=("attn_bias",))
+    assert key == before
+    assert "attn_bias" not in teacher_model(make_cfg("experiment=fmnist_awd_vit"))["net"]
+    local, _, _ = teacher_keys(make_cfg, tmp_path, "teacher.attn_bias=distance")
+    assert local != key
+    distance = make_cfg("experiment=fmnist_awd_vit", "teacher.attn_bias=distance")
+    assert teacher_model(distance)["net"]["attn_bias"] == "distance"

@@ -221,24 +221,15 @@ def test_b16_mimetic_attention_falls_off_with_distance_at_init(b16):
 def test_teacher_init_is_in_the_teacher_key_only_when_not_default(make_cfg, tmp_path):
     """``teacher.init=default`` keys (and builds) the teacher exactly as before the option;
     a mimetic teacher, or other init_options, never shares a default teacher's store entry."""
-    from omegaconf import open_dict
+    from helpers import teacher_keys
+    from winft_lightning.stages.cache import teacher_model
 
-    from winft_lightning.stages.cache import teacher_key, teacher_model
-
-    shards = tmp_path / "shards"
-    shards.mkdir()
-    (shards / "manifest.json").write_text('{"splits": {}, "format": 2}')
-    cfg = make_cfg("experiment=fmnist_awd_vit", "debug=tiny")
-    key = teacher_key(cfg, shards)
-    assert "init" not in teacher_model(cfg)["net"]
-    with open_dict(cfg):
-        del cfg.teacher.init, cfg.teacher.init_options  # the config as it was before
-    assert teacher_key(cfg, shards) == key
-    mimetic = make_cfg("experiment=fmnist_awd_vit", "debug=tiny", "teacher.init=mimetic")
+    key, before, _ = teacher_keys(make_cfg, tmp_path, without=("init", "init_options"))
+    assert key == before
+    assert "init" not in teacher_model(make_cfg("experiment=fmnist_awd_vit"))["net"]
+    mimetic = make_cfg("experiment=fmnist_awd_vit", "teacher.init=mimetic")
     assert teacher_model(mimetic)["net"]["init"] == "mimetic"
-    scaled = make_cfg(
-        "experiment=fmnist_awd_vit", "debug=tiny", "teacher.init=mimetic",
-        "teacher.init_options={qk_scale: 8.0}",
-    )  # fmt: skip
-    keys = {key, teacher_key(mimetic, shards), teacher_key(scaled, shards)}
+    keys = {key, teacher_keys(make_cfg, tmp_path, "teacher.init=mimetic")[0],
+            teacher_keys(make_cfg, tmp_path, "teacher.init=mimetic",
+                         "teacher.init_options={qk_scale: 8.0}")[0]}  # fmt: skip
     assert len(keys) == 3

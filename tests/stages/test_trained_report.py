@@ -115,7 +115,7 @@ def test_comparisons_pair_by_seed_and_match_a_naive_t_interval(tmp_path):
 
 
 def test_a_comparison_whose_arm_was_not_run_says_not_run(tmp_path):
-    """study=quick runs no control arms and one seed: T1' and T2' say "not run" (no "+nan pp",
+    """A study without control arms and with one seed: T1' and T2' say "not run" (no "+nan pp",
     no verdict); a comparison with one paired seed is run but has no interval (nor a sign-flip
     p): inconclusive. SPEC 10's rows (T1'', T2'', T3b) are left out where their arms did not
     run, and named in one line only when the facts list their arms as configured."""

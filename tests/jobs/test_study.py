@@ -22,6 +22,7 @@ def test_study_runs_and_aggregates(tmp_path):
         "study.families=[vit,awd_vit,winft]",
         "study.seeds=[0,1]",
         "study.controls=[awd_vit]",
+        "study.winft_beta=0.0",  # one WinfT arm
         "study.alphas=[0.1,0.3]",  # 0.3 is not an analyzed alpha: that job fails, the rest go on
         "study.geometries=[{img_size:16,patch_size:4}]",
         f'study.overrides=["debug=tiny","{NO_FIGURES}","trainer.max_epochs=1","teacher.max_epochs=1",'

@@ -30,14 +30,33 @@ from torch import Tensor, nn
 from winft_lightning.core.claims import grid_distances
 
 from .attention import AwdAttention
-from .inputs import NetSpec
+from .inputs import NetInputs, NetSpec
 
-__all__ = ["ATTN_BIASES", "SLOPE0", "DistanceAttention", "grid_distance_tokens", "set_distances"]
+__all__ = [
+    "ATTN_BIASES",
+    "SLOPE0",
+    "DistanceAttention",
+    "check_attn_bias",
+    "grid_distance_tokens",
+    "set_distances",
+]
 
 ATTN_BIASES = ("none", "distance")
 # the initial softplus(s_h): exp(-d) weights; at 8 x 8 a head's mean attention distance starts
 # at about a third of uniform attention's (tests/models/test_distance_bias.py measures it)
 SLOPE0 = 1.0
+
+
+def check_attn_bias(
+    value: str | None, option: str = "attn_bias", error: type[Exception] = ValueError
+) -> str:
+    """``value`` (None: "none") if it is one of :data:`ATTN_BIASES`, else ``error`` naming
+    ``option``: the one check of the option, wherever it is read (``build_vit``, a teacher
+    file's net, ``validate_config``)."""
+    value = value or "none"
+    if value not in ATTN_BIASES:
+        raise error(f"{option}={value!r} is not one of {ATTN_BIASES}")
+    return value
 
 
 def grid_distance_tokens(grid: tuple[int, int], num_prefix_tokens: int) -> Tensor:
@@ -112,7 +131,7 @@ class DistanceAttention(AwdAttention):
             out[:, :, p : p + k, -1] = torch.logsumexp(far, dim=-1) - math.log(n - k)
         return out.to(dtype)
 
-    def _logit_mask(self, attn_mask: Tensor | None, x: Tensor, inputs=None) -> Tensor:
+    def _logit_mask(self, attn_mask: Tensor | None, x: Tensor, inputs: NetInputs | None) -> Tensor:
         """The bias (at the kept patches' positions when ``inputs.kept``), with ``attn_mask``
         folded in (bool: False -> -inf; float: added). Its dtype is the logits': autocast's
         where it is on, else the input's."""

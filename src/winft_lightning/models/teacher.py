@@ -33,7 +33,7 @@ from winft_lightning.runtime.checkpoints import (
 )
 from winft_lightning.runtime.hashing import file_sha256  # also imported from here
 
-from .distance import ATTN_BIASES, DistanceAttention, set_distances
+from .distance import DistanceAttention, check_attn_bias, set_distances
 from .weights import create_with_weights
 
 log = logging.getLogger(__name__)
@@ -95,10 +95,7 @@ def timm_kwargs(net: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if not net.get("model_name"):
         raise TeacherError(f"net config {net} has no model_name")
     kw = {k: v for k, v in net.items() if k in _VIT_ARGS and v is not None}
-    bias = net.get("attn_bias") or "none"
-    if bias not in ATTN_BIASES:
-        raise TeacherError(f"net config attn_bias must be one of {ATTN_BIASES}, got {bias!r}")
-    if bias == "distance":
+    if check_attn_bias(net.get("attn_bias"), "net config attn_bias", TeacherError) == "distance":
         kw["attn_layer"] = DistanceAttention
     for k in ("img_size", "patch_size"):
         if isinstance(kw.get(k), list):

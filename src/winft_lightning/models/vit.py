@@ -19,7 +19,7 @@ from winft_lightning.runtime.checkpoints import checkpoint_file
 
 from .attention import AwdAttention, NetAttention, WinftAttention, WinftBlockOutput, winft_window
 from .block import NetBlock
-from .distance import ATTN_BIASES, DistanceAttention
+from .distance import DistanceAttention, check_attn_bias
 from .inputs import SPEC_ATTR, NetInputs, NetSpec, net_inputs
 from .mimetic import INITS, mimetic_init_
 from .sparse import DEFAULT_BLOCK, block_sizes
@@ -240,9 +240,7 @@ def build_vit(
 def _attn_layer(attn: str, dip: str, attn_bias: str, sparse: bool) -> type[nn.Module]:
     """The attention class timm builds every block with: WinfT's; the distance-biased one; AWD's
     where a mask is read (AWD windows, the DIP key mask); else timm's own ``Attention``."""
-    if attn_bias not in ATTN_BIASES:
-        raise ValueError(f"attn_bias must be one of {ATTN_BIASES}, got {attn_bias!r}")
-    if attn_bias == "distance" and (attn == "winft" or sparse):
+    if check_attn_bias(attn_bias) == "distance" and (attn == "winft" or sparse):
         raise ValueError(
             "attn_bias='distance' is defined for dense attn 'full'/'awd' (not WinfT, not sparse)"
         )

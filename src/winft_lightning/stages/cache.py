@@ -154,12 +154,10 @@ def teacher_model(cfg: DictConfig) -> dict[str, Any]:
     into the module when given: a default teacher's config (and store key) is exactly as before
     any of them existed."""
     model = OmegaConf.to_container(cfg.teacher.model, resolve=True)
-    init = cfg.teacher.get("init") or "default"
-    if init != "default":
-        model["net"]["init"] = init
-    bias = cfg.teacher.get("attn_bias") or "none"
-    if bias != "none":
-        model["net"]["attn_bias"] = bias
+    for key, default in (("init", "default"), ("attn_bias", "none")):
+        value = cfg.teacher.get(key) or default
+        if value != default:
+            model["net"][key] = value
     options = cfg.teacher.get("init_options")
     if options:
         model["net"]["init_options"] = OmegaConf.to_container(options, resolve=True)

@@ -117,12 +117,11 @@ def run_claims(study: DictConfig, study_dir: Path, root_dir: Path) -> dict[str, 
         ref = (ref, f"N = {ref['N']} ({reference})")
     _check_families_compose(spec["teachers"], families, root_dir)
     result = _claims_part(spec, study_dir / "claims", root_dir, ref)
-    main = json.loads((study_dir / "claims" / "claims.json").read_text())
+    teachers = spec["teachers"]
     for name, extra in families.items():
-        family = json.loads(json.dumps(spec))
-        family["teachers"]["overrides"] = [*family["teachers"]["overrides"], *extra]
+        family = {**spec, "teachers": {**teachers, "overrides": [*teachers["overrides"], *extra]}}
         _claims_part(family, study_dir / f"claims_{name}", root_dir,
-                     (main, "claims/ (the study's teachers)"))  # fmt: skip
+                     (result, "claims/ (the study's teachers)"))  # fmt: skip
     return result
 
 

@@ -17,7 +17,7 @@ from winft_lightning.core.interactions import check_alpha, check_beta, check_los
 from winft_lightning.data.errors import MaskError
 from winft_lightning.data.masks import CONTROLS, check_control_reads, match_alpha
 from winft_lightning.lit.optim import check_param_groups
-from winft_lightning.models.distance import ATTN_BIASES
+from winft_lightning.models.distance import check_attn_bias
 from winft_lightning.models.mimetic import INITS
 from winft_lightning.models.vit import check_vit_family
 from winft_lightning.runtime import world as worlds
@@ -97,10 +97,10 @@ def validate_config(cfg: DictConfig) -> None:
             f"are model.alpha's (model.alpha={alpha}, their one owner); set model.alpha instead"
         )
     _check_control(cfg, cls)
-    for option, allowed in (("teacher.init", INITS), ("teacher.attn_bias", ATTN_BIASES)):
-        value = OmegaConf.select(cfg, option)
-        if value is not None and value not in allowed:
-            raise ConfigError(f"{option}={value!r} is not one of {allowed}")
+    init = OmegaConf.select(cfg, "teacher.init")
+    if init is not None and init not in INITS:
+        raise ConfigError(f"teacher.init={init!r} is not one of {INITS}")
+    check_attn_bias(OmegaConf.select(cfg, "teacher.attn_bias"), "teacher.attn_bias", ConfigError)
     for option in ("model.param_groups", "teacher.param_groups"):
         groups = OmegaConf.select(cfg, option)
         try:

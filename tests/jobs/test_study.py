@@ -121,11 +121,16 @@ def test_study_runs_and_aggregates(tmp_path):
         {p["teacher_sha256"] for p in facts["passes"]})  # fmt: skip
     assert "| claim | claims/ (the study's teachers) | this report | verdict moves |" in (
         local / "report.md").read_text()  # fmt: skip
-    # the students read masks from the claims teacher of seed 0: one teacher for both parts
-    awd = next(r for r in runs if r["family"] == "awd_vit" and r["status"] == "ok")
-    teacher_0 = next(p for p in facts["passes"] if p["seed"] == 0)["teacher"]["path"]
-    assert json.loads((Path(awd["run_dir"]) / "results.json").read_text())["teacher_ckpt"] == (
-        teacher_0)  # fmt: skip
+    # the students read masks from two claims teachers of the local family (quick's
+    # students_teachers, SPEC 10: the teacher a factor): seed s from the local teacher of seed
+    # s, each teacher's students under runs/<arm>/teacher_<seed>/; the same teachers as the
+    # claims part's
+    local_path = {p["seed"]: p["teacher"]["path"] for p in local_facts["passes"]}
+    for r in [r for r in runs if r["status"] == "ok"]:
+        assert Path(r["run_dir"]).parent.name == f"teacher_{r['seed']}"
+        if r["family"] != "vit":  # the ViT baseline reads no masks
+            read = json.loads((Path(r["run_dir"]) / "results.json").read_text())["teacher_ckpt"]
+            assert read == local_path[int(r["seed"])], r["run_dir"]
     # the teachers live in the study's own cache (paths.root_dir), not where it was started
     assert all(p["teacher"]["path"].startswith(str(tmp_path / "outputs" / "cache"))
                for p in facts["passes"])  # fmt: skip
@@ -140,10 +145,13 @@ def test_study_runs_and_aggregates(tmp_path):
     facts = json.loads((trained / "facts.json").read_text())
     sweeps = json.loads((study_dir / "sweeps.json").read_text())
     assert len(sweeps) == 1 and set(sweeps[0]["sweeps"]) == {
-        "vit_16px_p4", "awd_vit_16px_p4", "awd_vit_random_16px_p4", "winft_16px_p4"}  # fmt: skip
+        f"{arm}_16px_p4/teacher_{t}" for arm in ("vit", "awd_vit", "awd_vit_random", "winft")
+        for t in (0, 1)}  # fmt: skip
     assert facts["wall"]["seconds"] == pytest.approx(
         sum(s["seconds"] for s in sweeps[0]["sweeps"].values()), abs=0.2)  # fmt: skip
-    assert "claims teacher of seed 0" in facts["teacher"] and facts["seeds"] == [0, 1]
+    assert facts["seeds"] == [0, 1] and "`teacher.attn_bias=distance`" in facts["teacher"]
+    assert "seed 0: the claims teacher of seed 0" in facts["teacher"]
+    assert "seed 1: the claims teacher of seed 1" in facts["teacher"]
     assert facts["command"] == sweeps[0]["command"]
     assert facts["command"].startswith("python -m winft_lightning.study study=quick ")
     assert len(list(csv.DictReader((trained / "records" / "runs.csv").open()))) == 12
@@ -278,3 +286,33 @@ def test_a_missing_reference_is_refused_before_any_teacher_trains(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"study\.claims\.reference=.*no_report_here"):
         run_claims(study, tmp_path / "study", root)
     assert not root.exists() and not (tmp_path / "study").exists()
+
+
+def test_the_students_read_their_teachers_one_multirun_each(tmp_path):
+    """SPEC 10's teacher as a factor: student seed seeds[i] reads teacher seeds[i % K]; each
+    teacher's students are one multirun per arm, under runs/<arm>/teacher_<seed>/, with that
+    teacher's file; one group keeps the sweep dirs as before; repeated teacher seeds are refused
+    naming the option."""
+    from helpers import compose_config
+    from winft_lightning.stages.study_parts import seeds_by_teacher
+    from winft_lightning.stages.sweeps import sweep_commands
+
+    assert seeds_by_teacher([0, 1, 2, 3], [0, 1]) == {0: [0, 2], 1: [1, 3]}
+    assert seeds_by_teacher([5, 6, 7], [2, 0, 1]) == {2: [5], 0: [6], 1: [7]}
+    assert seeds_by_teacher([0], [0, 1]) == {0: [0], 1: []}
+    with pytest.raises(ValueError, match=r"study\.students_teachers\.seeds"):
+        seeds_by_teacher([0, 1], [3, 3])
+    study = compose_config(["study=full"], tmp_path, config_name="study").study
+    assert OmegaConf.to_container(study.students_teachers) == {
+        "seeds": [0, 1], "overrides": ["teacher.attn_bias=distance"]}  # fmt: skip
+    groups = [("teacher_0", [0, 2], ["teacher.ckpt=/t0.ckpt"]),
+              ("teacher_1", [1, 3], ["teacher.ckpt=/t1.ckpt"])]  # fmt: skip
+    one = sweep_commands(study, tmp_path / "s")
+    two = sweep_commands(study, tmp_path / "s", groups)
+    assert len(two) == 2 * len(one)
+    for (name, argv), (tag, seeds, extra) in zip(two, groups * len(one), strict=True):
+        assert name.endswith(f"/{tag}") and f"hydra.sweep.dir={tmp_path}/s/runs/{name}" in argv
+        assert "seed=" + ",".join(map(str, seeds)) in argv and extra[0] in argv
+    assert [n for n, _ in one] == [n.rsplit("/", 1)[0] for n, _ in two[::2]]
+    assert all("seed=0,1,2,3" in argv and not any(a.startswith("teacher.ckpt") for a in argv)
+               for _, argv in one)  # fmt: skip

@@ -30,20 +30,45 @@ def machine_line() -> str:
     return f"Measured {time.strftime('%Y-%m-%d')} on {summary()}."
 
 
-def students_teacher(study: DictConfig, root_dir: Path) -> tuple[list[str], str]:
-    """The students' masks come from the claims part's teacher of seed ``students_teacher``
-    (trained once and cached, shared with the claims part): ``["teacher.ckpt=<its file>"]``
-    and a line saying which; ``students_teacher: null``: each job's own ``teacher.*``."""
-    seed = study.get("students_teacher")
-    if seed is None:
-        return [], "each job's own teacher (its teacher.* config)"
-    spec = study.claims.teachers
-    (teacher,) = ensure_teachers(spec.experiment, list(spec.overrides), [int(seed)], root_dir)
-    top1 = (teacher.row or {}).get("top1")
-    top1 = "" if top1 is None else f", top-1 {top1:.2f} %"
-    return [f"teacher.ckpt={teacher.ckpt}"], (
-        f"the claims teacher of seed {seed} ({spec.experiment}, sha256 {teacher.sha256[:12]}{top1})"
-    )
+def seeds_by_teacher(students: list[int], teachers: list[int]) -> dict[int, list[int]]:
+    """``{teacher seed: the student seeds that read it}``: student ``students[i]`` reads teacher
+    ``teachers[i % K]`` (a teacher no student reaches maps to []); the teacher seeds must be
+    distinct, else a ValueError naming ``study.students_teachers.seeds``."""
+    if not teachers or len(set(teachers)) != len(teachers):
+        raise ValueError(f"study.students_teachers.seeds: distinct teacher seeds, got {teachers}")
+    return {t: [int(s) for i, s in enumerate(students) if teachers[i % len(teachers)] == t]
+            for t in teachers}  # fmt: skip
+
+
+def students_teachers(study: DictConfig, root_dir: Path) -> tuple[list[tuple], str]:
+    """Which claims teachers' masks the students read (SPEC 10: the teacher a factor of the
+    design). ``study.students_teachers``: ``seeds`` (teacher seeds of the claims recipe, each
+    trained once and cached, shared with the claims part) and ``overrides`` added to that recipe
+    (``[teacher.attn_bias=distance]``: the local family's teachers). Student seed
+    ``study.seeds[i]`` reads teacher ``seeds[i % K]``, so each (teacher, seed) pair is one
+    paired unit and the t interval over them carries the teachers' spread. Returns the sweeps'
+    groups ``(tag, student seeds, ["teacher.ckpt=<file>"])`` (:func:`.sweeps.sweep_commands`;
+    tag None with one teacher: the sweep dirs as before) and a line saying which teacher each
+    seed read; ``students_teachers: null``: each job's own ``teacher.*``, one group."""
+    spec = study.get("students_teachers")
+    if spec is None:
+        return [(None, list(study.seeds), [])], "each job's own teacher (its teacher.* config)"
+    recipe, seeds = study.claims.teachers, [int(s) for s in spec.seeds]
+    overrides = [*recipe.overrides, *(spec.get("overrides") or [])]
+    reads = seeds_by_teacher(list(study.seeds), seeds)
+    used = [t for t in seeds if reads[t]]  # only the teachers some student reads are trained
+    groups, said = [], []
+    for teacher in ensure_teachers(recipe.experiment, overrides, used, root_dir):
+        students = reads[teacher.seed]
+        tag = None if len(seeds) == 1 else f"teacher_{teacher.seed}"
+        groups.append((tag, students, [f"teacher.ckpt={teacher.ckpt}"]))
+        top1 = (teacher.row or {}).get("top1")
+        top1 = "" if top1 is None else f", top-1 {top1:.2f} %"
+        said.append(f"seed{'s' * (len(students) > 1)} {', '.join(map(str, students))}: the "
+                    f"claims teacher of seed {teacher.seed} (sha256 {teacher.sha256[:12]}{top1})")  # fmt: skip
+    family = " ".join(f"`{o}`" for o in spec.get("overrides") or []) or "none"
+    return groups, (f"{recipe.experiment} with the claims recipe, extra teacher overrides "
+                    f"{family}; " + "; ".join(said))  # fmt: skip
 
 
 def trained_facts(study: DictConfig, study_dir: Path, teacher: str) -> dict[str, Any]:
@@ -68,9 +93,9 @@ def trained_part(study: DictConfig, study_dir: Path, root_dir: Path, run: bool) 
     with the students' teacher, and the part's facts (:func:`trained_facts`)."""
     from winft_lightning.stages.sweeps import run_sweeps
 
-    extra, teacher = students_teacher(study, root_dir)
+    groups, teacher = students_teachers(study, root_dir)
     if run:
-        run_sweeps(study, study_dir, root_dir, extra, study_command())
+        run_sweeps(study, study_dir, root_dir, groups, study_command())
     return trained_facts(study, study_dir, teacher)
 
 

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from itertools import product
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig
@@ -91,13 +92,15 @@ def study_arms(study: DictConfig) -> list[list]:
 
 
 def sweep_commands(
-    study: DictConfig, study_dir: Path, extra: list[str] | None = None
+    study: DictConfig, study_dir: Path, groups: list[tuple] | None = None
 ) -> list[tuple[str, list[str]]]:
-    """(name, argv) of each Hydra multirun of the study (``extra``: overrides for every job):
-    per geometry and family its sweeps (:func:`_family_sweeps`), each followed by its retrained
-    controls (:func:`study_controls`: the same sweep with ``data.control=<control>``, named
-    ``<stem>_<control>_<geometry>``)."""
-    seeds = ",".join(str(s) for s in study.seeds)
+    """(name, argv) of each Hydra multirun of the study: per geometry and family its sweeps
+    (:func:`_family_sweeps`), each followed by its retrained controls (:func:`study_controls`:
+    the same sweep with ``data.control=<control>``, named ``<stem>_<control>_<geometry>``), each
+    once per group ``(tag, seeds, overrides)`` of student seeds and the overrides they share
+    (:func:`.study_parts.students_teachers`: the teacher they read), under ``runs/<name>`` or,
+    tagged, ``runs/<name>/<tag>``. None: one group, every seed, no overrides."""
+    groups = groups or [(None, list(study.seeds), [])]
     controls = study_controls(study)
     commands = []
     for geom in study.geometries:
@@ -107,21 +110,23 @@ def sweep_commands(
                 arms = [(f"{stem}_{tag}", [])]
                 arms += [(f"{stem}_{control}_{tag}", [f"data.control={control}"])
                          for fam, control in controls if fam == family]  # fmt: skip
-                for name, control in arms:
+                for (arm, control), (group, seeds, extra) in product(arms, groups):
+                    name = arm + (f"/{group}" if group else "")
+                    where = f"{study_dir}/runs/{name}"
                     argv = [
                         sys.executable, "-m", "winft_lightning", "--multirun",
                         f"experiment={study.experiment_prefix}{family}",
-                        f"seed={seeds}",
+                        "seed=" + ",".join(str(s) for s in seeds),
                         f"model.net.img_size={geom.img_size}",
                         f"model.net.patch_size={geom.patch_size}",
                         *sweep,
-                        f"hydra.sweep.dir={study_dir}/runs/{name}",
+                        f"hydra.sweep.dir={where}",
                         "hydra.sweep.subdir=${hydra.job.num}",
                         "compare_teacher=false",
                         "skip_if_done=true",
                         f"task_name=study_{family}",
                         *study.overrides,
-                        *(extra or []),
+                        *extra,
                         *control,
                     ]  # fmt: skip
                     commands.append((name, argv))
@@ -132,7 +137,7 @@ def run_sweeps(
     study: DictConfig,
     study_dir: Path,
     root_dir: Path,
-    extra: list[str] | None = None,
+    groups: list[tuple] | None = None,
     command: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """Run every sweep (a failing job is recorded by the job itself; the sweep goes on). The
@@ -148,7 +153,7 @@ def run_sweeps(
     sweeps: dict[str, dict[str, float]] = {}
     starts.append({"started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command,
                    "sweeps": sweeps})  # fmt: skip
-    for name, argv in sweep_commands(study, study_dir, extra):
+    for name, argv in sweep_commands(study, study_dir, groups):
         log.info("study: sweep %s", name)
         start = time.perf_counter()
         rc = subprocess.run(argv, check=False, env=env).returncode

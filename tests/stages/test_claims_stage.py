@@ -192,6 +192,18 @@ def test_recompute_rebuilds_the_report_byte_for_byte(part, tmp_path):
     profile = json.loads(built["claims.json"])["attention_profile"]
     assert set(profile) == {"0", "1"} and len(profile["0"]["blocks"]) == TINY_NET["depth"]
     assert all(len(b) == TINY_NET["num_heads"] for b in profile["0"]["blocks"])
+    # per block, the heads of every teacher at or below the 5x5 reference (issue 33), counted
+    # here from the profile: mean distance of uniform attention over a 5x5 patch neighbourhood
+    from winft_lightning.core.attention_distance import uniform_attention_distance
+
+    grid = json.loads(built["claims.json"])["grid"]
+    five = uniform_attention_distance(tuple(grid), 5)
+    section = report.split("## Mean attention distance")[1].split("\n## ")[0]
+    for b in range(TINY_NET["depth"]):
+        heads = [h for s in ("0", "1") for h in profile[s]["blocks"][b]]
+        near = sum(h <= five for h in heads)
+        row = next(line for line in section.splitlines() if line.startswith(f"| {b} | "))
+        assert row.endswith(f" | {near} of {len(heads)} ({near / len(heads):.0%}) |"), row
     # a changed value is caught, and a missing record is named
     records = saved / "claims" / "records"
     cols = R.load_columns(records / "teacher_1.npz")

@@ -271,6 +271,8 @@ def test_the_paper_grid_study_is_the_papers_grid(tmp_path):
     assert teacher_config(spec.experiment, list(spec.overrides), 1).teacher.max_epochs == 6
     reference = REPO / study.claims.reference / "claims.json"
     assert json.loads(reference.read_text())["N"] == 64
+    # the newest of them: K = 5 teachers (SPEC 10's count at the default grid)
+    assert set(json.loads(reference.read_text())["attention_profile"]) == {"0", "1", "2", "3", "4"}
 
 
 def test_a_missing_reference_is_refused_before_any_teacher_trains(tmp_path):

@@ -127,3 +127,38 @@ def test_results_page_quotes_the_paper_grid_beside_n64_and_its_teachers():
     assert f"{', '.join(top1[:-1])} and {top1[-1]} %" in " ".join(section.split())
     minutes = (facts["wall"]["teachers_seconds"] + facts["wall"]["passes_seconds"]) / 60
     assert f"**Wall time: {minutes:.1f} min**" in section
+
+
+def _pooled_cell(row: dict) -> str:
+    """A headline row's pooled effect and simultaneous interval, in the row's unit."""
+    p, unit = row["pooled"], row.get("unit", "")
+    fmt = (lambda v: f"{v * 100:+.2f}") if unit == "pp" else (lambda v: f"{v:+.3f}")
+    return f"{fmt(p['effect'])} [{fmt(p['low'])}, {fmt(p['high'])}]" + (f" {unit}" if unit else "")
+
+
+def test_results_page_quotes_the_two_families_side_by_side():
+    """Issue 33: the local family's K = 5 teachers (claims_local/) beside the default family's
+    (claims/) of the same study, each headline row's pooled effect, interval and verdict, and
+    whether the verdict moves; per block, the heads at or below the 5x5 reference."""
+    from winft_lightning.core.attention_distance import uniform_attention_distance
+
+    default = json.loads((LATEST / "claims" / "claims.json").read_text())
+    local = json.loads((LATEST / "claims_local" / "claims.json").read_text())
+    facts = json.loads((LATEST / "claims_local" / "facts.json").read_text())
+    assert [p["seed"] for p in facts["passes"]] == [0, 1, 2, 3, 4]
+    assert all(p["teacher"]["net"]["attn_bias"] == "distance" for p in facts["passes"])
+    page = RESULTS_MD.read_text()
+    section = page[page.index("### Latest measured: the two teacher families") :]
+    section = section[: section.index("\n### ", 1)]
+    rows = {r["id"]: r for r in default["claims"] if r["headline"]}
+    for row in (r for r in local["claims"] if r["headline"]):
+        ref = rows[row["id"]]
+        moves = "yes" if verdict_moves(row, ref) else "no"
+        assert (f"| {row['id']} | {_pooled_cell(ref)} → {ref['verdict']} | {_pooled_cell(row)} "
+                f"→ **{row['verdict']}** | {moves} |") in section.splitlines(), row["id"]  # fmt: skip
+    five = uniform_attention_distance(tuple(local["grid"]), 5)
+    for name, result in (("default", default), ("local", local)):
+        for b in range(len(result["attention_profile"]["0"]["blocks"])):
+            heads = [h for t in result["attention_profile"].values() for h in t["blocks"][b]]
+            near = sum(h <= five for h in heads)
+            assert f"| {name} | {b} | {near} of {len(heads)} |" in section, (name, b)

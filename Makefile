@@ -50,7 +50,7 @@ run:  ## the main job: python -m winft_lightning
 study:  ## the paper's study (Hydra multirun + report)
 	$(PY) -m winft_lightning.study
 
-study-quick:  ## a smoke of the whole study: both families, every arm once (16.6 min on 2 cores)
+study-quick:  ## a smoke of the whole study: both families, every arm once (14.8 min on 2 cores)
 	$(PY) -m winft_lightning.study study=quick
 
 study-claims:  ## the training-free claims alone: K = 5 teachers a family (default, local), claims passes and the null

@@ -36,8 +36,10 @@ def seeds_by_teacher(students: list[int], teachers: list[int]) -> dict[int, list
     distinct, else a ValueError naming ``study.students_teachers.seeds``."""
     if not teachers or len(set(teachers)) != len(teachers):
         raise ValueError(f"study.students_teachers.seeds: distinct teacher seeds, got {teachers}")
-    return {t: [int(s) for i, s in enumerate(students) if teachers[i % len(teachers)] == t]
-            for t in teachers}  # fmt: skip
+    reads: dict[int, list[int]] = {t: [] for t in teachers}
+    for i, student in enumerate(students):
+        reads[teachers[i % len(teachers)]].append(int(student))
+    return reads
 
 
 def students_teachers(study: DictConfig, root_dir: Path) -> tuple[list[tuple], str]:

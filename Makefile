@@ -56,10 +56,10 @@ study-quick:  ## a smoke of the whole study: both families, every arm once (14.8
 study-claims:  ## the training-free claims alone: K = 5 teachers a family (default, local), claims passes and the null
 	$(PY) -m winft_lightning.study study=claims
 
-study-trained:  ## the trained comparisons alone: 9 arms x 4 seeds, masks from claims teacher 0
+study-trained:  ## the trained comparisons alone: 9 arms x 4 seeds, masks from the local family's claims teachers 0 and 1
 	$(PY) -m winft_lightning.study study=trained
 
-study-paper-grid:  ## the training-free claims at N = 196 (28 px, patch 2), 2 teachers
+study-paper-grid:  ## the training-free claims at N = 196 (28 px, patch 2), K = 3 teachers a family (default, local)
 	$(PY) -m winft_lightning.study study=paper_grid
 
 clean:  ## remove run outputs (not the venv)

@@ -152,15 +152,8 @@ def test_the_k3_paper_grid_report_rebuilds_and_has_every_declared_teacher(tmp_pa
 def test_results_page_quotes_the_k3_paper_grid_beside_n64():
     here = json.loads((PAPER_GRID_K3 / "claims" / "claims.json").read_text())
     there = json.loads((LATEST / "claims" / "claims.json").read_text())
-    rows = {r["id"]: r for r in there["claims"] if r["headline"]}
-    page = RESULTS_MD.read_text()
-    section = page[page.index("### Latest measured: the claims at the paper's grid") :]
-    section = section[: section.index("\n### ", 1)]
-    for row in (r for r in here["claims"] if r["headline"]):
-        ref = rows[row["id"]]
-        moves = "yes" if verdict_moves(row, ref) else "no"
-        assert (f"| {row['id']} | {_pooled_cell(ref)} → {ref['verdict']} | {_pooled_cell(row)} "
-                f"→ **{row['verdict']}** | {moves} |") in section.splitlines(), row["id"]  # fmt: skip
+    section = _section("### Latest measured: the claims at the paper's grid")
+    _assert_pooled_side_by_side(section, here, there)
     facts = json.loads((PAPER_GRID_K3 / "claims" / "facts.json").read_text())
     whole = [json.loads((PAPER_GRID_K3 / "teachers_whole_test" / f"teacher_{p['seed']}.json")
                         .read_text()) for p in facts["passes"]]  # fmt: skip
@@ -182,6 +175,24 @@ def _pooled_cell(row: dict) -> str:
     return f"{fmt(p['effect'])} [{fmt(p['low'])}, {fmt(p['high'])}]" + (f" {unit}" if unit else "")
 
 
+def _section(title: str) -> str:
+    """results.md's section that starts with ``title``, up to the next ``###`` heading."""
+    page = RESULTS_MD.read_text()
+    section = page[page.index(title) :]
+    return section[: section.index("\n### ", 1)]
+
+
+def _assert_pooled_side_by_side(section: str, here: dict, there: dict) -> None:
+    """Each headline row of ``here`` is a line of ``section``: ``there``'s pooled cell and
+    verdict, then ``here``'s, and whether the verdict moves (:func:`verdict_moves`)."""
+    rows = {r["id"]: r for r in there["claims"] if r["headline"]}
+    for row in (r for r in here["claims"] if r["headline"]):
+        ref = rows[row["id"]]
+        moves = "yes" if verdict_moves(row, ref) else "no"
+        assert (f"| {row['id']} | {_pooled_cell(ref)} → {ref['verdict']} | {_pooled_cell(row)} "
+                f"→ **{row['verdict']}** | {moves} |") in section.splitlines(), row["id"]  # fmt: skip
+
+
 def test_results_page_quotes_the_two_families_side_by_side():
     """Issue 33: the local family's K = 5 teachers (claims_local/) beside the default family's
     (claims/) of the same study, each headline row's pooled effect, interval and verdict, and
@@ -193,15 +204,8 @@ def test_results_page_quotes_the_two_families_side_by_side():
     facts = json.loads((LATEST / "claims_local" / "facts.json").read_text())
     assert [p["seed"] for p in facts["passes"]] == [0, 1, 2, 3, 4]
     assert all(p["teacher"]["net"]["attn_bias"] == "distance" for p in facts["passes"])
-    page = RESULTS_MD.read_text()
-    section = page[page.index("### Latest measured: the two teacher families") :]
-    section = section[: section.index("\n### ", 1)]
-    rows = {r["id"]: r for r in default["claims"] if r["headline"]}
-    for row in (r for r in local["claims"] if r["headline"]):
-        ref = rows[row["id"]]
-        moves = "yes" if verdict_moves(row, ref) else "no"
-        assert (f"| {row['id']} | {_pooled_cell(ref)} → {ref['verdict']} | {_pooled_cell(row)} "
-                f"→ **{row['verdict']}** | {moves} |") in section.splitlines(), row["id"]  # fmt: skip
+    section = _section("### Latest measured: the two teacher families")
+    _assert_pooled_side_by_side(section, local, default)
     five = uniform_attention_distance(tuple(local["grid"]), 5)
     for name, result in (("default", default), ("local", local)):
         for b in range(len(result["attention_profile"]["0"]["blocks"])):

@@ -67,18 +67,24 @@ def test_results_page_quotes_the_imagenet_projection_the_code_gives():
     assert f"**about {p['minutes']:.0f} min** for the 50,000 val images on one H100" in page
 
 
-TRAINED = ROOT / "docs" / "results" / "2026-12-02_study_trained"
+# each trained report and the results.md section that quotes its table: the latest (masks
+# from two local-family teachers, SPEC 10's rows) and the one it follows (one default teacher)
+TRAINED = {ROOT / "docs" / "results" / "2026-12-07_study_trained":
+               "### Latest measured: the trained comparisons",
+           ROOT / "docs" / "results" / "2026-12-02_study_trained":
+               "### Earlier: the trained comparisons"}  # fmt: skip
 
 
-def test_the_committed_trained_report_rebuilds_from_its_records(tmp_path):
-    same = recompute(TRAINED, tmp_path)
+@pytest.mark.parametrize("report", list(TRAINED), ids=lambda p: p.name)
+def test_the_committed_trained_report_rebuilds_from_its_records(report, tmp_path):
+    same = recompute(report, tmp_path)
     assert same["trained/comparisons.json"] and same["trained/report.md"]
 
 
-def test_results_page_quotes_the_committed_trained_verdicts():
-    rows = json.loads((TRAINED / "trained" / "comparisons.json").read_text())
-    page = RESULTS_MD.read_text()
-    section = page[page.index("### Latest measured: the trained comparisons") :]
+@pytest.mark.parametrize("report", list(TRAINED), ids=lambda p: p.name)
+def test_results_page_quotes_the_committed_trained_verdicts(report):
+    rows = json.loads((report / "trained" / "comparisons.json").read_text())
+    section = _section(TRAINED[report])
     for row in rows:
         line = next(x for x in section.splitlines() if x.startswith(f"| {row['id']} |"))
         assert line.endswith(f"{row['seeds_above_zero']} of {row['n']} | **{row['verdict']}** |")
@@ -87,6 +93,21 @@ def test_results_page_quotes_the_committed_trained_verdicts():
             in line
         )
         assert f"| {sign_flip_cell(row)} |" in line  # SPEC 10: the exact p beside the interval
+
+
+def test_the_latest_trained_report_has_spec10s_rows_and_two_local_teachers():
+    """Issue 33: T1-T3 with SPEC 9's and SPEC 10's controls and WinfT at beta 0.2, each with its
+    interval, exact p and MDE; the masks from two teachers of the local family."""
+    latest = next(iter(TRAINED))
+    rows = json.loads((latest / "trained" / "comparisons.json").read_text())
+    assert [r["id"] for r in rows] == ["T1", "T1'", "T1''", "T2", "T2'", "T2''", "T3", "T3b"]
+    assert all(r["n"] == 4 and r["mde"] > 0 and 0 < r["sign_flip_p"] <= 1 for r in rows)
+    facts = json.loads((latest / "trained" / "facts.json").read_text())
+    assert "`teacher.attn_bias=distance`" in facts["teacher"]
+    assert "seeds 0, 2: the claims teacher of seed 0" in facts["teacher"]
+    assert "seeds 1, 3: the claims teacher of seed 1" in facts["teacher"]
+    wall = f"**{facts['wall']['seconds'] / 60:.1f} min**"
+    assert wall in _section(TRAINED[latest])
 
 
 PAPER_GRID = ROOT / "docs" / "results" / "2026-12-02_study_paper_grid"

@@ -231,6 +231,27 @@ def test_tradeoff_legend_names_control_arms():
     }  # fmt: skip
 
 
+def test_tradeoff_labels_of_arms_at_one_point_do_not_overlap():
+    """A study's arms share alpha and beta and sit at nearly one E_O and accuracy (AWD and its
+    controls): each label is placed clear of the others, not drawn over them."""
+    rows = [
+        dict(family="awd_vit", alpha=0.1, beta=0.0, top1=69.0, eo=1495.0),
+        dict(family="awd_vit:centred", alpha=0.1, beta=0.0, top1=69.2, eo=1497.0),
+        dict(family="awd_vit:random", alpha=0.1, beta=0.0, top1=68.6, eo=1490.0),
+        dict(family="winft", alpha=0.1, beta=0.0, top1=53.7, eo=1890.0),
+        dict(family="winft", alpha=0.1, beta=0.2, top1=53.6, eo=1810.0),
+        dict(family="vit", alpha=1.0, beta=0.0, top1=59.7, eo=4096.0),
+    ]
+    fig = figures.tradeoff_figure(rows)
+    (ax,) = fig.axes
+    fig.canvas.draw()
+    boxes = [t.get_window_extent() for t in ax.texts]
+    assert len(boxes) == 6
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b), (a, b)
+
+
 # ---------------------------------------------------------------- claims figures
 
 

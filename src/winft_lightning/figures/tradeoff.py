@@ -59,6 +59,28 @@ def _number(v: Any) -> float:
         return float("nan")
 
 
+# label offsets in points (right of the marker), tried in turn until one clears the labels
+# already placed: arms of one alpha / beta sit at nearly the same E_O and accuracy
+_OFFSETS = [(4, 4), (4, -10), (4, 14), (4, -20), (4, 24), (4, -30)]
+_CLEAR = (60.0, 9.0)  # points: a label's width and height, roughly (fontsize 7)
+
+
+def _annotate(ax, points: list[tuple[float, float, str]]) -> None:
+    """Each point's alpha / beta tag beside it, at the first offset whose label clears every
+    label placed before (measured in points on the final axes), else at the first offset."""
+    ax.autoscale_view()
+    scale = 72.0 / ax.figure.dpi  # display pixels -> points
+    placed: list[tuple[float, float]] = []
+    for xv, yv, tag in sorted(points, key=lambda p: (-p[1], p[0])):
+        px, py = (c * scale for c in ax.transData.transform((xv, yv)))
+        spots = [(px + dx, py + dy) for dx, dy in _OFFSETS]
+        free = [i for i, (sx, sy) in enumerate(spots)
+                if all(abs(sx - qx) > _CLEAR[0] or abs(sy - qy) > _CLEAR[1] for qx, qy in placed)]  # fmt: skip
+        i = free[0] if free else 0
+        placed.append(spots[i])
+        ax.annotate(tag, (xv, yv), textcoords="offset points", xytext=_OFFSETS[i], fontsize=7)
+
+
 def tradeoff_figure(
     rows: Iterable[Mapping[str, Any]], x: str = "eo", y: str = "top1", log_x: bool = False
 ) -> Figure:
@@ -90,14 +112,12 @@ def tradeoff_figure(
     markers = "osD^vP*X"
     for k, (fam, pts) in enumerate(sorted(fams.items())):
         pts.sort()
-        xs, ys, errs, tags = zip(*pts, strict=True)
+        xs, ys, errs, _ = zip(*pts, strict=True)
         ax.errorbar(xs, ys, yerr=errs if any(errs) else None, marker=markers[k % len(markers)],
                     ms=6, lw=1.2, capsize=3, label=fam)  # fmt: skip
-        for xv, yv, tag in zip(xs, ys, tags, strict=True):
-            if tag:
-                ax.annotate(tag, (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize=7)
     if log_x:
         ax.set_xscale("log")
+    _annotate(ax, [(xv, yv, tag) for pts in fams.values() for xv, yv, _, tag in pts if tag])
     names = {"eo": "$E_O$ (attention interactions per image)", "eo_ratio": "$E_O / N^2$"}
     ax.set_xlabel(names.get(x, x))
     seeds = any(len(v) > 1 for v in settings.values())

@@ -203,3 +203,23 @@ def test_teacher_attn_bias_is_in_the_teacher_key_only_when_not_none(make_cfg, tm
     assert local != key
     distance = make_cfg("experiment=fmnist_awd_vit", "teacher.attn_bias=distance")
     assert teacher_model(distance)["net"]["attn_bias"] == "distance"
+
+
+def test_the_cost_probe_trains_the_slopes_only_in_its_learnable_arm(monkeypatch):
+    """bench.distance_cost's arms: the local net's step moves its slopes; the frozen arm's
+    step moves every other weight and leaves the slopes where they started (so its float
+    attn_mask needs no gradient: the fused path)."""
+    from bench import distance_cost
+
+    net = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2)
+    monkeypatch.setitem(distance_cost.SHAPES, "tiny", (net, 8))
+    for arm, slopes_move in (("distance", True), ("distance_frozen_slopes", False)):
+        model, step = distance_cost.arm_step(arm, "tiny")
+        before = {k: v.detach().clone() for k, v in model.named_parameters()}
+        step()
+        after = dict(model.named_parameters())
+        moved = {k for k in before if not torch.equal(before[k], after[k])}
+        slopes = {k for k in before if k.endswith("distance_slope")}
+        assert len(slopes) == net["depth"]
+        assert (slopes <= moved) is slopes_move and bool(slopes & moved) is slopes_move
+        assert "head.weight" in moved

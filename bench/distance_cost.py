@@ -1,5 +1,6 @@
 """What the local family's distance bias (``attn_bias=distance``, models/distance.py) costs a
-teacher's training step: one training step (forward, backward, AdamW) of a study's teacher net on
+teacher's training step (through ``core.biased_attention`` where the slopes train on the CPU):
+one training step (forward, backward, AdamW) of a study's teacher net on
 random images, the default net against the local one, and the local one with its slopes frozen
 (no gradient reaches the float ``attn_mask``). The median of ``--steps`` timed steps after two
 warm-up steps, the arms interleaved round by round, on ``--threads`` torch threads.

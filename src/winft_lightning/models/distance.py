@@ -13,7 +13,10 @@ training washes out (docs/locality_probe.md). A False mask entry is -inf, as tim
 
 The bias goes to timm's own ``Attention.forward`` as a float ``attn_mask`` ``[B or 1, H, T, T]``,
 so the fused path (SDPA) and the non-fused one (whose softmax passes through ``attn_drop``, where
-:mod:`winft_lightning.core.capture` reads it) see the same logits. The grid's distances are a
+:mod:`winft_lightning.core.capture` reads it) see the same logits. Where that mask would need a
+gradient on the CPU (a teacher's fit: no other mask), SDPA would leave its fused kernel for the
+math path; the layer runs :func:`~winft_lightning.core.biased_attention.slope_biased_attention`
+instead, the same values and gradients at about the fused cost. The grid's distances are a
 non-persistent buffer, set by :meth:`DistanceAttention.attach` (``build_vit``) or
 :func:`set_distances` (a timm model built with this layer, as ``load_teacher`` builds one). The
 state dict gains one key a block, ``blocks.<i>.attn.distance_slope``: another architecture.
@@ -27,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from winft_lightning.core.biased_attention import slope_biased_attention
 from winft_lightning.core.claims import grid_distances
 
 from .attention import AwdAttention
@@ -130,6 +134,47 @@ class DistanceAttention(AwdAttention):
             far = -slope * d[kept[:, :, None], dropped[:, None, :]][:, None]  # [B, H, K, m]
             out[:, :, p : p + k, -1] = torch.logsumexp(far, dim=-1) - math.log(n - k)
         return out.to(dtype)
+
+    def forward(
+        self,
+        x: Tensor,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+        inputs: NetInputs | None = None,
+    ) -> Tensor:
+        """As :class:`~.attention.AwdAttention`'s; where the slopes are being trained on the CPU
+        with no other mask (a teacher's fit), :func:`~winft_lightning.core.biased_attention.
+        slope_biased_attention`: the same values and gradients at the fused kernel's cost."""
+        if self._slopes_train_fused(x, attn_mask, is_causal, inputs):
+            q, k, v = self._qkv(x)
+            o = slope_biased_attention(q, k, v, self._slopes().view(-1), self.distance)
+            return self._out(o, x)
+        return super().forward(x, attn_mask=attn_mask, is_causal=is_causal, inputs=inputs)
+
+    def _slopes_train_fused(
+        self, x: Tensor, attn_mask: Tensor | None, is_causal: bool, inputs: NetInputs | None
+    ) -> bool:
+        """Whether this call is a dense fused one on the CPU whose slopes need a gradient: the
+        case where SDPA would fall back to its math path (no windows, DIP tokens, dropout,
+        autocast or causal mask)."""
+        plain = inputs is None or (
+            inputs.attn_mask is None and inputs.block_mask is None and inputs.kept is None
+        )
+        spec = self.spec
+        return (
+            plain
+            and attn_mask is None
+            and not is_causal
+            and (spec is None or spec.attn != "awd")
+            and self.fused_attn
+            and x.device.type == "cpu"
+            and not torch.is_autocast_enabled("cpu")
+            and not (self.training and self.attn_drop.p > 0)
+            and torch.is_grad_enabled()
+            and self.distance_slope.requires_grad
+            and self.distance is not None
+            and self.distance.shape[-1] == x.shape[1]
+        )
 
     def _logit_mask(self, attn_mask: Tensor | None, x: Tensor, inputs: NetInputs | None) -> Tensor:
         """The bias (at the kept patches' positions when ``inputs.kept``), with ``attn_mask``

@@ -67,3 +67,49 @@ def test_ckpt_path_last_without_checkpoint_is_refused(tmp_path):
     res = cli(*ARGS, "ckpt_path=last", f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path}/x")
     assert res.returncode != 0
     assert "ckpt_path=last" in res.stderr and "does not exist" in res.stderr
+
+
+TEACHER_ARGS = [
+    "experiment=fmnist_awd_vit", "debug=tiny", "teacher.max_epochs=3", "trainer.max_epochs=1",
+    "data.batch_size=16", "callbacks.rich_progress_bar=null", NO_FIGURES,
+]  # fmt: skip
+
+
+def test_a_killed_teacher_build_resumes_from_its_last_epoch(tmp_path):
+    """The artifact store hands a teacher build left by a killed builder to the next run, which
+    resumes it from its last finished epoch (not from scratch) and publishes the teacher an
+    uninterrupted build publishes."""
+    ref = cli(*TEACHER_ARGS, f"paths.root_dir={tmp_path}/ref", f"hydra.run.dir={tmp_path}/ref/run")
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    (expected,) = [
+        json.loads(p.read_text()) for p in (tmp_path / "ref").rglob("teachers/*/results.json")
+    ]
+
+    root = tmp_path / "killed"
+    argv = [sys.executable, "-m", "winft_lightning", *TEACHER_ARGS, f"paths.root_dir={root}",
+            f"hydra.run.dir={root}/run"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def teacher_in_epoch_2() -> bool:
+        return any(row.get("epoch") == "1" for path in root.rglob(".build-*/run/csv/*/metrics.csv")
+                   for row in csv.DictReader(path.read_text().splitlines()))  # fmt: skip
+
+    try:
+        wait_for(teacher_in_epoch_2, proc, timeout=240)
+    except AssertionError:
+        proc.kill()
+        raise
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    (build,) = root.rglob("teachers/.build-*")
+    assert (build / "run" / "checkpoints" / "last.ckpt").is_file()
+    assert not list(root.rglob("teachers/*/teacher.ckpt"))  # nothing published yet
+
+    again = cli(*TEACHER_ARGS, f"paths.root_dir={root}", f"hydra.run.dir={root}/run2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = again.stdout + again.stderr
+    assert f"resuming from {build}/run/checkpoints/last.ckpt" in log
+    (got,) = [json.loads(p.read_text()) for p in root.rglob("teachers/*/results.json")]
+    assert got["epochs"] == expected["epochs"] == 3
+    for key in ("top1", "top5", "val_top1"):
+        assert got[key] == pytest.approx(expected[key], abs=1e-6), key

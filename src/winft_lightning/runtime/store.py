@@ -11,7 +11,9 @@ written last. It is built by one process at a time:
   a local disk or an NFSv4/Lustre(-o flock) mount.
 * it builds into ``<root>/<kind>/.build-<key>/`` and publishes with one ``rename``: an entry
   directory exists complete or not at all. A killed builder leaves only the build dir,
-  which is never read as an entry.
+  which is never read as an entry: the next builder resumes it where its kind keeps a
+  journal (``ensure(resume=True)``: shards, masks, and teachers from their last epoch
+  checkpoint), else starts afresh.
 * everyone else waits on the lock (logging what they wait for and who holds it), then
   reuses the entry.
 * an entry whose files disagree with ``entry.json`` (a truncated shard, a missing file) is

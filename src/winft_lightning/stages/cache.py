@@ -191,8 +191,9 @@ def teacher_key(cfg: DictConfig, shards: Path) -> str:
 def ensure_teacher(cfg: DictConfig, shards: Path) -> tuple[Path, dict | None, str]:
     """The teacher checkpoint: ``teacher.ckpt`` if given, else a cached or freshly trained
     baseline ViT (``teacher.model`` for ``teacher.max_epochs``; under DDP one run over every
-    rank). Returns (path, its results row or None, the file's sha256): the run's one hash of
-    the teacher file, handed on to :func:`ensure_masks`."""
+    rank; a build left by a killed builder resumes from its last finished epoch). Returns
+    (path, its results row or None, the file's sha256): the run's one hash of the teacher
+    file, handed on to :func:`ensure_masks`."""
     from winft_lightning.runtime.hashing import file_sha256
 
     if cfg.teacher.get("ckpt"):
@@ -215,7 +216,9 @@ def ensure_teacher(cfg: DictConfig, shards: Path) -> tuple[Path, dict | None, st
             (out / "results.json").write_text(json.dumps(row, indent=2))
         return {"sha256": file_sha256(out / "teacher.ckpt")} if store.world.is_zero else {}
 
-    store.ensure("teachers", key, build, what="teacher", collective=trained)
+    # resume: a build a killed builder left resumes from its run's last.ckpt (stages.train's
+    # _resume_path: the loaders replay each epoch from its start), not from scratch
+    store.ensure("teachers", key, build, what="teacher", collective=trained, resume=True)
     results = final / "results.json"
     row = json.loads(results.read_text()) if results.is_file() else None
     return final / "teacher.ckpt", row, store.record("teachers", key)["info"]["sha256"]

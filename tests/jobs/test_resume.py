@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,25 @@ ARGS = [
 ]  # fmt: skip
 
 
+def _sigkill_in_epoch_2(argv: list[str], under: Path, metrics: str, env=None) -> None:
+    """Start ``argv`` and SIGKILL it once a metrics.csv matching ``metrics`` under ``under`` has
+    a row of epoch 2's training steps (Lightning saves the CSV logger at each log), so epoch 1's
+    last.ckpt was written before it."""
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def into_epoch_2() -> bool:
+        return any(row.get("epoch") == "1" for path in under.rglob(metrics)
+                   for row in csv.DictReader(path.read_text().splitlines()))  # fmt: skip
+
+    try:
+        wait_for(into_epoch_2, proc, timeout=240)
+    except AssertionError:
+        proc.kill()
+        raise
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+
+
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     # the reference: the same seed, never interrupted (also builds the cached shards)
@@ -31,23 +51,8 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     run_dir = tmp_path / "killed"
     argv = [sys.executable, "-m", "winft_lightning", *ARGS, f"paths.root_dir={tmp_path}",
             f"hydra.run.dir={run_dir}"]  # fmt: skip
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = run_dir / "checkpoints" / "last.ckpt"
-
-    def into_epoch_2() -> bool:
-        """A row of epoch 2's training steps in metrics.csv (Lightning saves the CSV logger at
-        each log), so epoch 1's last.ckpt was written before it."""
-        return any(row.get("epoch") == "1" for path in run_dir.rglob("metrics.csv")
-                   for row in csv.DictReader(path.read_text().splitlines()))  # fmt: skip
-
-    try:
-        wait_for(into_epoch_2, proc, timeout=240)
-    except AssertionError:
-        proc.kill()
-        raise
-    assert last.exists(), "no epoch checkpoint before the kill"
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait(timeout=30) == -signal.SIGKILL
+    _sigkill_in_epoch_2(argv, run_dir, "metrics.csv", env=env)
+    assert (run_dir / "checkpoints" / "last.ckpt").exists(), "no epoch checkpoint before the kill"
     assert not (run_dir / "results.json").exists()  # it really was interrupted
     wandb_id = (run_dir / "wandb_id.txt").read_text()
 
@@ -88,19 +93,7 @@ def test_a_killed_teacher_build_resumes_from_its_last_epoch(tmp_path):
     root = tmp_path / "killed"
     argv = [sys.executable, "-m", "winft_lightning", *TEACHER_ARGS, f"paths.root_dir={root}",
             f"hydra.run.dir={root}/run"]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def teacher_in_epoch_2() -> bool:
-        return any(row.get("epoch") == "1" for path in root.rglob(".build-*/run/csv/*/metrics.csv")
-                   for row in csv.DictReader(path.read_text().splitlines()))  # fmt: skip
-
-    try:
-        wait_for(teacher_in_epoch_2, proc, timeout=240)
-    except AssertionError:
-        proc.kill()
-        raise
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait(timeout=30) == -signal.SIGKILL
+    _sigkill_in_epoch_2(argv, root, ".build-*/run/csv/*/metrics.csv")
     (build,) = root.rglob("teachers/.build-*")
     assert (build / "run" / "checkpoints" / "last.ckpt").is_file()
     assert not list(root.rglob("teachers/*/teacher.ckpt"))  # nothing published yet

@@ -160,6 +160,7 @@ def test_the_k3_paper_grid_report_rebuilds_and_has_every_declared_teacher(tmp_pa
     same = recompute(PAPER_GRID_K3, tmp_path)
     assert same and all(same.values()), [k for k, v in same.items() if not v]
     assert same["claims/claims.json"] and same["claims/report.md"]
+    assert same["claims_local/claims.json"] and same["claims_local/report.md"]  # both families
     facts = json.loads((PAPER_GRID_K3 / "claims" / "facts.json").read_text())
     assert [(p["seed"], p["N"], p["images"]) for p in facts["passes"]] == [
         (0, 196, 1000), (1, 196, 1000), (2, 196, 1000)]  # fmt: skip
@@ -218,8 +219,6 @@ def test_results_page_quotes_the_two_families_side_by_side():
     """Issue 33: the local family's K = 5 teachers (claims_local/) beside the default family's
     (claims/) of the same study, each headline row's pooled effect, interval and verdict, and
     whether the verdict moves; per block, the heads at or below the 5x5 reference."""
-    from winft_lightning.core.attention_distance import uniform_attention_distance
-
     default = json.loads((LATEST / "claims" / "claims.json").read_text())
     local = json.loads((LATEST / "claims_local" / "claims.json").read_text())
     facts = json.loads((LATEST / "claims_local" / "facts.json").read_text())
@@ -227,9 +226,54 @@ def test_results_page_quotes_the_two_families_side_by_side():
     assert all(p["teacher"]["net"]["attn_bias"] == "distance" for p in facts["passes"])
     section = _section("### Latest measured: the two teacher families")
     _assert_pooled_side_by_side(section, local, default)
-    five = uniform_attention_distance(tuple(local["grid"]), 5)
-    for name, result in (("default", default), ("local", local)):
+    _assert_heads_per_block(section, {"default": default, "local": local})
+
+
+def _assert_heads_per_block(section: str, families: dict[str, dict], sizes=(5,)) -> None:
+    """Per family and block, ``section`` states how many heads (over the family's teachers)
+    attend at or below each ``sizes`` x ``sizes`` reference, one column a size, by the
+    project's own attention-distance function."""
+    from winft_lightning.core.attention_distance import uniform_attention_distance
+
+    for name, result in families.items():
+        refs = [uniform_attention_distance(tuple(result["grid"]), k) for k in sizes]
         for b in range(len(result["attention_profile"]["0"]["blocks"])):
             heads = [h for t in result["attention_profile"].values() for h in t["blocks"][b]]
-            near = sum(h <= five for h in heads)
-            assert f"| {name} | {b} | {near} of {len(heads)} |" in section, (name, b)
+            cells = " | ".join(f"{sum(h <= r for h in heads)} of {len(heads)}" for r in refs)
+            assert f"| {name} | {b} | {cells} |" in section, (name, b)
+
+
+def test_results_page_quotes_the_two_families_at_the_paper_grid():
+    """Issue 33 at N = 196: the local family's K = 3 teachers (claims_local/) beside the
+    default family's (claims/) of study=paper_grid, row for row, with the heads per block at or
+    below the 5x5 reference and each local teacher's whole-split top-1."""
+    default = json.loads((PAPER_GRID_K3 / "claims" / "claims.json").read_text())
+    local = json.loads((PAPER_GRID_K3 / "claims_local" / "claims.json").read_text())
+    facts = json.loads((PAPER_GRID_K3 / "claims_local" / "facts.json").read_text())
+    assert [(p["seed"], p["N"], p["images"]) for p in facts["passes"]] == [
+        (0, 196, 1000), (1, 196, 1000), (2, 196, 1000)]  # fmt: skip
+    assert [p["seed"] for p in facts["null"]["passes"]] == [0, 1, 2]
+    assert all(p["teacher"]["net"]["attn_bias"] == "distance" for p in facts["passes"])
+    section = _section("### Latest measured: the paper's grid, the two teacher families")
+    _assert_pooled_side_by_side(section, local, default)
+    _assert_heads_per_block(section, {"default": default, "local": local}, sizes=(5, 7))
+    whole = [json.loads((PAPER_GRID_K3 / "teachers_whole_test_local" / f"teacher_{s}.json")
+                        .read_text()) for s in (0, 1, 2)]  # fmt: skip
+    assert all(r["num_patches"] == 196 for r in whole)
+    top1 = [f"{r['top1']:.2f}" for r in whole]
+    text = " ".join(section.split())
+    assert f"{', '.join(top1[:-1])} and {top1[-1]} % top-1 on the whole test split" in text
+
+
+def test_the_paper_grid_readme_gives_each_local_teachers_top1_and_fit():
+    """The dated dir's README quotes, per local teacher, its whole-split and subset top-1 and
+    its fit time as the part's records give them."""
+    facts = json.loads((PAPER_GRID_K3 / "claims_local" / "facts.json").read_text())
+    readme = (PAPER_GRID_K3 / "README.md").read_text().splitlines()
+    for p in facts["passes"]:
+        whole = json.loads((PAPER_GRID_K3 / "teachers_whole_test_local" / f"teacher_{p['seed']}"
+                            ".json").read_text())  # fmt: skip
+        row = p["teacher_row"]
+        cells = (f"| {p['seed']} | {whole['top1']:.2f} | {row['top1']:.2f} | "
+                 f"{row['fit_seconds'] / 60:.1f}")  # fmt: skip
+        assert any(line.replace("**", "").startswith(cells) for line in readme), cells

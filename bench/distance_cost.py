@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
+from bench.benchlib import timeit_interleaved
 from winft_lightning.models.vit import build_vit
 
 SHAPES = {
@@ -55,19 +54,14 @@ def arm_step(arm: str, shape: str):
 
 
 def measure(shape: str, steps: int, rounds: int) -> dict:
-    """Seconds a step per arm (median over rounds of each round's mean) and the ratios to
-    the default arm."""
+    """Seconds a step per arm (median over rounds of each round's mean, the rounds interleaved
+    by :func:`~bench.benchlib.timeit_interleaved`) and the ratios to the default arm."""
     fns = {arm: arm_step(arm, shape)[1] for arm in ARMS}
     for fn in fns.values():
         fn(), fn()  # warm-up
-    times: dict[str, list[float]] = {arm: [] for arm in ARMS}
-    for _ in range(rounds):
-        for arm, fn in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                fn()
-            times[arm].append((time.perf_counter() - t0) / steps)
-    med = {arm: statistics.median(v) for arm, v in times.items()}
+    rounds_of = {arm: (lambda fn=fn: [fn() for _ in range(steps)]) for arm, fn in fns.items()}
+    per_round = timeit_interleaved(rounds_of, repeat=rounds, warmup=0)
+    med = {arm: seconds / steps for arm, seconds in per_round.items()}
     return {"shape": shape, "threads": torch.get_num_threads(), "seconds_per_step": med,
             "ratio_to_default": {arm: med[arm] / med["default"] for arm in ARMS}}  # fmt: skip
 

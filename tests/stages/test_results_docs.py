@@ -177,17 +177,28 @@ def test_results_page_quotes_the_k3_paper_grid_beside_n64():
     section = _section("### Latest measured: the claims at the paper's grid")
     _assert_pooled_side_by_side(section, here, there)
     facts = json.loads((PAPER_GRID_K3 / "claims" / "facts.json").read_text())
-    whole = [json.loads((PAPER_GRID_K3 / "teachers_whole_test" / f"teacher_{p['seed']}.json")
-                        .read_text()) for p in facts["passes"]]  # fmt: skip
-    assert all(r["num_patches"] == 196 for r in whole)
-    top1 = [f"{r['top1']:.2f}" for r in whole]
     text = " ".join(section.split())
-    assert f"{', '.join(top1[:-1])} and {top1[-1]} % top-1 on the whole test split" in text
+    _assert_quotes_whole_split_top1(text, _whole_split("teachers_whole_test", facts))
     fits = [f"{p['teacher_row']['fit_seconds'] / 60:.1f}" for p in facts["passes"]]
     assert f"fitted in {', '.join(fits[:-1])} and {fits[-1]} min" in text
     w = facts["wall"]
     minutes = (w["teachers_seconds"] + w["passes_seconds"] + w["null_seconds"]) / 60
     assert f"**Wall time: {minutes:.1f} min**" in section
+
+
+def _whole_split(folder: str, facts: dict) -> list[dict]:
+    """Each of ``facts``' teachers' results on the whole test split
+    (``PAPER_GRID_K3/<folder>/teacher_<seed>.json``), every one at N = 196."""
+    rows = [json.loads((PAPER_GRID_K3 / folder / f"teacher_{p['seed']}.json").read_text())
+            for p in facts["passes"]]  # fmt: skip
+    assert all(r["num_patches"] == 196 for r in rows)
+    return rows
+
+
+def _assert_quotes_whole_split_top1(text: str, rows: list[dict]) -> None:
+    """``text`` (whitespace collapsed) lists the teachers' whole-split top-1s, in seed order."""
+    top1 = [f"{r['top1']:.2f}" for r in rows]
+    assert f"{', '.join(top1[:-1])} and {top1[-1]} % top-1 on the whole test split" in text
 
 
 def _pooled_cell(row: dict) -> str:
@@ -257,12 +268,8 @@ def test_results_page_quotes_the_two_families_at_the_paper_grid():
     section = _section("### Latest measured: the paper's grid, the two teacher families")
     _assert_pooled_side_by_side(section, local, default)
     _assert_heads_per_block(section, {"default": default, "local": local}, sizes=(5, 7))
-    whole = [json.loads((PAPER_GRID_K3 / "teachers_whole_test_local" / f"teacher_{s}.json")
-                        .read_text()) for s in (0, 1, 2)]  # fmt: skip
-    assert all(r["num_patches"] == 196 for r in whole)
-    top1 = [f"{r['top1']:.2f}" for r in whole]
-    text = " ".join(section.split())
-    assert f"{', '.join(top1[:-1])} and {top1[-1]} % top-1 on the whole test split" in text
+    whole = _whole_split("teachers_whole_test_local", facts)
+    _assert_quotes_whole_split_top1(" ".join(section.split()), whole)
 
 
 def test_the_paper_grid_readme_gives_each_local_teachers_top1_and_fit():
@@ -270,9 +277,8 @@ def test_the_paper_grid_readme_gives_each_local_teachers_top1_and_fit():
     its fit time as the part's records give them."""
     facts = json.loads((PAPER_GRID_K3 / "claims_local" / "facts.json").read_text())
     readme = (PAPER_GRID_K3 / "README.md").read_text().splitlines()
-    for p in facts["passes"]:
-        whole = json.loads((PAPER_GRID_K3 / "teachers_whole_test_local" / f"teacher_{p['seed']}"
-                            ".json").read_text())  # fmt: skip
+    whole_split = _whole_split("teachers_whole_test_local", facts)
+    for p, whole in zip(facts["passes"], whole_split, strict=True):
         row = p["teacher_row"]
         cells = (f"| {p['seed']} | {whole['top1']:.2f} | {row['top1']:.2f} | "
                  f"{row['fit_seconds'] / 60:.1f}")  # fmt: skip

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from winft_lightning.core import biased_attention as BA
-from winft_lightning.models import build_vit
+from winft_lightning.models import build_vit, distance
 from winft_lightning.models.distance import grid_distance_tokens
 
 H, T, D = 3, 17, 8  # T = 1 prefix token + a 4 x 4 grid
@@ -65,7 +65,7 @@ def _graph_names(t):
     return {type(f).__name__ for f in seen}
 
 
-def test_a_local_teacher_step_takes_it_with_the_math_paths_gradients():
+def test_a_local_teacher_step_takes_it_with_the_math_paths_gradients(monkeypatch):
     """A local net's training forward on the CPU runs the slope-biased function (in its autograd
     graph), and every parameter's gradient is the non-fused path's; in eval under no_grad, or
     with the slopes frozen, it is not taken (SDPA's fused path serves those)."""
@@ -83,7 +83,19 @@ def test_a_local_teacher_step_takes_it_with_the_math_paths_gradients():
     slow = torch.autograd.grad(F.cross_entropy(slow_out, y), list(net.parameters()))
     for (name, _), f, s in zip(net.named_parameters(), fast, slow, strict=True):
         torch.testing.assert_close(f, s, atol=1e-5, rtol=1e-4, msg=name)
+    calls = []
+    monkeypatch.setattr(distance, "slope_biased_attention",
+                        lambda *a: calls.append(1) or BA.slope_biased_attention(*a))  # fmt: skip
     for blk in net.blocks:
         blk.attn.fused_attn = True
+    net(x)
+    assert len(calls) == len(net.blocks)  # the counter sees the path while it is taken
+    calls.clear()
+    with torch.no_grad():
+        net.eval()(x)
+    assert not calls  # eval under no_grad: SDPA's fused path
+    net.train()
+    for blk in net.blocks:
         blk.attn.distance_slope.requires_grad_(False)
     assert "_SlopeBiasedAttentionBackward" not in _graph_names(net(x))
+    assert not calls
